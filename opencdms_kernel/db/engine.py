@@ -1,0 +1,90 @@
+"""Connecting to the datastore: the configured PostgreSQL server or a private embedded one."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine, make_url
+
+from opencdms_kernel.settings import Settings
+
+
+class DatastoreError(RuntimeError):
+    """The datastore could not be reached or prepared; the message says what to check."""
+
+
+def start_embedded_postgres(pgdata: Path) -> tuple[str, object]:
+    """Start (or join) the private PostgreSQL whose data lives in ``pgdata``.
+
+    Returns the SQLAlchemy URL and the pgserver handle; the server stops when the last handle
+    is cleaned up.  pgserver ships PostgreSQL in a wheel, so nothing has to be installed.
+    """
+    import pgserver  # imported here: only the embedded mode needs it
+
+    pgdata.mkdir(parents=True, exist_ok=True)
+    try:
+        server = pgserver.get_server(pgdata, cleanup_mode="stop")
+    except Exception as exc:  # pgserver raises bare exceptions from initdb/pg_ctl
+        raise DatastoreError(
+            f"could not start the embedded PostgreSQL in {pgdata}: {exc} "
+            f"(see {pgdata / 'log'})"
+        ) from exc
+    url = make_url(server.get_uri()).set(drivername="postgresql+psycopg")
+    return url.render_as_string(hide_password=False), server
+
+
+@dataclass
+class Datastore:
+    """An open datastore: a SQLAlchemy engine, plus the embedded server if one was started.
+
+    Use as a context manager, or call :meth:`close`; closing stops what this object started.
+    """
+
+    engine: Engine
+    url: URL
+    embedded_server: object | None = field(default=None, repr=False)
+
+    @classmethod
+    def open(cls, settings: Settings) -> "Datastore":
+        """Connect to ``settings.database_url``, or start the embedded PostgreSQL when unset."""
+        server = None
+        url_text = settings.database_url
+        if url_text is None:
+            url_text, server = start_embedded_postgres(settings.pgdata_dir)
+        engine = sa.create_engine(url_text, pool_pre_ping=True, future=True)
+        try:
+            with engine.connect() as connection:
+                connection.execute(sa.text("SELECT 1"))
+        except sa.exc.OperationalError as exc:
+            engine.dispose()
+            raise DatastoreError(
+                f"cannot connect to PostgreSQL at {make_url(url_text).render_as_string()}: "
+                f"{exc.orig}"
+            ) from exc
+        return cls(engine=engine, url=make_url(url_text), embedded_server=server)
+
+    @property
+    def libpq_uri(self) -> str:
+        """The URL in the form libpq tools (psql, pg_dump) and psycopg accept."""
+        return self.url.set(drivername="postgresql").render_as_string(hide_password=False)
+
+    def close(self) -> None:
+        """Dispose of the connection pool and stop the embedded server if this opened it."""
+        self.engine.dispose()
+        if self.embedded_server is not None:
+            self.embedded_server.cleanup()  # type: ignore[attr-defined]
+            self.embedded_server = None
+
+    def __enter__(self) -> "Datastore":
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,151 @@
+"""SQLAlchemy Core description of the datastore, used to build queries.
+
+The database itself is created by the alembic migrations in ``migrations/``; a test compares
+this metadata with a migrated database so that the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+metadata = sa.MetaData()
+
+station = sa.Table(
+    "station",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),
+    sa.Column("wigos_id", sa.Text, nullable=False, unique=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("latitude", sa.Double, nullable=False),
+    sa.Column("longitude", sa.Double, nullable=False),
+    sa.Column("elevation", sa.Double),
+    sa.Column("territory", sa.Text),
+    sa.Column("wmo_region", sa.Text),
+    sa.Column("timezone", sa.Text, nullable=False, server_default="UTC"),
+    sa.Column("status", sa.Text, nullable=False, server_default="operational"),
+    sa.Column("opened", sa.Date),
+    sa.Column("closed", sa.Date),
+    sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+element = sa.Table(
+    "element",
+    metadata,
+    sa.Column("id", sa.SmallInteger, primary_key=True),
+    sa.Column("code", sa.Text, nullable=False, unique=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("standard_name", sa.Text, nullable=False),
+    sa.Column("cell_method", sa.Text),
+    sa.Column("units", sa.Text, nullable=False),
+    sa.Column("valid_min", sa.Double),
+    sa.Column("valid_max", sa.Double),
+)
+
+source = sa.Table(
+    "source",
+    metadata,
+    sa.Column("id", sa.SmallInteger, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column("description", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+OBSERVATION_KEY = (
+    "station_id",
+    "element_id",
+    "phenomenon_time",
+    "duration_seconds",
+    "level",
+    "source_id",
+)
+
+
+def _observation_columns() -> list[sa.Column]:
+    """Columns shared by ``observation`` and ``observation_history`` (the versioned row)."""
+    return [
+        sa.Column("station_id", sa.Integer, nullable=False),
+        sa.Column("element_id", sa.SmallInteger, nullable=False),
+        sa.Column("phenomenon_time", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("duration_seconds", sa.Integer, nullable=False),
+        sa.Column("level", sa.REAL, nullable=False),
+        sa.Column("source_id", sa.SmallInteger, nullable=False),
+        sa.Column("value", sa.Double),
+        sa.Column("result_quality", JSONB, nullable=False),
+        sa.Column("qc_status", sa.Text, nullable=False),
+        sa.Column("final_flag", sa.Text),
+        sa.Column("version", sa.Integer, nullable=False),
+        sa.Column("status", sa.Text, nullable=False),
+        sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("changed_by", sa.Text, nullable=False),
+        sa.Column("comment", sa.Text),
+    ]
+
+
+observation = sa.Table(
+    "observation",
+    metadata,
+    *_observation_columns(),
+    sa.PrimaryKeyConstraint(*OBSERVATION_KEY),
+    # References to station, element and source are enforced by statement-level triggers
+    # (see the initial migration), not by FOREIGN KEY constraints.
+)
+
+observation_history = sa.Table(
+    "observation_history",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("operation", sa.Text, nullable=False),
+    *_observation_columns(),
+    sa.Column("superseded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("superseded_by", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
+)
+
+ingest_ledger = sa.Table(
+    "ingest_ledger",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("object_key", sa.Text, nullable=False),
+    sa.Column("size_bytes", sa.BigInteger, nullable=False),
+    sa.Column("checksum", sa.Text, nullable=False),
+    sa.Column("mapping", sa.Text),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("rows_read", sa.Integer),
+    sa.Column("rows_inserted", sa.Integer),
+    sa.Column("rows_updated", sa.Integer),
+    sa.Column("rows_unchanged", sa.Integer),
+    sa.Column("rows_rejected", sa.Integer),
+    sa.Column("reject_report", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("ingested_by", sa.Text, nullable=False),
+)
+
+job = sa.Table(
+    "job",
+    metadata,
+    sa.Column("id", UUID(as_uuid=True), primary_key=True, server_default=sa.func.gen_random_uuid()),
+    sa.Column("process", sa.Text, nullable=False),
+    sa.Column("parameters", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("trigger", sa.Text, nullable=False),
+    sa.Column("requested_by", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default="accepted"),
+    sa.Column("message", sa.Text),
+    sa.Column("error", sa.Text),
+    sa.Column("outputs", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("started_at", sa.DateTime(timezone=True)),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+)
+
+archive_export = sa.Table(
+    "archive_export",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("watermark", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("partitions", sa.Integer, nullable=False),
+    sa.Column("rows", sa.BigInteger, nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)

@@ -1,0 +1,24 @@
+"""Ingest of CSV files (long and wide layouts) into the observation store.
+
+See :mod:`opencdms_kernel.ingest.pipeline` for the flow and :mod:`.mapping` for mapping files.
+"""
+
+from opencdms_kernel.ingest.mapping import DEFAULT_LONG_MAPPING, Mapping, load_mapping
+from opencdms_kernel.ingest.pipeline import (
+    IngestRequest,
+    IngestResult,
+    IngestStatus,
+    ingest,
+    ingest_many,
+)
+
+__all__ = [
+    "DEFAULT_LONG_MAPPING",
+    "IngestRequest",
+    "IngestResult",
+    "IngestStatus",
+    "Mapping",
+    "ingest",
+    "ingest_many",
+    "load_mapping",
+]

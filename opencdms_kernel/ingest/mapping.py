@@ -1,0 +1,202 @@
+"""Mapping files: how the columns of a CSV file become observations.
+
+A mapping is a small YAML file::
+
+    layout: wide                 # wide: one column per element; long: station,element,time,value[,flag]
+    source: demo-aws             # the data source recorded with each observation
+    encoding: utf-8
+    delimiter: ","
+    time: {column: datetime, format: "%Y-%m-%d %H:%M", timezone: Africa/Nairobi}
+    duration: PT1H               # ISO 8601 period the values cover (P1D for daily values)
+    level: 0                     # height/depth of the sensor in metres
+    station: {column: station}   # or {fixed: "0-20000-0-60001"} or {filename_pattern: "(?P<station>…)"}
+    unmapped_columns: refuse     # ignore | refuse columns the mapping does not name
+    columns:                     # wide layout: file column -> element (and the units it is in)
+      air_temp: {element: TMEAN, units: degC}
+    units: {PRCP: in}            # long layout: the units of an element, where not the element's own
+
+Files in the long layout need no mapping: :data:`DEFAULT_LONG_MAPPING` applies.
+"""
+
+from __future__ import annotations
+
+import re
+import zoneinfo
+from datetime import timedelta
+from enum import Enum
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from opencdms_kernel.errors import MappingError
+
+LONG_COLUMNS = ("station", "element", "time", "value")
+_ISO_DURATION = re.compile(
+    r"^P(?:(?P<days>\d+)D)?(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$"
+)
+
+
+class Layout(str, Enum):
+    """Shape of a CSV file."""
+
+    LONG = "long"
+    WIDE = "wide"
+
+
+class Unmapped(str, Enum):
+    """What to do with columns a mapping does not name."""
+
+    IGNORE = "ignore"
+    REFUSE = "refuse"
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TimeSpec(_Frozen):
+    """Where the time is and how to read it."""
+
+    column: str = "time"
+    format: str | None = Field(
+        default=None, description="strptime format; empty: ISO 8601 (with optional offset)"
+    )
+    timezone: str = Field(default="UTC", description="IANA zone of times without an offset")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+class StationSpec(_Frozen):
+    """Where the station's WIGOS identifier comes from: a column, a fixed value or the file name."""
+
+    column: str | None = None
+    fixed: str | None = None
+    filename_pattern: str | None = None
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "StationSpec":
+        given = [name for name in ("column", "fixed", "filename_pattern") if getattr(self, name)]
+        if len(given) != 1:
+            raise ValueError("give exactly one of column, fixed, filename_pattern")
+        if self.filename_pattern is not None:
+            try:
+                pattern = re.compile(self.filename_pattern)
+            except re.error as exc:
+                raise ValueError(f"filename_pattern is not a regular expression: {exc}") from exc
+            if "station" not in pattern.groupindex:
+                raise ValueError("filename_pattern needs a named group (?P<station>…)")
+        return self
+
+    def station_from_filename(self, file_name: str) -> str | None:
+        """The station named by ``file_name`` under ``filename_pattern``, or None if no match."""
+        assert self.filename_pattern is not None
+        match = re.search(self.filename_pattern, file_name)
+        return match.group("station") if match else None
+
+
+class ColumnSpec(_Frozen):
+    """One column of a wide file: the element it holds and its units."""
+
+    element: str
+    units: str | None = None
+
+
+class Mapping(_Frozen):
+    """How one kind of CSV file becomes observations (see the module docstring)."""
+
+    layout: Layout = Layout.LONG
+    source: str = Field(default="csv-ingest", min_length=1)
+    encoding: str = "utf-8"
+    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    time: TimeSpec = TimeSpec()
+    duration: str = Field(default="P1D", description="ISO 8601 period, e.g. P1D, PT1H, PT10M")
+    level: float = 0.0
+    station: StationSpec = StationSpec(column="station")
+    unmapped_columns: Unmapped = Unmapped.IGNORE
+    columns: dict[str, ColumnSpec] = Field(default_factory=dict)
+    units: dict[str, str] = Field(default_factory=dict)
+    name: str = Field(default="(default long layout)", exclude=True)
+
+    @field_validator("duration")
+    @classmethod
+    def _iso_duration(cls, value: str) -> str:
+        if duration_seconds(value) is None:
+            raise ValueError(f"not an ISO 8601 duration like P1D or PT1H: {value!r}")
+        return value
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError as exc:
+            raise ValueError(f"unknown encoding {value!r}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _layout_fields(self) -> "Mapping":
+        if self.layout is Layout.WIDE and not self.columns:
+            raise ValueError("a wide layout needs 'columns' (file column -> element)")
+        if self.layout is Layout.LONG and self.columns:
+            raise ValueError("'columns' is for the wide layout; use 'units' in the long layout")
+        return self
+
+    @property
+    def duration_seconds(self) -> int:
+        """The mapping's duration in seconds."""
+        seconds = duration_seconds(self.duration)
+        assert seconds is not None  # checked by the validator
+        return seconds
+
+    def required_columns(self) -> tuple[str, ...]:
+        """Columns a file must have under this mapping."""
+        station = (self.station.column,) if self.station.column else ()
+        if self.layout is Layout.LONG:
+            return (*station, "element", self.time.column, "value")
+        return (*station, self.time.column)
+
+    def known_columns(self) -> frozenset[str]:
+        """Columns this mapping names (the rest are ignored or refused)."""
+        extra = {"flag"} if self.layout is Layout.LONG else set(self.columns)
+        return frozenset(self.required_columns()) | extra
+
+
+def duration_seconds(text: str) -> int | None:
+    """Seconds in an ISO 8601 duration of days/hours/minutes/seconds, or None if not one."""
+    match = _ISO_DURATION.match(text)
+    if not match or text in ("P", "PT"):
+        return None
+    parts = {name: int(value) for name, value in match.groupdict(default="0").items()}
+    return int(timedelta(**parts).total_seconds())
+
+
+DEFAULT_LONG_MAPPING = Mapping()
+
+
+def load_mapping(path: Path) -> Mapping:
+    """Read and validate a mapping file; errors name the file and the field at fault."""
+    name = str(path)
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise MappingError(name, "-", f"cannot read: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise MappingError(name, "-", f"not valid YAML: {exc}") from exc
+    if not isinstance(document, dict):
+        raise MappingError(name, "-", "expected a mapping of fields (key: value) at the top")
+    try:
+        return Mapping(**document, name=name)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(part) for part in first["loc"]) or "-"
+        raise MappingError(name, field, first["msg"]) from exc

@@ -1,0 +1,112 @@
+"""One typed settings object for every part of OpenCDMS.
+
+Built at start-up (``Settings()`` or :func:`load_settings`), never at import: a module that needs
+a setting receives the object as an argument.  Every field reads an ``OPENCDMS_`` environment
+variable (e.g. ``OPENCDMS_DATABASE_URL``) and has a default that serves the embedded mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Validated configuration of one OpenCDMS installation."""
+
+    model_config = SettingsConfigDict(env_prefix="OPENCDMS_", env_file=None, extra="forbid")
+
+    home: Path = Field(
+        default_factory=Path.cwd,
+        description="Project folder; relative paths below are taken from here.",
+    )
+    var_dir: Path = Field(
+        default=Path("var"),
+        description="Working folder of the embedded mode (database, bucket, logs).",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description=(
+            "SQLAlchemy URL of the PostgreSQL server, e.g. postgresql+psycopg://user@host/db. "
+            "Empty: a private PostgreSQL is started under var/pgdata."
+        ),
+    )
+    bucket_url: str = Field(
+        default="file://var/bucket",
+        description="fsspec URL of the file bucket: file://<folder> or s3://<bucket>[/prefix].",
+    )
+    s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint (MinIO, Ceph…).")
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_region: str | None = None
+    broker_url: str | None = Field(
+        default=None,
+        description="MQTT broker, e.g. mqtt://127.0.0.1:1883. Empty: an embedded broker.",
+    )
+    centre_id: str = Field(
+        default="xx-opencdms-demo",
+        description="WIS2 centre identifier of this installation.",
+        pattern=r"^[a-z0-9][a-z0-9-]*$",
+    )
+    user: str = Field(
+        default="opencdms",
+        description="Identity recorded in the audit trail for changes made by this process.",
+        min_length=1,
+    )
+
+    @field_validator("bucket_url")
+    @classmethod
+    def _known_bucket_protocol(cls, value: str) -> str:
+        if not value.startswith(("file://", "s3://", "memory://")):
+            raise ValueError(f"bucket_url must start with file://, s3:// or memory://, not {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("database_url")
+    @classmethod
+    def _postgres_only(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("postgresql://", "postgresql+psycopg://", "postgres://")):
+            raise ValueError("database_url must be a PostgreSQL URL (postgresql+psycopg://…)")
+        # SQLAlchemy would pick psycopg2 for a bare postgresql:// URL; we ship psycopg 3.
+        return value.replace("postgres://", "postgresql://", 1).replace(
+            "postgresql://", "postgresql+psycopg://", 1
+        )
+
+    @model_validator(mode="after")
+    def _absolute_paths(self) -> "Settings":
+        self.home = self.home.resolve()
+        if not self.var_dir.is_absolute():
+            self.var_dir = self.home / self.var_dir
+        return self
+
+    @property
+    def embedded_database(self) -> bool:
+        """True when no server is configured and a private PostgreSQL is used."""
+        return self.database_url is None
+
+    @property
+    def pgdata_dir(self) -> Path:
+        """Data folder of the embedded PostgreSQL."""
+        return self.var_dir / "pgdata"
+
+    @property
+    def bucket_root(self) -> str:
+        """The bucket as a path for its fsspec filesystem (absolute for a local folder)."""
+        protocol, _, path = self.bucket_url.partition("://")
+        if protocol == "file":
+            local = Path(path)
+            return str(local if local.is_absolute() else self.home / local)
+        return path
+
+    @property
+    def bucket_protocol(self) -> str:
+        """fsspec protocol of the bucket (file, s3 or memory)."""
+        return self.bucket_url.partition("://")[0]
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Build and validate the settings from the environment, with explicit overrides."""
+    return Settings(**overrides)  # type: ignore[arg-type]

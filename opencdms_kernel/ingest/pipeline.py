@@ -107,7 +107,7 @@ def _already_loaded(connection: sa.Connection, key: str, checksum: str) -> bool:
 
 
 def _reference_data(connection: sa.Connection) -> tuple[dict[str, int], dict[str, ElementInfo]]:
-    stations = dict(connection.execute(sa.select(station.c.wigos_id, station.c.id)).tuples().all())
+    stations = dict(connection.execute(sa.select(station.c.wigos_id, station.c.id)).all())
     elements = {
         row.code: ElementInfo(row.id, row.code, row.units, row.valid_min, row.valid_max)
         for row in connection.execute(

@@ -27,9 +27,10 @@ NORMALISED = pa.schema(
         ("time", pa.string()),
         ("value", pa.string()),
         ("flag", pa.string()),
-        ("station_column", pa.string()),
-        ("value_column", pa.string()),
-        ("units", pa.string()),
+        # Constant over a file or a column of it: dictionary-encoded, so they cost nothing.
+        ("station_column", pa.dictionary(pa.int8(), pa.string())),
+        ("value_column", pa.dictionary(pa.int8(), pa.string())),
+        ("units", pa.dictionary(pa.int8(), pa.string())),
     ]
 )
 
@@ -52,7 +53,7 @@ class ParsedFile:
 
 
 def _check_text(file: str, data: bytes, encoding: str) -> None:
-    if not data.strip():
+    if not data[:65536].strip() and not data.strip():
         raise IngestFileError(file, "the file is empty; expected a CSV file with a header row")
     if b"\x00" in data[:65536] and not encoding.lower().startswith("utf-16"):
         raise IngestFileError(file, "not a CSV file: it contains binary data (NUL bytes)")
@@ -75,7 +76,8 @@ def _encoding_error(file: str, data: bytes, encoding: str) -> IngestFileError:
 
 def _header(file: str, data: bytes, mapping: Mapping) -> list[str]:
     """Column names from the first line, so that every column can be read as text."""
-    first_line = data.split(b"\n", 1)[0].rstrip(b"\r")
+    end = data.find(b"\n")
+    first_line = (data if end < 0 else data[:end]).rstrip(b"\r")
     utf8 = mapping.encoding.lower().replace("_", "-") in ("utf-8", "utf8")
     try:
         text = first_line.decode("utf-8-sig" if utf8 else mapping.encoding)
@@ -174,13 +176,21 @@ def _check_columns(file: str, columns: list[str], mapping: Mapping) -> None:
 
 
 def _constant(value: str | None, length: int) -> pa.Array:
-    return pa.array([value] * length, type=pa.string()) if length else pa.array([], pa.string())
+    """``value`` repeated ``length`` times, as a text column."""
+    return pa.repeat(pa.scalar(value, pa.string()), length)
 
 
-def _station_column(file: str, table: pa.Table, mapping: Mapping) -> tuple[pa.Array, str]:
+def _constant_label(value: str | None, length: int) -> pa.DictionaryArray:
+    """``value`` repeated ``length`` times, dictionary-encoded (no copy of the text per row)."""
+    return pa.DictionaryArray.from_arrays(
+        pa.array(np.zeros(length, dtype=np.int8)), pa.array([value], pa.string())
+    )
+
+
+def _station_column(file: str, table: pa.Table, mapping: Mapping) -> tuple[pa.ChunkedArray | pa.Array, str]:
     spec = mapping.station
     if spec.column:
-        return table.column(spec.column).combine_chunks(), spec.column
+        return table.column(spec.column), spec.column
     if spec.fixed:
         return _constant(spec.fixed, table.num_rows), "(mapping: station.fixed)"
     name = file.rsplit("/", 1)[-1]
@@ -202,24 +212,25 @@ def read_csv(file: str, data: bytes, mapping: Mapping) -> ParsedFile:
     lines = pa.array(_line_numbers(table.num_rows, skipped))
     stations, station_column = _station_column(file, table, mapping)
     n = table.num_rows
-    time = table.column(mapping.time.column).combine_chunks()
+    time = table.column(mapping.time.column)
     if mapping.layout is Layout.LONG:
-        flag = table.column("flag").combine_chunks() if "flag" in table.column_names else _constant(None, n)
+        flag = table.column("flag") if "flag" in table.column_names else _constant(None, n)
         long = pa.table(
-            [lines, stations, table.column("element").combine_chunks(), time,
-             table.column("value").combine_chunks(), flag, _constant(station_column, n),
-             _constant("value", n), _constant(None, n)],
+            [lines, stations, table.column("element"), time, table.column("value"), flag,
+             _constant_label(station_column, n), _constant_label("value", n),
+             _constant_label(None, n)],
             schema=NORMALISED,
         )
         return ParsedFile(rows=long, malformed=tuple(malformed), row_count=n)
     parts = []
     for column, spec in mapping.columns.items():
-        values = table.column(column).combine_chunks()
+        values = table.column(column)
         present = pc.not_equal(pc.utf8_trim_whitespace(values), "")
         # In the wide layout an empty cell means "not observed", not a missing observation.
         part = pa.table(
             [lines, stations, _constant(spec.element, n), time, values, _constant(None, n),
-             _constant(station_column, n), _constant(column, n), _constant(spec.units, n)],
+             _constant_label(station_column, n), _constant_label(column, n),
+             _constant_label(spec.units, n)],
             schema=NORMALISED,
         ).filter(present)
         parts.append(part)

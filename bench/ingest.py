@@ -1,0 +1,150 @@
+"""Ingest benchmark: 5 million long-form observations into PostgreSQL, against same-run baselines.
+
+Baselines, all on the same server and (except where sampled) the same file:
+- bare COPY into an unlogged, unindexed table with typed columns: the physical limit;
+- pandas.DataFrame.to_sql (default method) on a sample of the file (it is too slow for all of it);
+- a naive INSERT … ON CONFLICT DO UPDATE from a staging table with text keys, on a sample.
+Also: re-ingest of the unchanged file, and a full archive export of what was loaded.
+
+Usage: python bench/ingest.py [--rows 5000000] [--repeat 3]
+Runs on the embedded PostgreSQL unless OPENCDMS_DATABASE_URL names a server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import pandas as pd
+import sqlalchemy as sa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import WORK, Measurement, postgres_admin_url, report, scratch_datastore, timed  # noqa: E402
+
+from opencdms_kernel.archive import export_archive  # noqa: E402
+from opencdms_kernel.bucket import open_bucket  # noqa: E402
+from opencdms_kernel.demo_data import DemoSpec, generate_demo_data  # noqa: E402
+from opencdms_kernel.ingest import IngestRequest, IngestStatus, ingest  # noqa: E402
+from opencdms_kernel.stations import import_stations  # noqa: E402
+
+DAILY_VALUES_PER_STATION_YEAR = 3 * 365.25
+SAMPLE_ROWS = 200_000
+
+
+def make_input(rows: int) -> tuple[Path, Path, int]:
+    """One long-form CSV of about ``rows`` observations from the demo generator, and its stations."""
+    years = 30
+    stations = max(1, round(rows / (years * DAILY_VALUES_PER_STATION_YEAR)))
+    folder = WORK / f"input-{stations}x{years}"
+    big = folder / "observations.csv"
+    if not big.exists():
+        dataset = generate_demo_data(folder / "demo", DemoSpec(stations=stations, years=years, aws_stations=0))
+        with big.open("wb") as out:
+            out.write(dataset.daily_files[0].read_bytes().split(b"\n", 1)[0] + b"\n")
+            for path in dataset.daily_files:
+                out.write(path.read_bytes().split(b"\n", 1)[1])
+    lines = sum(1 for _ in big.open("rb")) - 1
+    return big, folder / "demo" / "stations.csv", lines
+
+
+def bare_copy(engine: sa.Engine, path: Path) -> None:
+    with engine.begin() as connection:
+        connection.execute(sa.text(
+            "CREATE UNLOGGED TABLE bare_copy (station text, element text, time date, value double precision)"))
+        raw = connection.connection.driver_connection
+        with raw.cursor() as cursor, path.open("rb") as source:
+            with cursor.copy("COPY bare_copy FROM STDIN (FORMAT csv, HEADER true)") as copy:
+                while chunk := source.read(1 << 20):
+                    copy.write(chunk)
+        connection.execute(sa.text("DROP TABLE bare_copy"))
+
+
+def pandas_to_sql(engine: sa.Engine, sample: pd.DataFrame) -> None:
+    sample.to_sql("pandas_sample", engine, if_exists="replace", index=False)
+    with engine.begin() as connection:
+        connection.execute(sa.text("DROP TABLE pandas_sample"))
+
+
+def naive_upsert(engine: sa.Engine, sample_csv: bytes) -> None:
+    """COPY into a text-keyed staging table, then INSERT … ON CONFLICT joining on text keys."""
+    with engine.begin() as connection:
+        connection.execute(sa.text("SELECT set_config('opencdms.user', 'bench', true)"))
+        connection.execute(sa.text(
+            "CREATE TEMP TABLE naive_staging (station text, element text, time text, value text) ON COMMIT DROP"))
+        raw = connection.connection.driver_connection
+        with raw.cursor() as cursor:
+            with cursor.copy("COPY naive_staging FROM STDIN (FORMAT csv, HEADER true)") as copy:
+                copy.write(sample_csv)
+        connection.execute(sa.text("INSERT INTO source (name) VALUES ('naive') ON CONFLICT DO NOTHING"))
+        connection.execute(sa.text("""
+            INSERT INTO observation (station_id, element_id, phenomenon_time, duration_seconds, level,
+                                     source_id, value, changed_by)
+            SELECT s.id, e.id, n.time::timestamptz, 86400, 0,
+                   (SELECT id FROM source WHERE name = 'naive'), nullif(n.value, '')::float8, 'bench'
+            FROM naive_staging n JOIN station s ON s.wigos_id = n.station JOIN element e ON e.code = n.element
+            ON CONFLICT (station_id, element_id, phenomenon_time, duration_seconds, level, source_id)
+            DO UPDATE SET value = excluded.value WHERE observation.value IS DISTINCT FROM excluded.value
+        """))
+        connection.execute(sa.text("DELETE FROM observation WHERE source_id = (SELECT id FROM source WHERE name = 'naive')"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=5_000_000)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+
+    path, stations_csv, rows = make_input(args.rows)
+    print(f"input: {path} ({rows:,} observations, {path.stat().st_size / 1e6:.0f} MB)")
+    data = path.read_bytes()
+    sample_text = b"".join(data.splitlines(keepends=True)[: SAMPLE_ROWS + 1])
+    sample = pd.read_csv(path, nrows=SAMPLE_ROWS, dtype={"value": "float64"}, keep_default_na=False, na_values=[""])
+
+    ours = Measurement("opencdms ingest (parse, validate, COPY, merge)", rows)
+    again = Measurement("re-ingest of the unchanged file", rows)
+    copy = Measurement("baseline: bare COPY, unlogged, unindexed", rows)
+    pandas_m = Measurement(f"baseline: pandas to_sql ({SAMPLE_ROWS:,} sample)", SAMPLE_ROWS)
+    naive = Measurement(f"baseline: naive INSERT..ON CONFLICT ({SAMPLE_ROWS:,})", SAMPLE_ROWS)
+    export = Measurement("archive export (full)", rows)
+
+    bucket_dir = WORK / "bucket"
+    with postgres_admin_url() as admin_url:
+        for run in range(args.repeat):
+            shutil.rmtree(bucket_dir, ignore_errors=True)
+            with scratch_datastore(admin_url, bucket_dir) as (datastore, settings):
+                bucket = open_bucket(settings)
+                import_stations(datastore, stations_csv)
+                copy.seconds.append(timed(lambda: bare_copy(datastore.engine, path)))
+                request = IngestRequest(object_key="bench/observations.csv", data=data)
+                result = ingest(request, datastore, bucket, "bench")
+                if result.status is not IngestStatus.LOADED:
+                    raise SystemExit(f"ingest failed: {result.error}")
+                ours.seconds.append(result.seconds)
+                print(f"run {run + 1}: {result.inserted:,} inserted, {result.rejected:,} rejected "
+                      f"in {result.seconds:.2f} s", flush=True)
+                repeat = ingest(request, datastore, bucket, "bench")
+                assert repeat.status is IngestStatus.SKIPPED
+                again.seconds.append(repeat.seconds)
+                export.seconds.append(export_archive(datastore, bucket, full=True).seconds)
+                naive.seconds.append(timed(lambda: naive_upsert(datastore.engine, sample_text)))
+                pandas_m.seconds.append(timed(lambda: pandas_to_sql(datastore.engine, sample)))
+
+    report(
+        "ingest",
+        [ours, again, copy, pandas_m, naive, export],
+        [
+            ("ingest rate / bare COPY rate", ours.rate / copy.rate, ">=", 0.3),
+            ("ingest rate / pandas to_sql rate", ours.rate / pandas_m.rate, ">=", 5.0),
+            ("ingest rate / naive upsert rate", ours.rate / naive.rate, ">=", 1.0),
+            ("ingest observations per second (millions)", ours.rate / 1e6, ">=", 0.3),
+            ("re-ingest time / first ingest time", again.median / ours.median, "<=", 0.05),
+            ("archive export observations per second (millions)", export.rate / 1e6, ">=", 1.0),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()

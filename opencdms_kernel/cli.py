@@ -1,0 +1,312 @@
+"""The ``opencdms`` command: run the system, manage the datastore, ingest, archive, back up."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from opencdms_kernel.bucket import Bucket, open_bucket
+from opencdms_kernel.db.engine import Datastore, DatastoreError
+from opencdms_kernel.errors import OpenCDMSError
+from opencdms_kernel.ingest import IngestRequest, IngestResult, IngestStatus
+from opencdms_kernel.settings import Settings
+
+app = typer.Typer(help="OpenCDMS Workbench: climate data management.", no_args_is_help=True)
+db_app = typer.Typer(help="Datastore schema.", no_args_is_help=True)
+stations_app = typer.Typer(help="Station metadata.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(stations_app, name="stations")
+console = Console()
+
+
+@dataclass
+class Context:
+    """What every command receives: the settings, built once at start-up."""
+
+    settings: Settings
+
+
+@app.callback()
+def main(ctx: typer.Context) -> None:
+    """Build and validate the settings (OPENCDMS_* environment variables) before any command."""
+    try:
+        ctx.obj = Context(settings=Settings())
+    except ValidationError as exc:
+        for error in exc.errors():
+            field = ".".join(str(part) for part in error["loc"])
+            console.print(f"[red]setting OPENCDMS_{field.upper()}: {error['msg']}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def _settings(ctx: typer.Context) -> Settings:
+    return ctx.obj.settings
+
+
+@contextmanager
+def _open(settings: Settings) -> Iterator[tuple[Datastore, Bucket]]:
+    """Open the datastore and the bucket, or exit with the reason."""
+    try:
+        datastore = Datastore.open(settings)
+    except DatastoreError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    try:
+        yield datastore, open_bucket(settings)
+    finally:
+        datastore.close()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=False,
+    )
+
+
+def _results_table(results: list[IngestResult]) -> Table:
+    table = Table("file", "status", "read", "new", "changed", "same", "rejected", "seconds", "note")
+    for result in results:
+        colour = {"loaded": "green", "skipped": "cyan", "failed": "red"}[result.status.value]
+        note = result.error or (f"reject report: {result.reject_report}" if result.reject_report else "")
+        table.add_row(
+            result.object_key.rsplit("/", 1)[-1], f"[{colour}]{result.status.value}[/{colour}]",
+            f"{result.rows_read:,}", f"{result.inserted:,}", f"{result.updated:,}",
+            f"{result.unchanged:,}", f"{result.rejected:,}", f"{result.seconds:.2f}", note,
+        )
+    return table
+
+
+def _ingest_with_progress(
+    requests: list[tuple[str, object]], datastore: Datastore, bucket: Bucket, user: str, label: str
+) -> list[IngestResult]:
+    from opencdms_kernel.ingest import ingest_many
+
+    with _progress() as progress:
+        task = progress.add_task(label, total=len(requests))
+        return ingest_many(
+            requests, datastore, bucket, user,  # type: ignore[arg-type]
+            progress=lambda result: progress.advance(task),
+        )
+
+
+@db_app.command("upgrade")
+def db_upgrade(ctx: typer.Context, revision: str = typer.Argument("head")) -> None:
+    """Apply the schema migrations (alembic) up to REVISION."""
+    from opencdms_kernel.db import migrate
+
+    with _open(_settings(ctx)) as (datastore, _):
+        console.print(f"schema at revision {migrate.upgrade(datastore, revision)}")
+
+
+@db_app.command("current")
+def db_current(ctx: typer.Context) -> None:
+    """Show the schema revision of the database and of the code."""
+    from opencdms_kernel.db import migrate
+
+    with _open(_settings(ctx)) as (datastore, _):
+        console.print(f"database: {migrate.current_revision(datastore)}, code: {migrate.head_revision()}")
+
+
+@app.command()
+def ingest(
+    ctx: typer.Context,
+    files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="CSV files"),
+    mapping: Path | None = typer.Option(None, exists=True, dir_okay=False, help="mapping YAML"),
+) -> None:
+    """Ingest CSV files (long layout, or as MAPPING describes); exit 1 if any file failed."""
+    from opencdms_kernel.ingest import DEFAULT_LONG_MAPPING, load_mapping
+
+    settings = _settings(ctx)
+    try:
+        chosen = load_mapping(mapping) if mapping else DEFAULT_LONG_MAPPING
+    except OpenCDMSError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+    with _open(settings) as (datastore, bucket):
+        requests = [(str(path), lambda path=path: IngestRequest.from_path(path, chosen)) for path in files]
+        results = _ingest_with_progress(requests, datastore, bucket, settings.user, "ingest")
+    console.print(_results_table(results))
+    for result in results:
+        if result.rejects is not None and result.rejects.num_rows:
+            console.print(f"[yellow]{result.object_key}: {result.rejected} rejected rows, first ones:[/yellow]")
+            for row in result.rejects.slice(0, 5).to_pylist():
+                console.print(f"  line {row['line']}, column {row['column']!r}: {row['reason']} ({row['value']!r})")
+    if any(result.status is IngestStatus.FAILED for result in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def archive(ctx: typer.Context, full: bool = typer.Option(False, help="rewrite every partition")) -> None:
+    """Export observations changed since the last export to the Parquet archive."""
+    from opencdms_kernel.archive import export_archive
+
+    with _open(_settings(ctx)) as (datastore, bucket), _progress() as progress:
+        task = progress.add_task("archive", total=None)
+        result = export_archive(
+            datastore, bucket, full=full,
+            progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    console.print(
+        f"{result.rows:,} observations in {len(result.partitions)} partitions written to "
+        f"{bucket.url('archive/observations')} in {result.seconds:.1f} s"
+    )
+
+
+@app.command("demo-data")
+def demo_data(
+    ctx: typer.Context,
+    folder: Path = typer.Option(Path("var/demo"), help="where to write the files"),
+    stations: int = typer.Option(50, min=1),
+    years: int = typer.Option(30, min=1),
+    start_year: int = typer.Option(1991),
+    aws_stations: int = typer.Option(3, min=0),
+    seed: int = typer.Option(20261127),
+) -> None:
+    """Write the deterministic demo network (stations, daily and hourly files, error manifest)."""
+    from opencdms_kernel.demo_data import DemoSpec, generate_demo_data
+
+    spec = DemoSpec(stations=stations, years=years, start_year=start_year, aws_stations=aws_stations, seed=seed)
+    with _progress() as progress:
+        task = progress.add_task("demo data", total=None)
+        dataset = generate_demo_data(
+            folder, spec, progress=lambda done, total: progress.update(task, completed=done, total=total)
+        )
+    console.print(
+        f"{dataset.observation_count:,} observations in {len(dataset.daily_files)} daily and "
+        f"{len(dataset.aws_files)} hourly files under {folder}; stations: {dataset.stations_csv}; "
+        f"injected errors: {dataset.manifest}"
+    )
+
+
+@stations_app.command("import")
+def stations_import(ctx: typer.Context, file: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
+    """Insert or update stations from a CSV file (wigos_id,name,latitude,longitude,…)."""
+    from opencdms_kernel.stations import import_stations
+
+    with _open(_settings(ctx)) as (datastore, _):
+        try:
+            count = import_stations(datastore, file)
+        except OpenCDMSError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
+    console.print(f"{count} stations imported from {file}")
+
+
+@stations_app.command("export")
+def stations_export(ctx: typer.Context, file: Path | None = typer.Argument(None)) -> None:
+    """Write all stations as CSV to FILE (or to standard output)."""
+    from opencdms_kernel.stations import export_stations
+
+    with _open(_settings(ctx)) as (datastore, _):
+        text = export_stations(datastore)
+    if file is None:
+        sys.stdout.write(text)
+    else:
+        file.write_text(text, encoding="utf-8")
+        console.print(f"stations written to {file}")
+
+
+@app.command()
+def backup(ctx: typer.Context, file: Path = typer.Argument(..., dir_okay=False)) -> None:
+    """Dump the whole datastore to FILE (pg_dump custom format)."""
+    from opencdms_kernel.db.backup import backup as run_backup
+
+    with _open(_settings(ctx)) as (datastore, _):
+        try:
+            run_backup(datastore, file)
+        except DatastoreError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
+    console.print(f"backup written to {file} ({file.stat().st_size:,} bytes)")
+
+
+@app.command()
+def restore(ctx: typer.Context, file: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
+    """Replace the datastore's contents with the backup FILE (one transaction)."""
+    from opencdms_kernel.db.backup import restore as run_restore
+
+    with _open(_settings(ctx)) as (datastore, _):
+        try:
+            run_restore(datastore, file)
+        except DatastoreError as exc:
+            console.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from exc
+    console.print(f"restored from {file}")
+
+
+@app.command()
+def up(
+    ctx: typer.Context,
+    smoke: bool = typer.Option(False, help="check that every part answers, print a summary, exit"),
+    demo_stations: int = typer.Option(50, min=1, help="stations of the demo network"),
+    demo_years: int = typer.Option(30, min=1, help="years of the demo network"),
+) -> None:
+    """Start the system: datastore, schema, demo data (when empty), archive; run until Ctrl-C."""
+    from opencdms_kernel.archive import export_archive
+    from opencdms_kernel.db import migrate
+    from opencdms_kernel.demo_data import DemoSpec
+    from opencdms_kernel.system import check_parts, load_demo, observation_count
+
+    settings = _settings(ctx)
+    mode = "embedded PostgreSQL under " + str(settings.pgdata_dir) if settings.embedded_database else "external PostgreSQL"
+    console.print(f"[bold]OpenCDMS Workbench[/bold] — starting ({mode})")
+    with _open(settings) as (datastore, bucket):
+        console.print(f"datastore: schema at revision {migrate.upgrade(datastore)}")
+        if observation_count(datastore) == 0:
+            with _progress() as progress:
+                task = progress.add_task("demo data: generating", total=None)
+                results = load_demo(
+                    settings, datastore, bucket, DemoSpec(stations=demo_stations, years=demo_years),
+                    on_generated=lambda dataset: progress.update(
+                        task, description="demo data: ingesting", total=len(dataset.daily_files) + len(dataset.aws_files)),
+                    on_file=lambda result: progress.advance(task),
+                )
+            loaded = [r for r in results if r.status is IngestStatus.LOADED]
+            console.print(
+                f"demo data: {sum(r.inserted for r in loaded):,} observations from {len(loaded)} files "
+                f"in {sum(r.seconds for r in results):.1f} s ({settings.var_dir / 'demo'})"
+            )
+            failed = [r for r in results if r.status is IngestStatus.FAILED]
+            for result in failed:
+                console.print(f"[red]{result.object_key}: {result.error}[/red]")
+        exported = export_archive(datastore, bucket)
+        console.print(
+            f"archive: {exported.rows:,} observations in {len(exported.partitions)} partitions "
+            f"exported in {exported.seconds:.1f} s"
+        )
+        checks = check_parts(datastore, bucket)
+        table = Table("part", "status", "detail", "where")
+        for check in checks:
+            table.add_row(check.part, "[green]ok[/green]" if check.ok else "[red]FAILED[/red]", check.detail, check.location)
+        console.print(table)
+        if not all(check.ok for check in checks):
+            raise typer.Exit(1)
+        if smoke:
+            console.print("[green]smoke check passed[/green]")
+            return
+        console.print("running — press Ctrl-C to stop everything started here")
+        _wait_for_interrupt()
+    console.print("stopped")
+
+
+def _wait_for_interrupt() -> None:
+    """Block until Ctrl-C or SIGTERM."""
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    stop.wait()
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,59 @@
+"""The command line as a person uses it: `opencdms up --smoke` and `opencdms ingest`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def opencdms(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("OPENCDMS_")}
+    environment.update({"OPENCDMS_HOME": str(home), "COLUMNS": "200"}, **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "opencdms_kernel.cli", *args],
+        capture_output=True, text=True, env=environment, timeout=300, check=False,
+    )
+
+
+@pytest.mark.slow
+def test_up_smoke_on_the_embedded_defaults(tmp_path: Path) -> None:
+    result = opencdms(tmp_path, "up", "--smoke", "--demo-stations", "3", "--demo-years", "2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "embedded PostgreSQL" in out
+    assert "smoke check passed" in out
+    for part in ("datastore", "bucket", "archive"):
+        assert part in out
+    assert "FAILED" not in out
+    assert (tmp_path / "var" / "bucket" / "archive" / "observations").is_dir()
+    # Started again, the data is kept and nothing is loaded twice.
+    again = opencdms(tmp_path, "up", "--smoke")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "demo data:" not in again.stdout
+
+
+def test_bad_setting_stops_at_start_with_the_variable_named(tmp_path: Path) -> None:
+    result = opencdms(tmp_path, "db", "current", env={"OPENCDMS_BUCKET_URL": "ftp://nowhere"})
+    assert result.returncode == 2
+    assert "OPENCDMS_BUCKET_URL" in result.stdout
+
+
+def test_ingest_command_reports_rejects_and_fails_on_a_bad_file(tmp_path: Path, database_url: str) -> None:
+    env = {"OPENCDMS_DATABASE_URL": database_url}
+    stations = tmp_path / "stations.csv"
+    stations.write_text("wigos_id,name,latitude,longitude\n0-20000-0-60001,Alpha,-1,36\n")
+    assert opencdms(tmp_path, "stations", "import", str(stations), env=env).returncode == 0
+    good = tmp_path / "good.csv"
+    good.write_text("station,element,time,value\n0-20000-0-60001,TMAX,2020-01-01,25.1\n"
+                    "0-20000-0-60001,TMAX,2020-01-02,hot\n")
+    empty = tmp_path / "empty.csv"
+    empty.write_text("")
+    result = opencdms(tmp_path, "ingest", str(empty), str(good), env=env)
+    assert result.returncode == 1
+    assert "empty.csv: the file is empty" in result.stdout
+    assert "line 3, column 'value': not a number ('hot')" in result.stdout
+    assert "loaded" in result.stdout

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import socket
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Iterator
@@ -74,13 +76,25 @@ class PostgresServer:
         self.admin.dispose()
 
 
+def outside_pytest_tmp(prefix: str) -> Path:
+    """A fresh folder outside pytest's temporary tree.
+
+    pgserver runs PostgreSQL as an unprivileged user when the tests run as root; pytest resets
+    its base folder to mode 0700 whenever a worker starts, which would lock that server out of
+    its own data folder mid-run.
+    """
+    return Path(tempfile.mkdtemp(prefix=prefix))
+
+
 @pytest.fixture(scope="session")
-def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
-    url, handle = start_embedded_postgres(tmp_path_factory.mktemp("pgdata"))
+def embedded_server() -> Iterator[PostgresServer]:
+    folder = outside_pytest_tmp("opencdms-test-pg-")
+    url, handle = start_embedded_postgres(folder / "pgdata")
     server = PostgresServer(url)
     yield server
     server.close()
     handle.cleanup()  # type: ignore[attr-defined]
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Iterator
 
 import pytest
+from conftest import outside_pytest_tmp
 
 
 def opencdms(home: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -19,8 +22,17 @@ def opencdms(home: Path, *args: str, env: dict[str, str] | None = None) -> subpr
     )
 
 
+@pytest.fixture
+def home() -> Iterator[Path]:
+    """A project folder for `opencdms up`, outside pytest's tree (see conftest.outside_pytest_tmp)."""
+    folder = outside_pytest_tmp("opencdms-test-home-")
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.mark.slow
-def test_up_smoke_on_the_embedded_defaults(tmp_path: Path) -> None:
+def test_up_smoke_on_the_embedded_defaults(home: Path) -> None:
+    tmp_path = home
     result = opencdms(tmp_path, "up", "--smoke", "--demo-stations", "3", "--demo-years", "2")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout

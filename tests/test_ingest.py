@@ -273,3 +273,23 @@ def test_mapping_errors_name_file_and_field(tmp_path: Path) -> None:
     path = write(tmp_path, "zone.yaml", "time: {timezone: Mars/Olympus}\n")
     with pytest.raises(MappingError, match=r"zone.yaml: field 'time.timezone'.*unknown time zone"):
         load_mapping(path)
+
+
+@pytest.mark.usefixtures("stations")
+def test_source_flags_are_kept_and_a_changed_flag_is_a_new_version(
+    datastore: Datastore, bucket: Bucket, tmp_path: Path
+) -> None:
+    path = write(tmp_path, "flags.csv", "station,element,time,value,flag\n"
+                 "0-20000-0-60001,PRCP,2020-01-01,0.0,T\n0-20000-0-60001,PRCP,2020-01-02,4.2,\n")
+    assert run(path, datastore, bucket).inserted == 2
+    write(tmp_path, "flags.csv", "station,element,time,value,flag\n"
+          "0-20000-0-60001,PRCP,2020-01-01,0.0,\n0-20000-0-60001,PRCP,2020-01-02,4.2,E\n")
+    result = run(path, datastore, bucket)
+    assert (result.inserted, result.updated, result.unchanged) == (0, 2, 0)
+    with datastore.engine.connect() as connection:
+        now = connection.execute(sa.text(
+            "SELECT result_quality FROM observation ORDER BY phenomenon_time")).scalars().all()
+        before = connection.execute(sa.text(
+            "SELECT result_quality FROM observation_history ORDER BY phenomenon_time")).scalars().all()
+    assert now == [{}, {"ingest": {"flag": "E"}}]
+    assert before == [{"ingest": {"flag": "T"}}, {}]

@@ -3,8 +3,9 @@
 Why it is fast (see docs/architecture.md): the rows arrive with integer keys already resolved
 (no text-key joins in the database), sorted in primary-key order (index inserts stay local),
 the staging table is a temporary one (no WAL), the CSV for COPY is produced in a second thread
-while the server parses the previous chunk, and referential integrity is checked once per
-statement rather than once per row.
+while the server parses the previous chunk, referential integrity is checked once per
+statement rather than once per row, and when no stored row can share a key with the file (new
+data) the merge is a plain INSERT without the MERGE's join.
 """
 
 from __future__ import annotations
@@ -31,13 +32,24 @@ CREATE TEMP TABLE ingest_staging (
 ) ON COMMIT DROP
 """
 
-# The source's own flag is kept as the 'ingest' entry of result_quality, beside the QC entries.
-MERGE_SQL = """
+# The statements are assembled from these constant fragments (never from input), so that the
+# MERGE and the plain INSERT cannot drift apart.  The staged rows as observations.  The source's own flag is kept as the 'ingest' entry of
+# result_quality, beside the QC entries.
+STAGED_ROWS = """
+SELECT station_id, element_id, to_timestamp(epoch_seconds) AS phenomenon_time, value,
+       CASE WHEN flag IS NULL THEN NULL ELSE jsonb_build_object('flag', flag) END AS ingest_quality
+FROM ingest_staging
+"""
+NEW_RESULT_QUALITY = """CASE WHEN s.ingest_quality IS NULL THEN '{}'::jsonb
+                             ELSE jsonb_build_object('ingest', s.ingest_quality) END"""
+INSERTED_COLUMNS = """(station_id, element_id, phenomenon_time, duration_seconds, level, source_id,
+                       value, result_quality, changed_by, comment)"""
+INSERTED_VALUES = f"""s.station_id, s.element_id, s.phenomenon_time, :duration_seconds, :level,
+                      :source_id, s.value, {NEW_RESULT_QUALITY}, :user, :comment"""
+
+MERGE_SQL = f"""
 MERGE INTO observation AS o
-USING (SELECT station_id, element_id, to_timestamp(epoch_seconds) AS phenomenon_time, value,
-              CASE WHEN flag IS NULL THEN NULL
-                   ELSE jsonb_build_object('flag', flag) END AS ingest_quality
-       FROM ingest_staging) AS s
+USING ({STAGED_ROWS}) AS s
 ON  o.station_id = s.station_id AND o.element_id = s.element_id
 AND o.phenomenon_time = s.phenomenon_time AND o.duration_seconds = :duration_seconds
 AND o.level = :level AND o.source_id = :source_id
@@ -52,14 +64,26 @@ WHEN MATCHED AND (o.value IS DISTINCT FROM s.value
                                      ELSE o.result_quality
                                           || jsonb_build_object('ingest', s.ingest_quality) END
 WHEN NOT MATCHED THEN
-    INSERT (station_id, element_id, phenomenon_time, duration_seconds, level, source_id, value,
-            result_quality, changed_by, comment)
-    VALUES (s.station_id, s.element_id, s.phenomenon_time, :duration_seconds, :level,
-            :source_id, s.value,
-            CASE WHEN s.ingest_quality IS NULL THEN '{}'::jsonb
-                 ELSE jsonb_build_object('ingest', s.ingest_quality) END,
-            :user, :comment)
+    INSERT {INSERTED_COLUMNS} VALUES ({INSERTED_VALUES})
 """
+
+# When no stored row can share a key with the staged rows (the usual case for new data), the
+# merge is a plain sorted INSERT: the same result as the MERGE without its join.
+OVERLAP_SQL = """
+SELECT EXISTS (
+    SELECT 1
+    FROM (SELECT station_id, element_id,
+                 to_timestamp(min(epoch_seconds)) AS first_time,
+                 to_timestamp(max(epoch_seconds)) AS last_time
+          FROM ingest_staging GROUP BY station_id, element_id) AS k
+    JOIN observation AS o
+      ON o.station_id = k.station_id AND o.element_id = k.element_id
+     AND o.phenomenon_time BETWEEN k.first_time AND k.last_time
+    WHERE o.duration_seconds = :duration_seconds AND o.level = :level AND o.source_id = :source_id
+)
+"""
+
+INSERT_SQL = f"INSERT INTO observation {INSERTED_COLUMNS} SELECT {INSERTED_VALUES} FROM ({STAGED_ROWS}) AS s"
 
 # Row counts of this transaction on the observation table, kept by PostgreSQL itself.
 XACT_COUNTS_SQL = """
@@ -128,15 +152,14 @@ def merge_staging(
     (the audit trigger keeps the old version), identical ones left alone."""
     staged = connection.execute(sa.text("SELECT count(*) FROM ingest_staging")).scalar_one()
     inserted_before, updated_before = connection.execute(sa.text(XACT_COUNTS_SQL)).one()
+    key = {
+        "duration_seconds": series.duration_seconds,
+        "level": series.level,
+        "source_id": series.source_id,
+    }
+    overlaps = connection.execute(sa.text(OVERLAP_SQL), key).scalar_one()
     connection.execute(
-        sa.text(MERGE_SQL),
-        {
-            "duration_seconds": series.duration_seconds,
-            "level": series.level,
-            "source_id": series.source_id,
-            "user": user,
-            "comment": comment,
-        },
+        sa.text(MERGE_SQL if overlaps else INSERT_SQL), {**key, "user": user, "comment": comment}
     )
     inserted_after, updated_after = connection.execute(sa.text(XACT_COUNTS_SQL)).one()
     inserted = inserted_after - inserted_before

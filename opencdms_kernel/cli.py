@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +41,8 @@ class Context:
 @app.callback()
 def main(ctx: typer.Context) -> None:
     """Build and validate the settings (OPENCDMS_* environment variables) before any command."""
+    # pgserver asks platformdirs for a runtime folder; the fallback to /tmp is fine here.
+    warnings.filterwarnings("ignore", category=UserWarning, module="platformdirs")
     try:
         ctx.obj = Context(settings=Settings())
     except ValidationError as exc:
@@ -286,10 +289,12 @@ def up(
             f"exported in {exported.seconds:.1f} s"
         )
         checks = check_parts(datastore, bucket)
-        table = Table("part", "status", "detail", "where")
+        table = Table("part", "status", "detail")
         for check in checks:
-            table.add_row(check.part, "[green]ok[/green]" if check.ok else "[red]FAILED[/red]", check.detail, check.location)
+            table.add_row(check.part, "[green]ok[/green]" if check.ok else "[red]FAILED[/red]", check.detail)
         console.print(table)
+        for check in checks:
+            console.print(f"{check.part:<10} {check.location}", soft_wrap=True)
         if not all(check.ok for check in checks):
             raise typer.Exit(1)
         if smoke:

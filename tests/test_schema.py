@@ -8,6 +8,7 @@ from alembic.migration import MigrationContext
 
 from opencdms_kernel.db import migrate
 from opencdms_kernel.db.engine import Datastore
+import opencdms_kernel.qc.tables  # noqa: F401  (the QC tables join the metadata)
 from opencdms_kernel.db.schema import metadata
 
 

@@ -2,6 +2,7 @@
 
 from alembic import context
 
+import opencdms_kernel.qc.tables  # noqa: F401  (the QC tables join the metadata)
 from opencdms_kernel.db.schema import metadata
 
 connection = context.config.attributes["connection"]

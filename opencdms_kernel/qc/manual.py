@@ -1,0 +1,178 @@
+"""Manual QC decisions: accept, reject or correct one value, with a reason, audited.
+
+The decision is the ``manual`` entry of ``result_quality`` (decision, reason, by, at, and for a
+correction the original value); the automatic entries stay beside it, and re-QC never touches
+it — the derived status follows it (accept, correct: passed; reject: failed).  The update goes
+through the observation triggers, so ``observation_history`` keeps the previous row with who
+(``superseded_by``), when (``superseded_at``) and why (``reason``); a correction's old value is
+there too.  QC itself never changes a value: only a person's correction does.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import sqlalchemy as sa
+
+from opencdms_kernel.db.engine import Datastore
+from opencdms_kernel.ingest.load import identify_writer
+from opencdms_kernel.qc.model import (
+    Decision,
+    FinalFlag,
+    ObservationKey,
+    ObservationNotFoundError,
+    QcParameterError,
+    QcStatus,
+    UnknownQcReferenceError,
+)
+
+
+@dataclass(frozen=True)
+class DecisionResult:
+    """The observation after a decision."""
+
+    key: ObservationKey
+    decision: Decision
+    previous_value: float | None
+    value: float | None
+    qc_status: QcStatus
+    final_flag: FinalFlag
+    version: int
+
+
+_FIND_SQL = sa.text(
+    """
+    SELECT o.station_id, o.element_id, o.source_id, src.name AS source, o.value, o.version,
+           o.result_quality -> 'manual' AS manual
+    FROM observation AS o JOIN source AS src ON src.id = o.source_id
+    WHERE o.station_id = :station_id AND o.element_id = :element_id
+      AND o.phenomenon_time = :phenomenon_time AND o.duration_seconds = :duration_seconds
+      AND o.level = :level AND o.status = 'latest'
+      AND (CAST(:source_id AS smallint) IS NULL OR o.source_id = :source_id)
+    ORDER BY o.source_id
+    FOR UPDATE OF o
+    """
+)
+
+_DECIDE_SQL = sa.text(
+    """
+    UPDATE observation AS o
+    SET value = :value,
+        result_quality = n.result_quality,
+        qc_status = qc_status_of(n.result_quality, true),
+        final_flag = qc_final_flag_of(n.result_quality, true)
+    FROM (SELECT o2.result_quality
+                 || jsonb_build_object('manual', CAST(:entry AS jsonb) || jsonb_build_object('at', now()))
+                 AS result_quality
+          FROM observation AS o2
+          WHERE o2.station_id = :station_id AND o2.element_id = :element_id
+            AND o2.phenomenon_time = :phenomenon_time AND o2.duration_seconds = :duration_seconds
+            AND o2.level = :level AND o2.source_id = :source_id) AS n
+    WHERE o.station_id = :station_id AND o.element_id = :element_id
+      AND o.phenomenon_time = :phenomenon_time AND o.duration_seconds = :duration_seconds
+      AND o.level = :level AND o.source_id = :source_id
+    RETURNING o.value, o.qc_status, o.final_flag, o.version
+    """
+)
+
+
+def _check(decision: Decision | str, reason: str, user: str, corrected_value: float | None,
+           key: ObservationKey) -> Decision:
+    try:
+        chosen = Decision(str(decision).strip().lower())
+    except ValueError:
+        raise QcParameterError(
+            "decision", f"{decision!r} is not one of {', '.join(d.value for d in Decision)}"
+        ) from None
+    if not isinstance(reason, str) or not reason.strip():
+        raise QcParameterError("reason", "a manual decision needs a reason")
+    if not isinstance(user, str) or not user.strip():
+        raise QcParameterError("user", "a manual decision needs the name of who made it")
+    if chosen is Decision.CORRECT:
+        if corrected_value is None or not math.isfinite(corrected_value):
+            raise QcParameterError("corrected_value", "a correction needs the corrected value (a finite number)")
+    elif corrected_value is not None:
+        raise QcParameterError("corrected_value", f"only a correction takes a value, not {chosen.value}")
+    if key.phenomenon_time.tzinfo is None:
+        raise QcParameterError("key.phenomenon_time", "give the time with its time zone (e.g. UTC)")
+    return chosen
+
+
+def decide(
+    datastore: Datastore,
+    key: ObservationKey,
+    decision: Decision | str,
+    reason: str,
+    user: str,
+    corrected_value: float | None = None,
+) -> DecisionResult:
+    """Record a person's decision on the observation ``key`` (one transaction, audited).
+
+    A new decision replaces the previous ``manual`` entry (the history keeps it); a
+    correction's ``original_value`` is the value before the first correction.
+    """
+    chosen = _check(decision, reason, user, corrected_value, key)
+    with datastore.engine.begin() as connection:
+        identify_writer(connection, user.strip(), f"manual QC ({chosen.value}): {reason.strip()}")
+        station_id = connection.execute(
+            sa.text("SELECT id FROM station WHERE wigos_id = :w"), {"w": key.station}).scalar_one_or_none()
+        if station_id is None:
+            raise UnknownQcReferenceError("key.station", "station", (key.station,))
+        element = connection.execute(
+            sa.text("SELECT id, code, units, valid_min, valid_max FROM element WHERE code = :c"),
+            {"c": key.element}).one_or_none()
+        if element is None:
+            raise UnknownQcReferenceError("key.element", "element", (key.element,))
+        source_id = None
+        if key.source is not None:
+            source_id = connection.execute(
+                sa.text("SELECT id FROM source WHERE name = :n"), {"n": key.source}).scalar_one_or_none()
+            if source_id is None:
+                raise UnknownQcReferenceError("key.source", "source", (key.source,))
+        if chosen is Decision.CORRECT and not (
+            (element.valid_min is None or corrected_value >= element.valid_min)
+            and (element.valid_max is None or corrected_value <= element.valid_max)
+        ):
+            raise QcParameterError(
+                "corrected_value",
+                f"{corrected_value} {element.units} is outside the physical range of {element.code} "
+                f"({element.valid_min}..{element.valid_max} {element.units})",
+            )
+        where = {
+            "station_id": station_id, "element_id": element.id, "phenomenon_time": key.phenomenon_time,
+            "duration_seconds": key.duration_seconds, "level": key.level, "source_id": source_id,
+        }
+        found = connection.execute(_FIND_SQL, where).all()
+        if not found:
+            raise ObservationNotFoundError(
+                f"no observation of {key.element} at station {key.station} at "
+                f"{key.phenomenon_time.isoformat()} (duration {key.duration_seconds} s, level {key.level}"
+                + (f", source {key.source})" if key.source else ")")
+            )
+        if len(found) > 1:
+            names = ", ".join(row.source for row in found)
+            raise QcParameterError("key.source", f"several sources have this value ({names}); name one")
+        row = found[0]
+        if row.value is None and chosen is not Decision.CORRECT:
+            raise QcParameterError("decision", f"the value is missing; it can be corrected, not {chosen.value}ed")
+        entry: dict[str, object] = {"decision": chosen.value, "reason": reason.strip(), "by": user.strip()}
+        previous = row.manual or {}
+        if "original_value" in previous:
+            entry["original_value"] = previous["original_value"]
+        elif chosen is Decision.CORRECT:
+            entry["original_value"] = row.value
+        new_value = corrected_value if chosen is Decision.CORRECT else row.value
+        result = connection.execute(_DECIDE_SQL, {
+            **where, "source_id": row.source_id, "value": new_value, "entry": json.dumps(entry),
+        }).one()
+    return DecisionResult(
+        key=key,
+        decision=chosen,
+        previous_value=row.value,
+        value=result.value,
+        qc_status=QcStatus(result.qc_status),
+        final_flag=FinalFlag(result.final_flag),
+        version=result.version,
+    )

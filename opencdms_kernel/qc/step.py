@@ -1,0 +1,53 @@
+"""Step check: the largest allowed change between consecutive values of a series.
+
+Rules (``qc_threshold`` test ``step``) are per element and duration (``max_change``, and
+``max_gap_seconds``: values further apart are not consecutive).  A value that jumps away by
+more than the limit and comes back by more than the limit is a ``spike`` (only that value is
+flagged, not its neighbours); a jump that does not come back flags the value after it
+(``step``), unless the jump is the way back from a spike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from opencdms_kernel.qc.flags import Findings, versions
+from opencdms_kernel.qc.frame import Frame
+from opencdms_kernel.qc.model import QcTest
+from opencdms_kernel.qc.rules import Resolved, rule_labels
+from opencdms_kernel.qc.series import max_gap_us
+
+
+def check_step(frame: Frame, resolved: Resolved) -> Findings:
+    """Spikes and steps larger than the rule's ``max_change``."""
+    if not resolved.any:
+        return Findings.empty(QcTest.STEP)
+    limit_per_cell = resolved.params["max_change"]  # NaN: no rule
+    tested = frame.tested(~np.isnan(limit_per_cell))
+    linked = frame.consecutive(max_gap_us(frame, resolved))
+    size = np.zeros(frame.rows)  # size of the change into each value (only read where linked)
+    np.subtract(frame.value[1:], frame.value[:-1], out=size[1:])
+    np.abs(size, out=size)
+    jumps = np.flatnonzero(linked & frame.compare(size, np.greater, limit_per_cell))  # few
+    change = frame.value[jumps] - frame.value[jumps - 1]  # a jump always has a previous value
+    # A spike: a jump into a value and a jump out of it, in opposite directions.
+    pair = (jumps[1:] == jumps[:-1] + 1) & (change[1:] * change[:-1] < 0)
+    spikes = jumps[:-1][pair]
+    steps = np.setdiff1d(jumps, np.concatenate([spikes, spikes + 1]))
+    rows = np.union1d(spikes, steps).astype(np.int64)
+    rows = rows[frame.in_scope[rows]]
+    if not rows.size:
+        return Findings.empty(QcTest.STEP, tested=tested)
+    cell = frame.cell[rows]
+    return Findings(
+        test=QcTest.STEP,
+        rows=rows.astype(np.int64),
+        failed=resolved.failed[cell],
+        flag=pa.array(np.where(np.isin(rows, spikes), "spike", "step")),
+        rule=rule_labels("qc_threshold", resolved.rule_id[cell]),
+        version=versions(resolved.version[cell]),
+        details={"change": pa.array(frame.value[rows] - frame.value[rows - 1]),
+                 "limit": pa.array(limit_per_cell[cell])},
+        tested=tested,
+    )

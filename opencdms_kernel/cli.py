@@ -8,6 +8,7 @@ import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Iterator
 
@@ -26,8 +27,10 @@ from opencdms_kernel.settings import Settings
 app = typer.Typer(help="OpenCDMS Workbench: climate data management.", no_args_is_help=True)
 db_app = typer.Typer(help="Datastore schema.", no_args_is_help=True)
 stations_app = typer.Typer(help="Station metadata.", no_args_is_help=True)
+product_app = typer.Typer(help="Climate products from the Parquet archive.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(stations_app, name="stations")
+app.add_typer(product_app, name="product")
 console = Console()
 
 
@@ -246,6 +249,184 @@ def restore(ctx: typer.Context, file: Path = typer.Argument(..., exists=True, di
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from exc
     console.print(f"restored from {file}")
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Report a user's mistake (bad parameter, unknown station…) as one line and exit 2."""
+    try:
+        yield
+    except OpenCDMSError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def qc(
+    ctx: typer.Context,
+    station: list[str] = typer.Option([], help="WIGOS id (repeatable); default: all"),
+    element: list[str] = typer.Option([], help="element code (repeatable); default: all"),
+    start: datetime | None = typer.Option(None, "--from", formats=["%Y-%m-%d"], help="first UTC day"),
+    end: datetime | None = typer.Option(None, "--to", formats=["%Y-%m-%d"], help="last UTC day"),
+    test: list[str] = typer.Option([], help="range, step, persistence, consistency, spatial; default: all"),
+) -> None:
+    """Run the QC checks on the observations in scope and write the flags (values never change)."""
+    from opencdms_kernel.qc import run_qc
+
+    settings = _settings(ctx)
+    with _open(settings) as (datastore, bucket), _user_errors(), _progress() as progress:
+        task = progress.add_task("qc", total=None)
+        result = run_qc(
+            datastore, bucket, user=settings.user, stations=station or None, elements=element or None,
+            start=start.date() if start else None, end=end.date() if end else None, tests=test or None,
+            progress=lambda stage, done, total: progress.update(
+                task, completed=done, total=total, description=f"qc: {stage}"),
+        )
+    table = Table("test", "tested", "suspect", "failed", "skipped")
+    for row in result.summary_rows():
+        table.add_row(*(f"{cell:,}" if isinstance(cell, int) else cell for cell in row))
+    console.print(table)
+    skipped = result.skipped_lines()
+    for line in skipped[:10]:
+        console.print(f"[yellow]{line}[/yellow]")
+    if len(skipped) > 10:
+        console.print(f"[yellow]… and {len(skipped) - 10} more series skipped (see qc_run {result.run_id})[/yellow]")
+    console.print(f"QC run {result.run_id}: {result.written:,} observations' flags written in {result.seconds:.1f} s")
+
+
+@app.command()
+def decide(
+    ctx: typer.Context,
+    station: str = typer.Option(..., help="WIGOS id"),
+    element: str = typer.Option(..., help="element code"),
+    time: datetime = typer.Option(..., formats=["%Y-%m-%d", "%Y-%m-%dT%H:%M"], help="UTC time of the value"),
+    decision: str = typer.Option(..., help="accept, reject or correct"),
+    reason: str = typer.Option(..., help="why (recorded in the audit trail)"),
+    value: float | None = typer.Option(None, help="the corrected value (with --decision correct)"),
+    duration_seconds: int = typer.Option(86400),
+) -> None:
+    """Record a person's QC decision on one value; the automatic results stay beside it."""
+    from datetime import timezone
+
+    from opencdms_kernel.qc import ObservationKey, decide as record_decision
+
+    settings = _settings(ctx)
+    key = ObservationKey(station=station, element=element, phenomenon_time=time.replace(tzinfo=timezone.utc),
+                         duration_seconds=duration_seconds)
+    with _open(settings) as (datastore, _), _user_errors():
+        result = record_decision(datastore, key, decision, reason, settings.user, corrected_value=value)
+    console.print(f"recorded: {result}")
+
+
+def _archive_connection(bucket: Bucket):  # type: ignore[no-untyped-def]
+    from opencdms_kernel.archive import connect_archive
+
+    return connect_archive(bucket)
+
+
+def _store_table_product(bucket: Bucket, product: object) -> None:
+    from opencdms_kernel.products import write_product
+
+    stored = write_product(bucket, product)  # type: ignore[arg-type]
+    if stored.rows == 0:
+        console.print(f"[yellow]empty product: {stored.metadata.get('note', 'no data')}[/yellow]")
+    console.print(f"{stored.rows:,} rows written to {bucket.url(stored.parquet_key)} (metadata: {stored.metadata_key})")
+
+
+@product_app.command("monthly")
+def product_monthly(
+    ctx: typer.Context,
+    period: str = typer.Argument(..., help="a year or a range, e.g. 2020 or 1991-2020"),
+    station: list[str] = typer.Option([], help="WIGOS id (repeatable); default: all"),
+    element: list[str] = typer.Option([], help="element code (repeatable); default: TMAX TMIN PRCP…"),
+) -> None:
+    """Monthly summaries from daily values, with the WMO 3/5 completeness rule."""
+    from opencdms_kernel.products import Period, monthly_summaries
+
+    with _open(_settings(ctx)) as (_, bucket), _user_errors():
+        options = {"elements": element} if element else {}
+        product = monthly_summaries(_archive_connection(bucket), Period.parse(period), stations=station or None, **options)
+        _store_table_product(bucket, product)
+
+
+@product_app.command("normals")
+def product_normals(
+    ctx: typer.Context,
+    period: str = typer.Argument("1991-2020", help="the 30-year period"),
+    station: list[str] = typer.Option([], help="WIGOS id (repeatable); default: all"),
+    element: list[str] = typer.Option([], help="element code (repeatable); default: all"),
+) -> None:
+    """Climatological standard normals (WMO-No. 1203: 80 % of years, at most 3 missing in a row)."""
+    from opencdms_kernel.products import Period, normals
+
+    with _open(_settings(ctx)) as (_, bucket), _user_errors():
+        product = normals(_archive_connection(bucket), Period.parse(period), stations=station or None,
+                          elements=element or None)
+        _store_table_product(bucket, product)
+
+
+@product_app.command("indices")
+def product_indices(
+    ctx: typer.Context,
+    period: str = typer.Argument(..., help="a year or a range, e.g. 1991-2020"),
+    station: list[str] = typer.Option([], help="WIGOS id (repeatable); default: all"),
+    index: list[str] = typer.Option([], help="ETCCDI index, e.g. TXx (repeatable); default: all"),
+) -> None:
+    """ETCCDI climate indices (xclim), annual and monthly."""
+    from opencdms_kernel.products import Period, climate_indices
+
+    with _open(_settings(ctx)) as (_, bucket), _user_errors():
+        product = climate_indices(_archive_connection(bucket), Period.parse(period), stations=station or None,
+                                  indices=index or None)
+        _store_table_product(bucket, product)
+
+
+@product_app.command("climat")
+def product_climat(
+    ctx: typer.Context,
+    station: str = typer.Argument(..., help="WIGOS id"),
+    month: str = typer.Argument(..., help="YYYY-MM"),
+) -> None:
+    """CLIMAT (FM 71) monthly report text for one station and month."""
+    from opencdms_kernel.products.climat import produce_climat
+
+    with _open(_settings(ctx)) as (_, bucket), _user_errors():
+        year, number = _year_month(month)
+        report = produce_climat(_archive_connection(bucket), bucket, station, year, number)
+    if report.key is None:
+        console.print(f"[yellow]no report: {report.reason}[/yellow]")
+        return
+    console.print(report.text, soft_wrap=True)
+    console.print(f"written to {bucket.url(report.key)}")
+
+
+@product_app.command("daycli")
+def product_daycli(
+    ctx: typer.Context,
+    station: str = typer.Argument(..., help="WIGOS id"),
+    month: str = typer.Argument(..., help="YYYY-MM"),
+) -> None:
+    """DAYCLI daily climate data of one station and month as BUFR (csv2bufr)."""
+    from opencdms_kernel.products.daycli import produce_daycli, station_metadata
+
+    with _open(_settings(ctx)) as (datastore, bucket), _user_errors():
+        year, number = _year_month(month)
+        product = produce_daycli(_archive_connection(bucket), bucket, station, year, number,
+                                 station=station_metadata(datastore, station))
+    if product.key is None:
+        console.print(f"[yellow]no messages: {product.reason}[/yellow]")
+        return
+    console.print(f"{len(product.days)} days encoded, written to {bucket.url(product.key)}")
+
+
+def _year_month(text: str) -> tuple[int, int]:
+    from opencdms_kernel.products import ProductParameterError
+
+    try:
+        parsed = datetime.strptime(text, "%Y-%m")
+    except ValueError as exc:
+        raise ProductParameterError("month", f"{text!r} is not a month like 2020-07") from exc
+    return parsed.year, parsed.month
 
 
 @app.command()

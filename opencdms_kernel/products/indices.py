@@ -1,0 +1,408 @@
+"""ETCCDI climate indices per station through xclim, from the daily values of the archive.
+
+The daily TMAX, TMIN and PRCP values are read with one DuckDB query and laid out as dense
+station x day arrays (NaN where a day has no usable value) — the shape xarray and xclim want —
+with numpy index arithmetic, not a loop over rows.
+
+Missing data: xclim's own missing-value checks are switched off and the product's
+:class:`CompletenessRule` is applied instead, so indices follow the same rule as the monthly
+summaries: a monthly index is given when its month meets the rule (for multi-input indices,
+counting a day missing when any input is), an annual index when all twelve months do; counts
+of days, totals and spell lengths need complete months when ``totals_require_complete``
+(a missing day could have been frost or rain).  xclim computes the values themselves.
+
+Indices (ETCCDI definitions, thresholds fixed by the definitions): TXx, TXn, TNx, TNn, DTR,
+FD, ID, SU, TR, R10mm, R20mm, CDD, CWD, PRCPTOT, SDII, Rx1day, Rx5day.  Percentile-based
+indices (TX90p, WSDI …) need a base-period climatology and are not computed here.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Callable, Mapping, Sequence
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from opencdms_kernel.products.model import (
+    DEFAULT_USABLE_QC,
+    WMO_MONTHLY_RULE,
+    CompletenessRule,
+    Element,
+    Period,
+    Product,
+    ProductKind,
+    ProductParameterError,
+)
+from opencdms_kernel.products.sql import LOCAL_DAY, Selection, arrow, registered, select, usable_rows_sql, zones_table
+from opencdms_kernel.products.summaries import _check_rule
+
+DAY_US = 86_400_000_000
+
+
+class Frequency(StrEnum):
+    ANNUAL = "annual"
+    MONTHLY = "monthly"
+
+    @property
+    def xclim(self) -> str:
+        return "YS" if self is Frequency.ANNUAL else "MS"
+
+
+class IndexKind(StrEnum):
+    """How missing days affect an index: extremes and means follow the 3/5-style rule;
+    counts, totals and spells need complete months when the rule says totals do."""
+
+    EXTREME = "extreme"
+    MEAN = "mean"
+    COUNT = "count"
+    TOTAL = "total"
+
+    @property
+    def strict(self) -> bool:
+        return self in (IndexKind.COUNT, IndexKind.TOTAL)
+
+
+TX, TN, PR = Element.TMAX, Element.TMIN, Element.PRCP
+Inputs = Mapping[Element, "object"]  # element -> xarray.DataArray
+
+
+@dataclass(frozen=True)
+class IndexDefinition:
+    """One climate index: ETCCDI name, inputs, frequencies it is defined at, kind, units."""
+
+    name: str
+    description: str
+    inputs: tuple[Element, ...]
+    frequencies: tuple[Frequency, ...]
+    kind: IndexKind
+    units: str
+    compute: Callable[[Inputs, str], "object"]
+    # What xclim's result is converted to before it is labelled ``units``: the same, except
+    # that a highest daily rate (mm/day) is the amount of that day (mm).
+    xclim_units: str | None = None
+
+
+def _atmos():
+    """xclim's indicators, imported when first needed (importing xclim takes seconds)."""
+    with warnings.catch_warnings():
+        # cf_xarray warns that matplotlib is missing; plotting is not used here.
+        warnings.simplefilter("ignore")
+        from xclim import atmos
+
+    return atmos
+
+
+BOTH = (Frequency.ANNUAL, Frequency.MONTHLY)
+ANNUAL = (Frequency.ANNUAL,)
+
+INDICES: dict[str, IndexDefinition] = {
+    d.name: d
+    for d in (
+        IndexDefinition("TXx", "highest daily maximum temperature", (TX,), BOTH, IndexKind.EXTREME, "degC",
+                        lambda x, f: _atmos().tx_max(tasmax=x[TX], freq=f)),
+        IndexDefinition("TXn", "lowest daily maximum temperature", (TX,), BOTH, IndexKind.EXTREME, "degC",
+                        lambda x, f: _atmos().tx_min(tasmax=x[TX], freq=f)),
+        IndexDefinition("TNx", "highest daily minimum temperature", (TN,), BOTH, IndexKind.EXTREME, "degC",
+                        lambda x, f: _atmos().tn_max(tasmin=x[TN], freq=f)),
+        IndexDefinition("TNn", "lowest daily minimum temperature", (TN,), BOTH, IndexKind.EXTREME, "degC",
+                        lambda x, f: _atmos().tn_min(tasmin=x[TN], freq=f)),
+        IndexDefinition("DTR", "mean daily temperature range (TX - TN)", (TX, TN), BOTH, IndexKind.MEAN, "K",
+                        lambda x, f: _atmos().daily_temperature_range(tasmin=x[TN], tasmax=x[TX], freq=f)),
+        IndexDefinition("FD", "frost days: TN < 0 degC", (TN,), ANNUAL, IndexKind.COUNT, "days",
+                        lambda x, f: _atmos().frost_days(tasmin=x[TN], thresh="0 degC", freq=f)),
+        IndexDefinition("ID", "icing days: TX < 0 degC", (TX,), ANNUAL, IndexKind.COUNT, "days",
+                        lambda x, f: _atmos().ice_days(tasmax=x[TX], thresh="0 degC", freq=f)),
+        IndexDefinition("SU", "summer days: TX > 25 degC", (TX,), ANNUAL, IndexKind.COUNT, "days",
+                        lambda x, f: _atmos().tx_days_above(tasmax=x[TX], thresh="25 degC", op=">", freq=f)),
+        IndexDefinition("TR", "tropical nights: TN > 20 degC", (TN,), ANNUAL, IndexKind.COUNT, "days",
+                        lambda x, f: _atmos().tropical_nights(tasmin=x[TN], thresh="20 degC", op=">", freq=f)),
+        IndexDefinition("R10mm", "days with PRCP >= 10 mm", (PR,), ANNUAL, IndexKind.COUNT, "days",
+                        lambda x, f: _atmos().wetdays(pr=x[PR], thresh="10 mm/day", op=">=", freq=f)),
+        IndexDefinition("R20mm", "days with PRCP >= 20 mm", (PR,), ANNUAL, IndexKind.COUNT, "days",
+                        lambda x, f: _atmos().wetdays(pr=x[PR], thresh="20 mm/day", op=">=", freq=f)),
+        IndexDefinition("CDD", "longest spell of days with PRCP < 1 mm", (PR,), ANNUAL, IndexKind.COUNT, "days",
+                        lambda x, f: _atmos().maximum_consecutive_dry_days(pr=x[PR], thresh="1 mm/day", op="<", freq=f)),
+        IndexDefinition("CWD", "longest spell of days with PRCP >= 1 mm", (PR,), ANNUAL, IndexKind.COUNT, "days",
+                        lambda x, f: _atmos().maximum_consecutive_wet_days(pr=x[PR], thresh="1 mm/day", op=">=", freq=f)),
+        IndexDefinition("PRCPTOT", "total PRCP on days with PRCP >= 1 mm", (PR,), ANNUAL, IndexKind.TOTAL, "mm",
+                        lambda x, f: _atmos().wet_precip_accumulation(pr=x[PR], thresh="1 mm/day", freq=f)),
+        IndexDefinition("SDII", "mean PRCP on days with PRCP >= 1 mm", (PR,), ANNUAL, IndexKind.MEAN, "mm d-1",
+                        lambda x, f: _atmos().daily_pr_intensity(pr=x[PR], thresh="1 mm/day", freq=f)),
+        IndexDefinition("Rx1day", "highest 1-day PRCP", (PR,), BOTH, IndexKind.EXTREME, "mm",
+                        lambda x, f: _atmos().max_1day_precipitation_amount(pr=x[PR], freq=f), "mm d-1"),
+        IndexDefinition("Rx5day", "highest 5-day PRCP (window ending in the period)", (PR,), BOTH, IndexKind.EXTREME, "mm",
+                        lambda x, f: _atmos().max_n_day_precipitation_amount(pr=x[PR], window=5, freq=f)),
+    )
+}
+
+# CF attributes xclim checks on its inputs.
+_INPUT_ATTRS = {
+    TX: {"units": "degC", "standard_name": "air_temperature", "cell_methods": "time: maximum within days"},
+    TN: {"units": "degC", "standard_name": "air_temperature", "cell_methods": "time: minimum within days"},
+    PR: {"units": "mm d-1", "standard_name": "precipitation_flux", "cell_methods": "time: sum within days"},
+}
+
+INDEX_SCHEMA = pa.schema(
+    [
+        ("wigos_id", pa.string()),
+        ("index", pa.string()),
+        ("frequency", pa.string()),
+        ("year", pa.int32()),
+        ("month", pa.int32()),
+        ("value", pa.float64()),
+        ("units", pa.string()),
+        ("meets_rule", pa.bool_()),
+    ]
+)
+
+
+def _check_indices(names: Sequence[str] | str | None) -> tuple[IndexDefinition, ...]:
+    if names is None:
+        return tuple(INDICES.values())
+    if isinstance(names, str):
+        names = (names,)
+    by_lower = {name.lower(): d for name, d in INDICES.items()}
+    chosen = []
+    for name in names:
+        found = by_lower.get(str(name).strip().lower())
+        if found is None:
+            raise ProductParameterError("indices", f"unknown index '{name}' (known: {', '.join(INDICES)})")
+        if found not in chosen:
+            chosen.append(found)
+    if not chosen:
+        raise ProductParameterError("indices", "no index given")
+    return tuple(chosen)
+
+
+def _check_frequencies(frequencies: Sequence[str] | str) -> tuple[Frequency, ...]:
+    if isinstance(frequencies, str):
+        frequencies = (frequencies,)
+    try:
+        chosen = tuple(dict.fromkeys(Frequency(str(f).lower()) for f in frequencies))
+    except ValueError:
+        raise ProductParameterError("frequencies", f"frequencies must be among {[f.value for f in Frequency]}, not {list(frequencies)}") from None
+    if not chosen:
+        raise ProductParameterError("frequencies", "no frequency given")
+    return chosen
+
+
+def climate_indices(
+    connection: duckdb.DuckDBPyConnection,
+    period: Period,
+    *,
+    indices: Sequence[str] | str | None = None,
+    frequencies: Sequence[str] | str = (Frequency.ANNUAL, Frequency.MONTHLY),
+    stations: Sequence[str] | str | None = None,
+    rule: CompletenessRule = WMO_MONTHLY_RULE,
+    usable_qc: Sequence[str] | str = DEFAULT_USABLE_QC,
+    timezones: Mapping[str, str] | None = None,
+) -> Product:
+    """ETCCDI indices per station: one row per station, index, frequency and year (and month).
+
+    ``indices``: names from :data:`INDICES` (None: all); ``frequencies``: annual and/or
+    monthly (an index is computed monthly only where ETCCDI defines it monthly).  Columns:
+    ``wigos_id, index, frequency, year, month`` (NULL for annual), ``value, units, meets_rule``;
+    ``value`` is NULL where the period does not meet ``rule``.  A station gets the indices whose
+    inputs it has any usable value of in the period.
+    """
+    if not isinstance(period, Period):
+        raise ProductParameterError("period", f"expected a Period(start_year, end_year), not {period!r}")
+    definitions = _check_indices(indices)
+    wanted_frequencies = _check_frequencies(frequencies)
+    rule = _check_rule(rule)
+    elements = tuple(dict.fromkeys(e for d in definitions for e in d.inputs))
+    selection = select(connection, period, [e.value for e in elements], stations, usable_qc, timezones)
+
+    daily = read_daily_arrays(connection, selection)
+    parts = []
+    if daily.stations:
+        parts = [
+            _index_table(daily, definition, frequency, rule)
+            for definition in definitions
+            for frequency in wanted_frequencies
+            if frequency in definition.frequencies
+        ]
+    table = pa.concat_tables(parts) if parts else INDEX_SCHEMA.empty_table()
+    table = table.sort_by([("wigos_id", "ascending"), ("index", "ascending"), ("frequency", "ascending"),
+                           ("year", "ascending"), ("month", "ascending")]) if table.num_rows else table
+    if table.num_rows == 0:
+        note = f"no data for {selection.describe()}"
+    else:
+        given = pc.sum(table["meets_rule"]).as_py() or 0
+        note = f"{table.num_rows} index values for {len(daily.stations)} stations in {period.label}; {given} meet the rule"
+    return Product(
+        kind=ProductKind.INDICES,
+        table=table,
+        period=period,
+        parameters=selection.parameters()
+        | {"indices": [d.name for d in definitions], "frequencies": [f.value for f in wanted_frequencies]},
+        rules={"indices": rule.as_dict()},
+        note=note,
+        description="ETCCDI climate indices computed with xclim",
+        extra={"xclim_version": _xclim_version()},
+    )
+
+
+def _xclim_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("xclim")
+    except Exception:  # pragma: no cover - metadata missing only in broken installs
+        return "unknown"
+
+
+# --------------------------------------------------------------------------- daily arrays
+
+
+@dataclass(frozen=True)
+class DailyArrays:
+    """Usable daily values as dense arrays: ``values[element]`` has shape (stations, days)."""
+
+    stations: tuple[str, ...]
+    days: pd.DatetimeIndex
+    values: Mapping[Element, np.ndarray]
+    has_data: Mapping[Element, np.ndarray]  # (stations,) bool: any usable value of the element
+
+
+def read_daily_arrays(connection: duckdb.DuckDBPyConnection, selection: Selection) -> DailyArrays:
+    """Read the selection's usable daily values into NaN-filled station x day arrays.
+
+    One value per station, element and day: where several are usable (sources, levels), the
+    one changed most recently (then lowest source id, level), as in the monthly summaries.
+    """
+    period = selection.period
+    days = pd.date_range(period.first_day, period.last_day, freq="D")
+    with registered(connection, zones_table(selection)) as zones:
+        inner, params = usable_rows_sql(
+            selection, zones, daily=True,
+            columns=f"wigos_id, element, value, epoch_us(changed_at) AS changed_us, source_id, level, {LOCAL_DAY} AS day",
+        )
+        sql = f"""
+            SELECT wigos_id, element, CAST(day - ? AS INTEGER) AS day_index, value, changed_us, source_id, level
+            FROM ({inner}) AS v WHERE v.day BETWEEN ? AND ?
+        """
+        rows = arrow(connection, sql, [period.first_day] + params + [period.first_day, period.last_day])
+    if selection.stations is not None:
+        stations = tuple(sorted(selection.stations))
+    else:
+        stations = tuple(sorted(pc.unique(rows["wigos_id"]).to_pylist()))
+    station_index = pc.index_in(rows["wigos_id"], value_set=pa.array(stations, pa.string())).to_numpy(zero_copy_only=False)
+    n_days = len(days)
+    day_index = rows["day_index"].to_numpy()
+    values: dict[Element, np.ndarray] = {}
+    has_data: dict[Element, np.ndarray] = {}
+    for element in selection.elements:
+        mask = pc.equal(rows["element"], element.value).to_numpy(zero_copy_only=False)
+        cells = station_index[mask].astype(np.int64) * n_days + day_index[mask]
+        keep = _one_per_cell(cells, rows, mask)
+        grid = np.full(len(stations) * n_days, np.nan)
+        grid[cells[keep]] = rows["value"].to_numpy()[mask][keep]
+        values[element] = grid.reshape(len(stations), n_days)
+        has_data[element] = np.bincount(station_index[mask], minlength=len(stations)) > 0
+    return DailyArrays(stations, days, values, has_data)
+
+
+def _one_per_cell(cells: np.ndarray, rows: pa.Table, mask: np.ndarray) -> np.ndarray | slice:
+    """The rows to keep so that each cell (station-day) has one: the preferred where repeated.
+
+    Repeats are rare, so the common case (no cell twice) is one bincount and no sort.
+    Otherwise the rows are sorted by cell, then by preference, and the last of each cell kept:
+    the most recently changed, then lowest source id, then lowest level.
+    """
+    if cells.size == 0 or np.bincount(cells).max() <= 1:
+        return slice(None)
+    changed = rows["changed_us"].to_numpy()[mask]
+    source = rows["source_id"].to_numpy()[mask].astype(np.int64)
+    level = rows["level"].to_numpy()[mask].astype(np.float64)
+    order = np.lexsort((-level, -source, changed, cells))  # the last key is the primary one
+    sorted_cells = cells[order]
+    last_of_cell = np.append(sorted_cells[1:] != sorted_cells[:-1], True)
+    return order[last_of_cell]
+
+
+# --------------------------------------------------------------------------- validity and indices
+
+
+def _month_starts(days: pd.DatetimeIndex) -> np.ndarray:
+    """Index of the first day of each month in ``days``."""
+    return np.flatnonzero(days.day == 1)
+
+
+def month_validity(missing: np.ndarray, days: pd.DatetimeIndex, rule: CompletenessRule, strict: bool) -> np.ndarray:
+    """(stations, months) bool: the month meets ``rule`` (or, ``strict``, has no missing day).
+
+    The longest run of missing days within each month: a run's length at each day is the
+    distance to the last present day or the month's start, whichever is later.
+    """
+    starts = _month_starts(days)
+    counts = np.add.reduceat(missing, starts, axis=1)
+    if strict:
+        return counts == 0
+    index = np.arange(missing.shape[1])
+    is_start = np.zeros(missing.shape[1], dtype=bool)
+    is_start[starts] = True
+    breaks = np.where(~missing, index, np.where(is_start, index - 1, -1))
+    last_break = np.maximum.accumulate(breaks, axis=1)
+    runs = np.where(missing, index - last_break, 0)
+    longest = np.maximum.reduceat(runs, starts, axis=1)
+    return (counts <= rule.max_missing) & (longest <= rule.max_consecutive_missing)
+
+
+def _index_table(daily: DailyArrays, definition: IndexDefinition, frequency: Frequency, rule: CompletenessRule) -> pa.Table:
+    import xarray as xr
+
+    atmos = _atmos()  # first, so that its import warnings are silenced
+    import xclim
+    from xclim.core.units import convert_units_to
+
+    del atmos
+
+    has_inputs = np.logical_and.reduce([daily.has_data[e] for e in definition.inputs])
+    keep = np.flatnonzero(has_inputs)
+    if keep.size == 0:
+        return INDEX_SCHEMA.empty_table()
+    stations = [daily.stations[i] for i in keep]
+    inputs = {
+        e: xr.DataArray(daily.values[e][keep], dims=("station", "time"),
+                        coords={"station": stations, "time": daily.days}, attrs=dict(_INPUT_ATTRS[e]))
+        for e in definition.inputs
+    }
+    with warnings.catch_warnings(), xclim.set_options(check_missing="skip", data_validation="log", cf_compliance="log"):
+        warnings.simplefilter("ignore")
+        result = definition.compute(inputs, frequency.xclim)
+        result = convert_units_to(result, definition.xclim_units or definition.units, context="hydro")
+    values = np.asarray(result.transpose("station", "time").values, dtype=np.float64)
+
+    missing = np.logical_or.reduce([np.isnan(daily.values[e][keep]) for e in definition.inputs])
+    strict = definition.kind.strict and rule.totals_require_complete
+    valid = month_validity(missing, daily.days, rule, strict)
+    if frequency is Frequency.ANNUAL:
+        valid = valid.reshape(len(stations), -1, 12).all(axis=2)
+        years = np.arange(daily.days[0].year, daily.days[-1].year + 1)
+        months = None
+    else:
+        years = np.repeat(np.arange(daily.days[0].year, daily.days[-1].year + 1), 12)
+        months = np.tile(np.arange(1, 13), len(years) // 12)
+    values = np.where(valid, values, np.nan)
+    periods = values.shape[1]
+    count = len(stations) * periods
+    return pa.table(
+        {
+            "wigos_id": pa.array(np.repeat(np.array(stations, dtype=object), periods), pa.string()),
+            "index": pa.repeat(pa.scalar(definition.name), count),
+            "frequency": pa.repeat(pa.scalar(frequency.value), count),
+            "year": pa.array(np.tile(years, len(stations)).astype(np.int32)),
+            "month": pa.nulls(count, pa.int32()) if months is None else pa.array(np.tile(months, len(stations)).astype(np.int32)),
+            "value": pa.array(values.ravel(), pa.float64(), from_pandas=True),
+            "units": pa.repeat(pa.scalar(definition.units), count),
+            "meets_rule": pa.array(valid.ravel()),
+        },
+        schema=INDEX_SCHEMA,
+    )

@@ -1,0 +1,390 @@
+"""Values shared by the climate products: periods, rules, elements, thresholds, errors, results.
+
+Everything here is a frozen dataclass or an enum, validated when built, so a product function
+can trust its arguments and a bad one fails early with a message that names the parameter.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import date
+from enum import StrEnum
+from typing import Any, Iterable, Mapping, Sequence
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pyarrow as pa
+
+from opencdms_kernel.archive import QC_STATUSES
+from opencdms_kernel.errors import OpenCDMSError, UnknownReferenceError
+
+# Years a product may cover: instrumental records start in the 17th century; a year far in the
+# future is a typing mistake, not a request.
+MIN_YEAR = 1600
+MAX_YEAR = 2200
+
+# The QC statuses whose values count, unless a product is told otherwise: values not yet
+# checked and values that passed; 'suspect' and 'failed' count as missing.
+DEFAULT_USABLE_QC: tuple[str, ...] = ("none", "passed")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ProductParameterError(OpenCDMSError, ValueError):
+    """A product parameter is invalid; ``parameter`` names it, the message says why."""
+
+    def __init__(self, parameter: str, reason: str) -> None:
+        self.parameter = parameter
+        self.reason = reason
+        super().__init__(f"parameter '{parameter}': {reason}")
+
+
+class ProductReferenceError(UnknownReferenceError):
+    """A product names a station or element that does not exist (``parameter``, ``value``)."""
+
+    def __init__(self, parameter: str, value: str, reason: str) -> None:
+        self.parameter = parameter
+        self.value = value
+        super().__init__(f"parameter '{parameter}': {reason}")
+
+
+# --------------------------------------------------------------------------- kinds and elements
+
+
+class ProductKind(StrEnum):
+    """The products this package computes; the value is the folder under ``products/``."""
+
+    DAILY = "daily"
+    MONTHLY = "monthly"
+    NORMALS = "normals"
+    INDICES = "indices"
+
+
+class Statistic(StrEnum):
+    """How the days of a month are summarised for an element: a mean or a total."""
+
+    MEAN = "mean"
+    TOTAL = "total"
+
+
+class Element(StrEnum):
+    """The element codes of the datastore's catalogue (``db/elements.csv``)."""
+
+    TMAX = "TMAX"
+    TMIN = "TMIN"
+    TMEAN = "TMEAN"
+    PRCP = "PRCP"
+    WSPD = "WSPD"
+    WDIR = "WDIR"
+    WGUST = "WGUST"
+    PRES = "PRES"
+    MSLP = "MSLP"
+    RH = "RH"
+    TDEW = "TDEW"
+    SUN = "SUN"
+    SNWD = "SNWD"
+    EVAP = "EVAP"
+    TSOIL = "TSOIL"
+
+
+# Elements whose days add up (cell method "time: sum"); every other summarised element is
+# averaged.  Wind direction is an angle: its arithmetic mean is meaningless (the mean of 350°
+# and 10° is not 180°), so it has no summary here.
+TOTAL_ELEMENTS = frozenset({Element.PRCP, Element.SUN, Element.EVAP})
+UNSUMMARISED_ELEMENTS = frozenset({Element.WDIR})
+
+
+def statistic_of(element: str) -> Statistic:
+    """The monthly statistic of ``element`` (a validated code)."""
+    return Statistic.TOTAL if element in TOTAL_ELEMENTS else Statistic.MEAN
+
+
+def check_elements(elements: Iterable[str] | str, parameter: str = "elements") -> tuple[Element, ...]:
+    """Known, summarisable element codes, in the order given, without repeats."""
+    if isinstance(elements, str):
+        elements = (elements,)
+    checked: list[Element] = []
+    for code in elements:
+        if not isinstance(code, str):
+            raise ProductParameterError(parameter, f"an element code must be text, not {code!r}")
+        try:
+            element = Element(code.strip().upper())
+        except ValueError:
+            known = ", ".join(e.value for e in Element)
+            raise ProductReferenceError(parameter, code, f"unknown element '{code}' (known: {known})") from None
+        if element in UNSUMMARISED_ELEMENTS:
+            raise ProductParameterError(parameter, f"element '{code}' is an angle and cannot be averaged")
+        if element not in checked:
+            checked.append(element)
+    if not checked:
+        raise ProductParameterError(parameter, "no element given")
+    return tuple(checked)
+
+
+# --------------------------------------------------------------------------- period and rules
+
+
+def _whole_number(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True, order=True)
+class Period:
+    """Whole calendar years ``start_year`` to ``end_year``, both included (local time)."""
+
+    start_year: int
+    end_year: int
+
+    def __post_init__(self) -> None:
+        for name in ("start_year", "end_year"):
+            year = getattr(self, name)
+            if not _whole_number(year):
+                raise ProductParameterError(f"period.{name}", f"a year must be a whole number, not {year!r}")
+            if not MIN_YEAR <= year <= MAX_YEAR:
+                raise ProductParameterError(f"period.{name}", f"year {year} is outside {MIN_YEAR}-{MAX_YEAR}")
+        if self.start_year > self.end_year:
+            raise ProductParameterError(
+                "period", f"start year {self.start_year} is after end year {self.end_year}"
+            )
+
+    @classmethod
+    def parse(cls, text: str) -> "Period":
+        """``"1991-2020"`` or ``"2020"`` (one year)."""
+        match = re.fullmatch(r"\s*(\d{4})\s*(?:[-/–]\s*(\d{4})\s*)?", text or "")
+        if not match:
+            raise ProductParameterError("period", f"'{text}' is not a year or a range like 1991-2020")
+        start = int(match.group(1))
+        return cls(start, int(match.group(2) or start))
+
+    @property
+    def years(self) -> int:
+        return self.end_year - self.start_year + 1
+
+    @property
+    def first_day(self) -> date:
+        return date(self.start_year, 1, 1)
+
+    @property
+    def last_day(self) -> date:
+        return date(self.end_year, 12, 31)
+
+    @property
+    def label(self) -> str:
+        return f"{self.start_year}-{self.end_year}"
+
+    def __str__(self) -> str:
+        return self.label
+
+
+STANDARD_NORMAL_PERIOD = Period(1991, 2020)
+
+
+@dataclass(frozen=True)
+class CompletenessRule:
+    """When a month's (or day's) values are complete enough to summarise.
+
+    A mean (and the extremes) needs no more than ``max_missing`` missing values in total and no
+    more than ``max_consecutive_missing`` in a row; with ``totals_require_complete`` a total
+    (and a count of days) needs every value, as a missing day of rain is not a dry day.
+    Default: the WMO-No. 1203 "3/5 rule" for monthly values from daily ones.
+    """
+
+    max_missing: int = 5
+    max_consecutive_missing: int = 3
+    totals_require_complete: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("max_missing", "max_consecutive_missing"):
+            value = getattr(self, name)
+            if not _whole_number(value) or value < 0:
+                raise ProductParameterError(f"rule.{name}", f"must be a whole number >= 0, not {value!r}")
+        if not isinstance(self.totals_require_complete, bool):
+            raise ProductParameterError("rule.totals_require_complete", "must be true or false")
+
+    def allows(self, present: Sequence[bool]) -> bool:
+        """True when the presence flags (one per expected value, in order) meet the rule."""
+        missing = sum(1 for value in present if not value)
+        return missing <= self.max_missing and longest_gap(present) <= self.max_consecutive_missing
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def longest_gap(present: Sequence[bool]) -> int:
+    """The longest run of False in ``present``."""
+    longest = run = 0
+    for value in present:
+        run = 0 if value else run + 1
+        longest = max(longest, run)
+    return longest
+
+
+# The WMO-No. 1203 rule for monthly values from daily values.
+WMO_MONTHLY_RULE = CompletenessRule()
+# Days from hourly (or finer) values: a project choice, not a WMO rule (none is set for this):
+# a quarter of the slots may be missing (6 of 24 hours), no more than 3 in a row; a total
+# needs every slot.
+SUB_DAILY_RULE = CompletenessRule(max_missing=6, max_consecutive_missing=3, totals_require_complete=True)
+
+
+@dataclass(frozen=True)
+class NormalsRule:
+    """When enough years are present for a normal (WMO-No. 1203: 80 %, at most 3 in a row missing)."""
+
+    min_fraction: float = 0.8
+    max_consecutive_missing: int = 3
+
+    def __post_init__(self) -> None:
+        if isinstance(self.min_fraction, bool) or not isinstance(self.min_fraction, (int, float)) or not 0 < self.min_fraction <= 1:
+            raise ProductParameterError("normals_rule.min_fraction", f"must be in (0, 1], not {self.min_fraction!r}")
+        if not _whole_number(self.max_consecutive_missing) or self.max_consecutive_missing < 0:
+            raise ProductParameterError(
+                "normals_rule.max_consecutive_missing", f"must be a whole number >= 0, not {self.max_consecutive_missing!r}"
+            )
+
+    def min_years(self, years: int) -> int:
+        """Years needed out of ``years`` (80 % of 30 is 24); rounding up, as "at least" says."""
+        return math.ceil(self.min_fraction * years - 1e-9)
+
+    def allows(self, present: Sequence[bool]) -> bool:
+        """True when the years' presence flags (one per year of the period) meet the rule."""
+        return (
+            bool(present)
+            and sum(1 for value in present if value) >= self.min_years(len(present))
+            and longest_gap(present) <= self.max_consecutive_missing
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class Comparison(StrEnum):
+    """A comparison of a day's value with a threshold (the value is the SQL operator)."""
+
+    GE = ">="
+    GT = ">"
+    LE = "<="
+    LT = "<"
+
+    @property
+    def word(self) -> str:
+        return {">=": "ge", ">": "gt", "<=": "le", "<": "lt"}[self.value]
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """Days of ``element`` whose value compares with ``value`` (e.g. TMAX >= 25 °C)."""
+
+    element: str
+    comparison: Comparison
+    value: float
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "element", check_elements(self.element, "thresholds")[0])
+        object.__setattr__(self, "comparison", Comparison(self.comparison))
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
+            raise ProductParameterError("thresholds", f"threshold value must be a finite number, not {self.value!r}")
+        object.__setattr__(self, "value", float(self.value))
+
+    @property
+    def name(self) -> str:
+        """Column / statistic name, e.g. ``days_TMAX_ge_25``."""
+        number = f"{self.value:g}".replace("-", "m").replace(".", "p")
+        return f"days_{self.element.value}_{self.comparison.word}_{number}"
+
+    def describe(self) -> str:
+        return f"days with {self.element.value} {self.comparison.value} {self.value:g}"
+
+
+DEFAULT_THRESHOLDS: tuple[Threshold, ...] = (
+    Threshold("TMAX", Comparison.GE, 25.0),
+    Threshold("TMAX", Comparison.GE, 30.0),
+    Threshold("PRCP", Comparison.GE, 1.0),
+    Threshold("PRCP", Comparison.GE, 10.0),
+)
+
+
+# --------------------------------------------------------------------------- stations and QC
+
+
+@dataclass(frozen=True)
+class Station:
+    """A station as the products see it: its WIGOS id and the IANA time zone of its day."""
+
+    wigos_id: str
+    timezone: str = "UTC"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.wigos_id, str) or not self.wigos_id.strip():
+            raise ProductParameterError("stations", f"a station must be a WIGOS id, not {self.wigos_id!r}")
+        object.__setattr__(self, "timezone", check_timezone(self.timezone, self.wigos_id))
+
+
+def check_timezone(zone: str, wigos_id: str) -> str:
+    """The zone's canonical spelling; an unknown zone fails naming the station."""
+    if not isinstance(zone, str) or not zone:
+        raise ProductParameterError("timezones", f"station '{wigos_id}': time zone must be an IANA name like Africa/Nairobi")
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ProductParameterError("timezones", f"station '{wigos_id}': unknown time zone '{zone}'") from None
+    return zone
+
+
+def is_utc(zone: str) -> bool:
+    return zone.upper() in ("UTC", "ETC/UTC", "GMT", "ETC/GMT", "Z", "UCT", "ETC/UCT", "ZULU", "ETC/ZULU", "UNIVERSAL")
+
+
+def check_qc(usable_qc: Sequence[str] | str) -> tuple[str, ...]:
+    """The QC statuses whose values count; each must be one the archive knows."""
+    if isinstance(usable_qc, str):
+        usable_qc = (usable_qc,)
+    statuses = tuple(dict.fromkeys(usable_qc))
+    for status in statuses:
+        if status not in QC_STATUSES:
+            raise ProductParameterError("usable_qc", f"unknown QC status {status!r} (known: {', '.join(QC_STATUSES)})")
+    if not statuses:
+        raise ProductParameterError("usable_qc", "at least one QC status must count, or every value is missing")
+    return statuses
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True, eq=False)
+class Product:
+    """A computed product: its table plus what is needed to describe it in its metadata."""
+
+    kind: ProductKind
+    table: pa.Table
+    period: Period
+    parameters: Mapping[str, Any]
+    rules: Mapping[str, Any]
+    note: str
+    description: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def rows(self) -> int:
+        return self.table.num_rows
+
+    @property
+    def empty(self) -> bool:
+        return self.table.num_rows == 0
+
+    def metadata(self) -> dict[str, Any]:
+        """The JSON-ready description written beside the Parquet file."""
+        return {
+            "kind": self.kind.value,
+            "description": self.description,
+            "period": {"start_year": self.period.start_year, "end_year": self.period.end_year},
+            "parameters": dict(self.parameters),
+            "rules": dict(self.rules),
+            "rows": self.rows,
+            "empty": self.empty,
+            "note": self.note,
+            "columns": [{"name": f.name, "type": str(f.type)} for f in self.table.schema],
+            **dict(self.extra),
+        }

@@ -33,6 +33,7 @@ test: $(STAMP)
 ## Speed against same-run baselines; prints ratios and medians.
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
+	$(BIN)/python bench/qc_products.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -80,6 +80,14 @@ def _progress() -> Progress:
     )
 
 
+@contextmanager
+def _working(label: str) -> Iterator[None]:
+    """A progress line with elapsed time for work whose size is not known in advance."""
+    with _progress() as progress:
+        progress.add_task(label, total=None)
+        yield
+
+
 def _results_table(results: list[IngestResult]) -> Table:
     table = Table("file", "status", "read", "new", "changed", "same", "rejected", "seconds", "note")
     for result in results:
@@ -315,7 +323,11 @@ def decide(
                          duration_seconds=duration_seconds)
     with _open(settings) as (datastore, _), _user_errors():
         result = record_decision(datastore, key, decision, reason, settings.user, corrected_value=value)
-    console.print(f"recorded: {result}")
+    console.print(
+        f"{station} {element} {time:%Y-%m-%d %H:%M} UTC: {result.decision.value} "
+        f"(value {result.previous_value} -> {result.value}), qc_status {result.qc_status.value}, "
+        f"final flag {result.final_flag.value}, version {result.version}"
+    )
 
 
 def _archive_connection(bucket: Bucket):  # type: ignore[no-untyped-def]
@@ -345,7 +357,9 @@ def product_monthly(
 
     with _open(_settings(ctx)) as (_, bucket), _user_errors():
         options = {"elements": element} if element else {}
-        product = monthly_summaries(_archive_connection(bucket), Period.parse(period), stations=station or None, **options)
+        with _working("monthly summaries"):
+            product = monthly_summaries(
+                _archive_connection(bucket), Period.parse(period), stations=station or None, **options)
         _store_table_product(bucket, product)
 
 
@@ -360,8 +374,9 @@ def product_normals(
     from opencdms_kernel.products import Period, normals
 
     with _open(_settings(ctx)) as (_, bucket), _user_errors():
-        product = normals(_archive_connection(bucket), Period.parse(period), stations=station or None,
-                          elements=element or None)
+        with _working("normals"):
+            product = normals(_archive_connection(bucket), Period.parse(period), stations=station or None,
+                              elements=element or None)
         _store_table_product(bucket, product)
 
 
@@ -376,8 +391,9 @@ def product_indices(
     from opencdms_kernel.products import Period, climate_indices
 
     with _open(_settings(ctx)) as (_, bucket), _user_errors():
-        product = climate_indices(_archive_connection(bucket), Period.parse(period), stations=station or None,
-                                  indices=index or None)
+        with _working("climate indices"):
+            product = climate_indices(_archive_connection(bucket), Period.parse(period), stations=station or None,
+                                      indices=index or None)
         _store_table_product(bucket, product)
 
 
@@ -392,7 +408,8 @@ def product_climat(
 
     with _open(_settings(ctx)) as (_, bucket), _user_errors():
         year, number = _year_month(month)
-        report = produce_climat(_archive_connection(bucket), bucket, station, year, number)
+        with _working("CLIMAT"):
+            report = produce_climat(_archive_connection(bucket), bucket, station, year, number)
     if report.key is None:
         console.print(f"[yellow]no report: {report.reason}[/yellow]")
         return
@@ -411,8 +428,9 @@ def product_daycli(
 
     with _open(_settings(ctx)) as (datastore, bucket), _user_errors():
         year, number = _year_month(month)
-        product = produce_daycli(_archive_connection(bucket), bucket, station, year, number,
-                                 station=station_metadata(datastore, station))
+        with _working("DAYCLI"):
+            product = produce_daycli(_archive_connection(bucket), bucket, station, year, number,
+                                     station=station_metadata(datastore, station))
     if product.key is None:
         console.print(f"[yellow]no messages: {product.reason}[/yellow]")
         return

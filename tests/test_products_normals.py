@@ -25,7 +25,7 @@ from opencdms_kernel.products import (
     Period,
     ProductParameterError,
     Threshold,
-    normals,
+    climate_normals,
 )
 from opencdms_kernel.products.synthetic import observation_table, write_archive
 
@@ -201,7 +201,7 @@ def compare(actual: pd.DataFrame, expected: pd.DataFrame) -> None:
 
 def test_normals_equal_the_plain_computation(archive) -> None:
     daily, connection = archive
-    product = normals(connection, PERIOD, spec=SPEC)
+    product = climate_normals(connection, PERIOD, spec=SPEC)
     compare(product.table.to_pandas(), reference_normals(daily))
     assert product.parameters["spec"]["thresholds"] == ["days_TMAX_ge_30", "days_PRCP_ge_10"]
     assert product.rules["normals"] == {"min_fraction": 0.8, "max_consecutive_missing": 3}
@@ -214,7 +214,7 @@ def normal(table: pd.DataFrame, station: str, element: str, statistic: str, mont
 
 def test_the_rule_of_years_at_its_edges(archive) -> None:
     _, connection = archive
-    table = normals(connection, PERIOD, spec=SPEC).table.to_pandas()
+    table = climate_normals(connection, PERIOD, spec=SPEC).table.to_pandas()
     for element, statistic in (("TMAX", "mean"), ("PRCP", "total"), ("TMIN", "lowest"), ("TMAX", "days_TMAX_ge_30")):
         if statistic == "days_TMAX_ge_30" and element != "TMAX":
             continue
@@ -238,7 +238,7 @@ def test_the_rule_of_years_at_its_edges(archive) -> None:
 def test_a_looser_rule_changes_the_edges(archive) -> None:
     daily, connection = archive
     rule = NormalsRule(min_fraction=0.75, max_consecutive_missing=4)
-    product = normals(connection, PERIOD, spec=SPEC, normals_rule=rule)
+    product = climate_normals(connection, PERIOD, spec=SPEC, normals_rule=rule)
     compare(product.table.to_pandas(), reference_normals(daily, rule))
     table = product.table.to_pandas()
     assert normal(table, B, "TMAX", "mean", 1).meets_rule       # 23 >= 22.5
@@ -247,7 +247,7 @@ def test_a_looser_rule_changes_the_edges(archive) -> None:
 
 def test_elements_restrict_the_spec(archive) -> None:
     _, connection = archive
-    table = normals(connection, PERIOD, elements="PRCP", stations=[A], spec=SPEC).table.to_pandas()
+    table = climate_normals(connection, PERIOD, elements="PRCP", stations=[A], spec=SPEC).table.to_pandas()
     assert set(table.element) == {"PRCP"}
     assert set(table.statistic) == {"total", "highest", "days_PRCP_ge_10"}
     assert len(table) == 3 * 13
@@ -255,7 +255,7 @@ def test_elements_restrict_the_spec(archive) -> None:
 
 def test_a_period_without_data_gives_an_empty_product(archive) -> None:
     _, connection = archive
-    product = normals(connection, Period(1961, 1990), spec=SPEC)
+    product = climate_normals(connection, Period(1961, 1990), spec=SPEC)
     assert product.empty
     assert product.note == "no data for TMAX, TMIN, TMEAN, PRCP at all stations in 1961-1990"
 
@@ -273,7 +273,7 @@ def test_a_period_without_data_gives_an_empty_product(archive) -> None:
 def test_bad_parameters_are_named(archive, kwargs, parameter) -> None:
     _, connection = archive
     with pytest.raises(Exception) as raised:
-        normals(connection, **kwargs)
+        climate_normals(connection, **kwargs)
     assert getattr(raised.value, "parameter", None) == parameter, str(raised.value)
 
 

@@ -195,11 +195,11 @@ def test_end_to_end_through_postgresql_and_the_archive(datastore: Datastore, buc
 
 def test_products_over_an_empty_archive_are_empty(tmp_path: Path) -> None:
     """A bucket without any archive yet: every product is empty and says why; no crash."""
-    from opencdms_kernel.products import climate_indices, normals
+    from opencdms_kernel.products import climate_indices, climate_normals
 
     connection = connect_archive(local_bucket(tmp_path / "bucket"))
     period = Period(1991, 2020)
-    for product in (monthly_summaries(connection, period), normals(connection, period),
+    for product in (monthly_summaries(connection, period), climate_normals(connection, period),
                     climate_indices(connection, period, indices="TXx"), daily_summaries(connection, period)):
         assert product.empty and "no" in product.note and "data for" in product.note
     with pytest.raises(ProductParameterError) as raised:

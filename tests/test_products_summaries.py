@@ -197,8 +197,11 @@ def test_monthly_summaries_equal_the_plain_computation(edges) -> None:
     expected = reference_monthly(rows.frame(), period, CompletenessRule())
     actual = product.table.to_pandas()
     assert_frames_equal(actual, expected, ["wigos_id", "element", "year", "month"])
-    # Every month of the period for each station-element with data: S1 x 2 elements, S2 x TMAX.
+    # Every month of the period for each station-element with data: S1 x 2 elements, S2 x TMAX,
+    # in order of station, element, year and month.
     assert product.rows == 3 * 24
+    keys = ["wigos_id", "element", "year", "month"]
+    assert actual[keys].values.tolist() == actual[keys].sort_values(keys).values.tolist()
     assert "meet the rule (<= 5 missing days, <= 3 in a row)" in product.note
 
 
@@ -266,6 +269,20 @@ def test_ties_report_the_most_recent_date(edges) -> None:
     january = monthly_summaries(connection, Period(2019, 2019), stations=[S2], elements="TMAX").table.to_pandas().iloc[0]
     assert (january.highest, january.highest_date) == (30.0, date(2019, 1, 17))
     assert (january.lowest, january.lowest_date) == (10.0, date(2019, 1, 9))
+
+
+def test_extremes_keep_values_with_many_decimals_and_below_zero(tmp_path: Path) -> None:
+    """Values converted from other units (°F) have many decimals; extremes are given to 1e-9."""
+    rows = Rows()
+    values = [(f - 32) * 5 / 9 for f in (-40.3, -40.1, 70.7, 70.9, 33.1)]
+    for day, value in zip(days_of(2019, 1), values * 7):
+        rows.daily(S1, "TMAX", day, value)
+    connection = rows.write(tmp_path / "bucket")
+    january = monthly_summaries(connection, Period(2019, 2019), elements="TMAX").table.to_pandas().iloc[0]
+    month_values = (values * 7)[:31]
+    assert january.highest == pytest.approx(max(month_values), abs=1e-9)
+    assert january.lowest == pytest.approx(min(month_values), abs=1e-9)
+    assert january.highest_date == date(2019, 1, 29) and january.lowest_date == date(2019, 1, 31)
 
 
 def test_daily_values_labelled_at_local_midnight_fall_on_their_day(tmp_path: Path) -> None:

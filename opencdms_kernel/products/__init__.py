@@ -2,7 +2,7 @@
 
 - :func:`daily_summaries` (sub-daily → station-local days) and :func:`monthly_summaries`
   (daily → months, WMO-No. 1203 3/5 rule) in :mod:`.summaries`;
-- :func:`normals` (30-year climatological standard normals) in :mod:`.normals`;
+- :func:`climate_normals` (30-year climatological standard normals) in :mod:`.normals`;
 - :func:`climate_indices` (ETCCDI indices through xclim) in :mod:`.indices`;
 - :func:`write_product` / :func:`read_product` (``products/<kind>/…`` in the bucket) in :mod:`.store`.
 
@@ -31,7 +31,7 @@ from opencdms_kernel.products.model import (
     Statistic,
     Threshold,
 )
-from opencdms_kernel.products.normals import Extreme, ExtremeKind, NormalsSpec, normals
+from opencdms_kernel.products.normals import Extreme, ExtremeKind, NormalsSpec, climate_normals
 from opencdms_kernel.products.store import StoredProduct, list_products, product_key, read_product, write_product
 from opencdms_kernel.products.summaries import daily_summaries, monthly_summaries
 
@@ -63,7 +63,7 @@ __all__ = [
     "daily_summaries",
     "list_products",
     "monthly_summaries",
-    "normals",
+    "climate_normals",
     "product_key",
     "read_product",
     "write_product",

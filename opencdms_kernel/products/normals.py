@@ -131,27 +131,31 @@ class NormalsSpec:
 
 @dataclass(frozen=True)
 class _Statistic:
-    """One normal statistic: its name, the monthly column it averages or extremes, how."""
+    """One normal statistic: its name, the monthly column it is made of, how the year's is made.
+
+    The monthly column is averaged over the years (``mean``, ``total``, counts of days) or its
+    extreme taken (``highest``, ``lowest``); ``annual`` says how the 12 monthly normals make
+    the annual one: avg | sum | max | min.
+    """
 
     element: Element
     name: str
     column: str
-    how: str  # mean | highest | lowest
-    annual: str  # avg | sum | max | min: how the 12 monthly normals make the annual value
+    annual: str
 
 
 def _statistics(spec: NormalsSpec) -> list[_Statistic]:
-    found = [_Statistic(e, "mean", "mean", "mean", "avg") for e in spec.means]
-    found += [_Statistic(e, "total", "total", "mean", "sum") for e in spec.totals]
+    found = [_Statistic(e, "mean", "mean", "avg") for e in spec.means]
+    found += [_Statistic(e, "total", "total", "sum") for e in spec.totals]
     found += [
-        _Statistic(x.element, x.kind.value, x.kind.value, x.kind.value, "max" if x.kind is ExtremeKind.HIGHEST else "min")
+        _Statistic(x.element, x.kind.value, x.kind.value, "max" if x.kind is ExtremeKind.HIGHEST else "min")
         for x in spec.extremes
     ]
-    found += [_Statistic(t.element, t.name, t.name, "mean", "sum") for t in spec.thresholds]
+    found += [_Statistic(t.element, t.name, t.name, "sum") for t in spec.thresholds]
     return list({(s.element, s.name): s for s in found}.values())
 
 
-def normals(
+def climate_normals(
     connection: duckdb.DuckDBPyConnection,
     period: Period = STANDARD_NORMAL_PERIOD,
     *,
@@ -193,7 +197,7 @@ def normals(
         raise ProductParameterError("spec", "the normals spec names no statistic")
     selection = select(connection, period, spec.elements, stations, usable_qc, timezones)
 
-    monthly = monthly_table(connection, selection, monthly_rule, spec.thresholds, ordered=False)
+    monthly = monthly_table(connection, selection, monthly_rule, spec.thresholds, every_month=False)
     statistics = _statistics(spec)
     if monthly.num_rows == 0:
         table = _empty_normals()
@@ -225,32 +229,45 @@ def normals(
 def _normals_sql(
     months: str, period: Period, rule: NormalsRule, statistics: Sequence[_Statistic]
 ) -> tuple[str, list[object]]:
-    """Normals per month from the monthly table ``months``, then the annual values."""
-    blocks, params = [], []
-    for stat in statistics:
+    """Normals per month from the monthly table ``months``, then the annual values.
+
+    One pass groups the monthly rows by station, element and calendar month and aggregates
+    every monthly column a statistic needs (its mean or extreme, the years with a value and a
+    bit mask of them); the statistics are then picked out of that small table (~36 k rows).
+    """
+    columns = sorted({stat.column for stat in statistics})
+    aggregates = []
+    for column in columns:
         # Column names come from the spec (enum values and checked threshold names).
-        column = stat.column
-        if stat.how == "mean":
-            value = f"avg({column})"
-            date = "CAST(NULL AS DATE)"
-        elif stat.how == "highest":
-            value = f"max({column})"
-            date = f"arg_max(highest_date, (highest, highest_date))"
+        if column == "highest":
+            aggregates += ["max(highest) AS highest_value", "arg_max(highest_date, (highest, highest_date)) AS highest_when"]
+        elif column == "lowest":
+            aggregates += ["min(lowest) AS lowest_value",
+                           "arg_min(lowest_date, (lowest, DATE '1970-01-01' - lowest_date)) AS lowest_when"]
         else:
-            value = f"min({column})"
-            date = f"arg_min(lowest_date, (lowest, DATE '1970-01-01' - lowest_date))"
-        blocks.append(
+            aggregates += [f"avg({column}) AS {column}_value", f"CAST(NULL AS DATE) AS {column}_when"]
+        aggregates += [
+            f"CAST(count({column}) AS INTEGER) AS {column}_years",
+            f"bit_or(CAST(1 AS BIGINT) << CAST(year - ? AS BIGINT)) FILTER (WHERE {column} IS NOT NULL) AS {column}_mask",
+        ]
+    params: list[object] = [period.start_year] * len(columns)
+    picks = []
+    for stat in statistics:
+        picks.append(
             f"""SELECT wigos_id, element, CAST(? AS VARCHAR) AS statistic, CAST(? AS VARCHAR) AS annual, month,
-                       {value} AS value, {date} AS extreme_date,
-                       CAST(count({column}) AS INTEGER) AS years,
-                       bit_or(CAST(1 AS BIGINT) << CAST(year - ? AS BIGINT)) FILTER (WHERE {column} IS NOT NULL) AS year_mask
-                FROM {months} WHERE element = ?
-                GROUP BY wigos_id, element, month"""
+                       {stat.column}_value AS value, {stat.column}_when AS extreme_date,
+                       {stat.column}_years AS years, {stat.column}_mask AS year_mask
+                FROM aggregated WHERE element = ?"""
         )
-        params += [stat.name, stat.annual, period.start_year, stat.element.value]
+        params += [stat.name, stat.annual, stat.element.value]
+    blocks = [f"""aggregated AS (
+            SELECT wigos_id, element, month, {", ".join(aggregates)}
+            FROM {months} GROUP BY wigos_id, element, month
+        )"""]
     years = period.years
     sql = f"""
-        WITH per_month AS ({" UNION ALL ".join(blocks)}),
+        WITH {blocks[0]},
+        per_month AS ({" UNION ALL ".join(picks)}),
         gaps AS ({with_longest_run(
             f"SELECT *, {missing_bits_sql('year_mask', str(years))} AS missing_years_mask FROM per_month",
             "missing_years_mask", years, "longest_gap_years")}),

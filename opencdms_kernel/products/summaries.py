@@ -14,14 +14,19 @@ Counting rules (WMO-No. 1203 for months; see :class:`CompletenessRule`):
 - where a station has more than one usable value for a day (several sources or levels), the
   day counts once, with the value changed most recently (then the lowest source id, level).
 
-Why monthly summaries are fast (the benchmark's question): one pass over the daily values
-groups them by station and month (one statement per element), keeping besides the sums a
-31-bit mask of the days present and, for the extremes, a key that also holds the day.  Missing
-days and the longest run of missing days are then worked out from the ~1 M month masks, not
-from the ~33 M days: no window function, no per-day join, no sort.  Months without any value
-are found from a 12-bit mask per station-element-year; each month gets a dense number
-(``cell``) so the result is put in order by one scatter instead of a sort.  Duplicate days are
-detected from the same pass (more rows than days in a mask) and only those months recomputed.
+Why monthly summaries are fast (the benchmark's question):
+
+1. DuckDB reads the daily values once and groups them by station and month (one statement
+   per element), keeping besides the sums a 31-bit mask of the days present and, for the
+   extremes' dates, a key that also holds the day.  No window function, no per-day join.
+2. The ~1 M months are laid out as a grid, one row per month of every station-element, by
+   position (numpy/Arrow: ``take`` of the aggregate rows into their cells), so months without
+   any value are the empty cells — no join, no sort — and the longest run of missing days
+   comes from the masks with a few whole-array bit operations.
+3. DuckDB applies the WMO rule and derives the statistics in one projection over the grid.
+
+Duplicate days are detected in step 1 (more rows than days in a mask) and only those months
+are recomputed from one value per day.
 """
 
 from __future__ import annotations
@@ -150,22 +155,32 @@ def monthly_table(
     rule: CompletenessRule,
     thresholds: Sequence[Threshold],
     *,
-    ordered: bool = True,
+    every_month: bool = True,
 ) -> pa.Table:
     """The monthly summary table of :func:`monthly_summaries` for a checked selection.
 
-    ``ordered``: rows sorted by station, element and month (products); a caller that
-    aggregates further (normals) skips the sort.
+    Three steps: the per-month aggregates (DuckDB, over the archive); the months laid out with
+    their runs of missing days (numpy, on ~1 M months) — with ``every_month``, as the grid of
+    every month of every station-element in order, else only the months with a value, in no
+    order (enough for the normals, where a month without values counts for nothing); then
+    the WMO rule and the statistics (DuckDB, one projection, which keeps the grid's order).
     """
     months = _month_aggregates(connection, selection, thresholds)
     if months.num_rows == 0:
         return _empty_monthly(thresholds)
-    months = _with_gaps(months, selection.period)
-    with registered(connection, months) as aggregates:
-        sql, params = _monthly_final_sql(aggregates, selection, rule, thresholds)
+    laid_out = _month_grid(months, selection, len(thresholds)) if every_month else _present_months(months, selection.period)
+    with registered(connection, laid_out) as name:
+        sql, params = _monthly_rule_sql(name, rule, thresholds, with_cell=every_month)
         table = arrow(connection, sql, params)
-    if ordered:
-        table = table.take(_order_by_cell(table["cell"]))
+    if not every_month:
+        return table
+    # Projections keep the order of their input unless the connection was told not to
+    # (preserve_insertion_order = false); then put the rows back by their grid position.
+    positions = table["cell"].to_numpy()
+    if len(positions) > 1 and not (np.diff(positions) > 0).all():
+        order = np.empty(len(positions), dtype=np.int64)
+        order[positions] = np.arange(len(positions))
+        table = table.take(order)
     return table.drop_columns(["cell"])
 
 
@@ -175,45 +190,106 @@ def _days_in_months(period: Period) -> np.ndarray:
     return np.diff(starts.astype("datetime64[D]")).astype(np.int64)
 
 
-def _with_gaps(months: pa.Table, period: Period) -> pa.Table:
-    """The month aggregates plus ``days_in_month``, ``value_days`` and ``longest_gap``.
+def _longest_zero_runs(present: np.ndarray, widths: np.ndarray) -> np.ndarray:
+    """The longest run of zero bits among the low ``widths`` bits of each mask.
 
-    The longest run of missing days comes from the day masks with numpy: 31 whole-array
-    steps of ``z &= z >> 1`` (a run of k days leaves a bit after k - 1 steps) over ~1 M masks
-    take milliseconds; DuckDB has no bit-run function and the same steps in SQL cost ~10x more.
+    Full and empty months are answered directly (0 and the whole month); for the others,
+    whole-array steps of ``z &= z >> 1`` on the missing bits: a run of k bits leaves a bit
+    after k - 1 steps, so the number of steps with any bit left is the longest run (at most
+    31 steps; milliseconds for ~1 M masks, where the same steps in SQL cost ten times more).
     """
-    days = _days_in_months(period)[months["month_index"].to_numpy()]
-    present = months["day_mask"].to_numpy().astype(np.uint64)
-    missing = ~present & ((np.uint64(1) << days.astype(np.uint64)) - np.uint64(1))
-    longest = np.zeros(len(missing), dtype=np.int32)
-    while True:
-        alive = missing != 0
-        if not alive.any():
-            break
-        longest += alive
-        missing &= missing >> np.uint64(1)
-    return (
-        months.append_column("days_in_month", pa.array(days.astype(np.int32)))
-        .append_column("value_days", pa.array(np.bitwise_count(present).astype(np.int32)))
-        .append_column("longest_gap", pa.array(longest))
-    )
+    full = (np.uint64(1) << widths.astype(np.uint64)) - np.uint64(1)
+    missing = ~present.astype(np.uint64) & full
+    longest = np.where(missing == full, widths, 0).astype(np.int32)
+    partial = np.flatnonzero((missing != 0) & (missing != full))
+    runs = missing[partial]
+    steps = np.zeros(len(partial), dtype=np.int32)
+    while len(runs) and runs.any():
+        steps += runs != 0
+        runs &= runs >> np.uint64(1)
+    longest[partial] = steps
+    return longest
 
 
-def _order_by_cell(cells: pa.ChunkedArray) -> np.ndarray:
-    """The order of rows whose ``cell`` numbers are 0 … n-1 each once: one scatter, no sort."""
-    positions = cells.to_numpy()
-    order = np.empty(len(positions), dtype=np.int64)
-    order[positions] = np.arange(len(positions))
-    return order
+_GRID_COLUMNS = ("value_sum", "highest_key", "lowest_key")
 
 
-# Extreme values are ranked on a key that also holds the day of the month (5 bits), so that
-# one max() finds the highest value and, among equal values, the most recent day (as
-# climatological tables report it) without a slow arg_max over a (value, day) pair.  Values
-# within 1e-6 of each other count as equal for the date; the value reported is the exact
-# max(value).  An absurd value that does not fit the key (beyond 1e11; no element's valid
-# range comes near) gets no key rather than an overflow error.
-_RANK = "TRY_CAST(value * 1e6 AS BIGINT) * 32"
+def _first_days(period: Period) -> np.ndarray:
+    """The first day of each month of the period, indexed by month index."""
+    return np.arange(f"{period.start_year}-01", f"{period.end_year + 1}-01", dtype="datetime64[M]").astype("datetime64[D]")
+
+
+def _present_months(months: pa.Table, period: Period) -> pa.Table:
+    """The month aggregates with the calendar columns, ``value_days`` and ``longest_gap``."""
+    month_index = months["month_index"].to_numpy()
+    days = _days_in_months(period)[month_index]
+    mask = months["day_mask"].to_numpy().astype(np.uint64)
+    calendar = {
+        "year": pa.array((period.start_year + month_index // 12).astype(np.int32)),
+        "month": pa.array((month_index % 12 + 1).astype(np.int32)),
+        "first_day": pa.array(_first_days(period)[month_index]),
+        "days_in_month": pa.array(days.astype(np.int32)),
+        "value_days": pa.array(np.bitwise_count(mask).astype(np.int32)),
+        "longest_gap": pa.array(_longest_zero_runs(mask, days)),
+    }
+    for name, column in calendar.items():
+        months = months.append_column(name, column)
+    return months
+
+
+def _month_grid(months: pa.Table, selection: Selection, threshold_count: int) -> pa.Table:
+    """Every month of every station-element pair, in order, with its aggregates (if any).
+
+    The pairs are those with data (or every station and element asked for), sorted; a
+    month's row is at ``cell`` = pair number x months + month index, so the aggregates are
+    scattered into place and months without any value are simply the cells left empty — no
+    join, no sort.  Adds ``value_days`` and ``longest_gap`` from the day masks.
+    """
+    period = selection.period
+    per_pair = period.years * 12
+    keys = pc.binary_join_element_wise(months["wigos_id"], months["element"], "\x1f")
+    if selection.stations is None:
+        pairs = sorted(pc.unique(keys).to_pylist())
+    else:
+        pairs = sorted(f"{station}\x1f{element.value}" for station in selection.stations for element in selection.elements)
+    cells = pc.index_in(keys, value_set=pa.array(pairs, pa.string())).to_numpy(zero_copy_only=False).astype(np.int64)
+    cells = cells * per_pair + months["month_index"].to_numpy()
+    size = len(pairs) * per_pair
+    # Which aggregate row fills each cell (NULL: none); one take() moves every column.
+    source = np.full(size, -1, dtype=np.int64)
+    source[cells] = np.arange(len(cells))
+    data = months.select(["day_mask", *_GRID_COLUMNS, *(f"threshold_{i}" for i in range(threshold_count))])
+    data = data.take(pa.array(source, mask=source < 0))
+
+    days = np.tile(_days_in_months(period), len(pairs))
+    mask = data["day_mask"].fill_null(0).to_numpy().astype(np.uint64)
+    month_index = np.arange(size) % per_pair
+    station, element = zip(*(pair.split("\x1f") for pair in pairs))
+    pair_of_cell = pa.array(np.repeat(np.arange(len(pairs), dtype=np.int32), per_pair))
+    columns: dict[str, pa.Array] = {
+        "cell": pa.array(np.arange(size, dtype=np.int64)),
+        "wigos_id": pa.DictionaryArray.from_arrays(pair_of_cell, pa.array(station, pa.string())),
+        "element": pa.DictionaryArray.from_arrays(pair_of_cell, pa.array(element, pa.string())),
+        "year": pa.array((period.start_year + month_index // 12).astype(np.int32)),
+        "month": pa.array((month_index % 12 + 1).astype(np.int32)),
+        "first_day": pa.array(np.tile(_first_days(period), len(pairs))),
+        "days_in_month": pa.array(days.astype(np.int32)),
+        "value_days": pa.array(np.bitwise_count(mask).astype(np.int32)),
+        "longest_gap": pa.array(_longest_zero_runs(mask, days)),
+    }
+    for name in data.column_names[1:]:
+        columns[name] = data[name]
+    return pa.table(columns)
+
+
+# The extremes are found with one max() (min()) of a key holding the value to 1e-9 and, in its
+# low 5 bits, the day of the month: the highest value and, among equal values, the most recent
+# day (as climatological tables report it), without a slow arg_max over a (value, day) pair
+# and without a separate max(value).  The value is read back from the key: exact for any
+# value with up to nine decimals (stored values have one or two).  A value that does not fit
+# (beyond 2.8e8; no element's valid range comes near) gets no key rather than an overflow.
+_RANK = "TRY_CAST(value * 1e9 AS BIGINT) * 32"
+_KEY_VALUE = "CAST({key} >> 5 AS DOUBLE) / 1e9"
 
 
 def _aggregates_sql(thresholds: Sequence[Threshold], element: Element) -> tuple[str, list[object]]:
@@ -227,9 +303,7 @@ def _aggregates_sql(thresholds: Sequence[Threshold], element: Element) -> tuple[
         # Bit d-1 set: day d has a value.  BIGINT, though 31 bits suffice, for the shifts later.
         "bit_or(CAST(1 AS BIGINT) << CAST(dom - 1 AS BIGINT)) AS day_mask",
         "sum(value) AS value_sum",
-        "max(value) AS highest",
         f"max({_RANK} + dom) AS highest_key",
-        "min(value) AS lowest",
         f"min({_RANK} + (31 - dom)) AS lowest_key",
     ]
     params: list[object] = []
@@ -325,94 +399,36 @@ def _bit_count(masks: pa.ChunkedArray) -> pa.Array:
     return pa.array(np.bitwise_count(values).astype(np.int64))
 
 
-def _monthly_final_sql(
-    aggregates: str,
-    selection: Selection,
-    rule: CompletenessRule,
-    thresholds: Sequence[Threshold],
+def _monthly_rule_sql(
+    months: str, rule: CompletenessRule, thresholds: Sequence[Threshold], *, with_cell: bool
 ) -> tuple[str, list[object]]:
-    """The full grid of months with the rule applied, from the per-month aggregates.
-
-    Each station-element pair gets a number, so that a month is one integer, ``cell`` (pair
-    number x months + month index): the rows can be put in order without a sort.  Months
-    without any usable value are found from a 12-bit mask of the months present per pair and
-    year (a ~90 k-row step) rather than by joining the ~1 M-row grid to the aggregates, and are
-    appended with no data.
-    """
-    years = selection.period.years
-    months = years * 12
-    params: list[object] = [months]  # in the order of the placeholders in the text
-    if selection.stations is None:
-        pairs = f"SELECT DISTINCT wigos_id, element FROM {aggregates}"
-    else:
-        pairs = "SELECT s.wigos_id, e.element FROM unnest(?::VARCHAR[]) AS s(wigos_id), unnest(?::VARCHAR[]) AS e(element)"
-        params += [list(selection.stations), [e.value for e in selection.elements]]
-    params += [selection.period.start_year, selection.period.start_year, months, years]
-    data_columns = ["value_days", "longest_gap", "value_sum", "highest", "highest_key", "lowest", "lowest_key"]
-    data_columns += [f"threshold_{i}" for i in range(len(thresholds))]
+    """The WMO rule and each month's statistics: one projection over the laid-out months."""
     threshold_columns = "".join(
         f",\n               CASE WHEN totals_ok AND element = ? THEN CAST(threshold_{i} AS INTEGER) END AS {t.name}"
         for i, t in enumerate(thresholds)
     )
     sql = f"""
-        WITH pairs AS (
-            SELECT wigos_id, element, CAST(row_number() OVER (ORDER BY wigos_id, element) - 1 AS BIGINT) * ? AS first_cell
-            FROM ({pairs}) AS p
-        ),
-        months AS (
-            SELECT month_index, year, month, first_day,
-                   CAST(day(last_day(first_day)) AS INTEGER) AS days_in_month
-            FROM (SELECT CAST(i AS INTEGER) AS month_index, CAST(? + i // 12 AS INTEGER) AS year,
-                         CAST(i % 12 + 1 AS INTEGER) AS month,
-                         make_date(CAST(? + i // 12 AS INTEGER), CAST(i % 12 + 1 AS INTEGER), 1) AS first_day
-                  FROM range(0, ?) AS r(i))
-        ),
-        keyed AS (
-            SELECT p.first_cell + a.month_index AS cell, p.wigos_id, p.element, a.month_index,
-                   {", ".join(f"a.{c}" for c in data_columns)}
-            FROM {aggregates} AS a JOIN pairs AS p ON p.wigos_id = a.wigos_id AND p.element = a.element
-        ),
-        present AS (
-            SELECT cell - month_index AS first_cell, month_index // 12 AS year_index,
-                   bit_or(CAST(1 AS INTEGER) << CAST(month_index % 12 AS INTEGER)) AS months_present
-            FROM keyed GROUP BY ALL
-        ),
-        absent AS (
-            SELECT y.first_cell + y.year_index * 12 + m.i AS cell, y.wigos_id, y.element,
-                   CAST(y.year_index * 12 + m.i AS INTEGER) AS month_index,
-                   {", ".join("0 AS value_days" if c == "value_days" else f"NULL AS {c}" for c in data_columns)}
-            FROM (SELECT p.first_cell, p.wigos_id, p.element, r.year_index,
-                         coalesce(pr.months_present, 0) AS months_present
-                  FROM pairs AS p CROSS JOIN range(0, ?) AS r(year_index)
-                  LEFT JOIN present AS pr ON pr.first_cell = p.first_cell AND pr.year_index = r.year_index) AS y
-            CROSS JOIN range(0, 12) AS m(i)
-            WHERE y.months_present <> 4095 AND (y.months_present >> CAST(m.i AS INTEGER)) & 1 = 0
-        ),
-        ruled AS (
-            SELECT u.* EXCLUDE (longest_gap), m.year, m.month, m.first_day, m.days_in_month,
-                   coalesce(u.longest_gap, m.days_in_month) AS longest_gap,
-                   m.days_in_month - u.value_days AS missing_days,
-                   (m.days_in_month - u.value_days <= ? AND coalesce(u.longest_gap, m.days_in_month) <= ?) AS meets_rule,
-                   u.value_days = m.days_in_month AS complete
-            FROM (SELECT * FROM keyed UNION ALL SELECT * FROM absent) AS u
-            JOIN months AS m ON m.month_index = u.month_index
+        WITH ruled AS (
+            SELECT *, days_in_month - value_days AS missing_days,
+                   (days_in_month - value_days <= ? AND longest_gap <= ?) AS meets_rule,
+                   value_days = days_in_month AS complete
+            FROM {months}
         ),
         qualified AS (
             SELECT *, (CASE WHEN ? THEN complete ELSE meets_rule END) AS totals_ok FROM ruled
         )
-        SELECT cell, wigos_id, element, year, month, days_in_month, value_days, missing_days, longest_gap,
-               meets_rule, complete,
+        SELECT {"cell, " if with_cell else ""}CAST(wigos_id AS VARCHAR) AS wigos_id, CAST(element AS VARCHAR) AS element, year, month,
+               days_in_month, value_days, missing_days, longest_gap, meets_rule, complete,
                CASE WHEN meets_rule AND element NOT IN {_elements_sql(TOTAL_ELEMENTS)} THEN value_sum / value_days END AS mean,
                CASE WHEN totals_ok AND element IN {_elements_sql(TOTAL_ELEMENTS)} THEN value_sum END AS total,
-               CASE WHEN meets_rule THEN highest END AS highest,
-               CASE WHEN meets_rule THEN first_day + CAST((highest_key % 32 + 32) % 32 - 1 AS INTEGER) END AS highest_date,
-               CASE WHEN meets_rule THEN lowest END AS lowest,
-               CASE WHEN meets_rule THEN first_day + CAST(30 - (lowest_key % 32 + 32) % 32 AS INTEGER) END AS lowest_date{threshold_columns}
+               CASE WHEN meets_rule THEN {_KEY_VALUE.format(key="highest_key")} END AS highest,
+               CASE WHEN meets_rule THEN first_day + CAST((highest_key & 31) - 1 AS INTEGER) END AS highest_date,
+               CASE WHEN meets_rule THEN {_KEY_VALUE.format(key="lowest_key")} END AS lowest,
+               CASE WHEN meets_rule THEN first_day + CAST(30 - (lowest_key & 31) AS INTEGER) END AS lowest_date{threshold_columns}
         FROM qualified
     """
-    params += [rule.max_missing, rule.max_consecutive_missing, rule.totals_require_complete]
-    for threshold in thresholds:
-        params.append(threshold.element.value)
+    params: list[object] = [rule.max_missing, rule.max_consecutive_missing, rule.totals_require_complete]
+    params += [threshold.element.value for threshold in thresholds]
     return sql, params
 
 

@@ -354,12 +354,14 @@ def product_monthly(
 ) -> None:
     """Monthly summaries from daily values, with the WMO 3/5 completeness rule."""
     from opencdms_kernel.products import Period, monthly_summaries
+    from opencdms_kernel.products.context import station_timezones
 
-    with _open(_settings(ctx)) as (_, bucket), _user_errors():
+    with _open(_settings(ctx)) as (datastore, bucket), _user_errors():
         options = {"elements": element} if element else {}
         with _working("monthly summaries"):
             product = monthly_summaries(
-                _archive_connection(bucket), Period.parse(period), stations=station or None, **options)
+                _archive_connection(bucket), Period.parse(period), stations=station or None,
+                timezones=station_timezones(datastore), **options)
         _store_table_product(bucket, product)
 
 
@@ -371,12 +373,13 @@ def product_normals(
     element: list[str] = typer.Option([], help="element code (repeatable); default: all"),
 ) -> None:
     """Climatological standard normals (WMO-No. 1203: 80 % of years, at most 3 missing in a row)."""
-    from opencdms_kernel.products import Period, normals
+    from opencdms_kernel.products import Period, climate_normals
+    from opencdms_kernel.products.context import station_timezones
 
-    with _open(_settings(ctx)) as (_, bucket), _user_errors():
+    with _open(_settings(ctx)) as (datastore, bucket), _user_errors():
         with _working("normals"):
-            product = normals(_archive_connection(bucket), Period.parse(period), stations=station or None,
-                              elements=element or None)
+            product = climate_normals(_archive_connection(bucket), Period.parse(period), stations=station or None,
+                                      elements=element or None, timezones=station_timezones(datastore))
         _store_table_product(bucket, product)
 
 
@@ -389,11 +392,12 @@ def product_indices(
 ) -> None:
     """ETCCDI climate indices (xclim), annual and monthly."""
     from opencdms_kernel.products import Period, climate_indices
+    from opencdms_kernel.products.context import station_timezones
 
-    with _open(_settings(ctx)) as (_, bucket), _user_errors():
+    with _open(_settings(ctx)) as (datastore, bucket), _user_errors():
         with _working("climate indices"):
             product = climate_indices(_archive_connection(bucket), Period.parse(period), stations=station or None,
-                                      indices=index or None)
+                                      indices=index or None, timezones=station_timezones(datastore))
         _store_table_product(bucket, product)
 
 

@@ -46,6 +46,12 @@ def test_up_smoke_on_the_embedded_defaults(home: Path) -> None:
     again = opencdms(tmp_path, "up", "--smoke")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "demo data:" not in again.stdout
+    # The products a climate section asks for, from the archive that `up` exported.
+    for command in (("product", "monthly", "1991"), ("product", "normals", "1991-2020"),
+                    ("product", "indices", "1991"), ("product", "climat", "0-20000-0-60001", "1991-07")):
+        made = opencdms(tmp_path, *command)
+        assert made.returncode == 0, f"{command}: {made.stdout}{made.stderr}"
+        assert "written to" in made.stdout, made.stdout
 
 
 def test_bad_setting_stops_at_start_with_the_variable_named(tmp_path: Path) -> None:

@@ -241,38 +241,46 @@ def _month_grid(months: pa.Table, selection: Selection, threshold_count: int) ->
     """Every month of every station-element pair, in order, with its aggregates (if any).
 
     The pairs are those with data (or every station and element asked for), sorted; a
-    month's row is at ``cell`` = pair number x months + month index, so the aggregates are
-    scattered into place and months without any value are simply the cells left empty — no
-    join, no sort.  Adds ``value_days`` and ``longest_gap`` from the day masks.
+    month's row is at ``cell`` = pair number x months + month index, so each aggregate row is
+    taken into its place and months without any value are simply the cells left empty — no
+    join, no sort.  Adds the calendar columns, ``value_days`` and ``longest_gap``.
     """
     period = selection.period
     per_pair = period.years * 12
-    keys = pc.binary_join_element_wise(months["wigos_id"], months["element"], "\x1f")
+    # Pairs are numbered in (station, element) order from integer codes, not from strings.
+    elements = sorted(e.value for e in selection.elements)
+    element_code = pc.index_in(months["element"], value_set=pa.array(elements)).to_numpy(zero_copy_only=False)
     if selection.stations is None:
-        pairs = sorted(pc.unique(keys).to_pylist())
+        stations = pc.unique(months["wigos_id"]).sort()
     else:
-        pairs = sorted(f"{station}\x1f{element.value}" for station in selection.stations for element in selection.elements)
-    cells = pc.index_in(keys, value_set=pa.array(pairs, pa.string())).to_numpy(zero_copy_only=False).astype(np.int64)
-    cells = cells * per_pair + months["month_index"].to_numpy()
-    size = len(pairs) * per_pair
+        stations = pa.array(sorted(selection.stations), pa.string())
+    station_code = pc.index_in(months["wigos_id"], value_set=stations).to_numpy(zero_copy_only=False)
+    pair_code = station_code.astype(np.int64) * len(elements) + element_code
+    if selection.stations is None:
+        # Only the pairs with data: number them densely, in order.
+        used, pair_number = np.unique(pair_code, return_inverse=True)
+    else:
+        used, pair_number = np.arange(len(stations) * len(elements)), pair_code
+    cells = pair_number.astype(np.int64) * per_pair + months["month_index"].to_numpy()
+    size = len(used) * per_pair
     # Which aggregate row fills each cell (NULL: none); one take() moves every column.
     source = np.full(size, -1, dtype=np.int64)
     source[cells] = np.arange(len(cells))
     data = months.select(["day_mask", *_GRID_COLUMNS, *(f"threshold_{i}" for i in range(threshold_count))])
     data = data.take(pa.array(source, mask=source < 0))
 
-    days = np.tile(_days_in_months(period), len(pairs))
+    days = np.tile(_days_in_months(period), len(used))
     mask = data["day_mask"].fill_null(0).to_numpy().astype(np.uint64)
     month_index = np.arange(size) % per_pair
-    station, element = zip(*(pair.split("\x1f") for pair in pairs))
-    pair_of_cell = pa.array(np.repeat(np.arange(len(pairs), dtype=np.int32), per_pair))
+    station_of_cell = pa.array(np.repeat((used // len(elements)).astype(np.int32), per_pair))
+    element_of_cell = pa.array(np.repeat((used % len(elements)).astype(np.int32), per_pair))
     columns: dict[str, pa.Array] = {
         "cell": pa.array(np.arange(size, dtype=np.int64)),
-        "wigos_id": pa.DictionaryArray.from_arrays(pair_of_cell, pa.array(station, pa.string())),
-        "element": pa.DictionaryArray.from_arrays(pair_of_cell, pa.array(element, pa.string())),
+        "wigos_id": pa.DictionaryArray.from_arrays(station_of_cell, stations),
+        "element": pa.DictionaryArray.from_arrays(element_of_cell, pa.array(elements, pa.string())),
         "year": pa.array((period.start_year + month_index // 12).astype(np.int32)),
         "month": pa.array((month_index % 12 + 1).astype(np.int32)),
-        "first_day": pa.array(np.tile(_first_days(period), len(pairs))),
+        "first_day": pa.array(np.tile(_first_days(period), len(used))),
         "days_in_month": pa.array(days.astype(np.int32)),
         "value_days": pa.array(np.bitwise_count(mask).astype(np.int32)),
         "longest_gap": pa.array(_longest_zero_runs(mask, days)),

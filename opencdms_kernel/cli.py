@@ -21,7 +21,7 @@ from rich.table import Table
 from opencdms_kernel.bucket import Bucket, open_bucket
 from opencdms_kernel.db.engine import Datastore, DatastoreError
 from opencdms_kernel.errors import OpenCDMSError
-from opencdms_kernel.ingest import IngestRequest, IngestResult, IngestStatus
+from opencdms_kernel.ingest import IngestRequest, IngestResult, IngestStatus, ingest_many
 from opencdms_kernel.settings import Settings
 
 app = typer.Typer(help="OpenCDMS Workbench: climate data management.", no_args_is_help=True)
@@ -104,8 +104,6 @@ def _results_table(results: list[IngestResult]) -> Table:
 def _ingest_with_progress(
     requests: list[tuple[str, object]], datastore: Datastore, bucket: Bucket, user: str, label: str
 ) -> list[IngestResult]:
-    from opencdms_kernel.ingest import ingest_many
-
     with _progress() as progress:
         task = progress.add_task(label, total=len(requests))
         return ingest_many(

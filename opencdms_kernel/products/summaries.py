@@ -257,8 +257,11 @@ def _month_grid(months: pa.Table, selection: Selection, threshold_count: int) ->
     station_code = pc.index_in(months["wigos_id"], value_set=stations).to_numpy(zero_copy_only=False)
     pair_code = station_code.astype(np.int64) * len(elements) + element_code
     if selection.stations is None:
-        # Only the pairs with data: number them densely, in order.
-        used, pair_number = np.unique(pair_code, return_inverse=True)
+        # Only the pairs with data, numbered densely in order: codes are small integers, so
+        # counting them is linear (np.unique sorts ~1 M codes: 0.1 s of the benchmark).
+        present = np.bincount(pair_code, minlength=len(stations) * len(elements)) > 0
+        used = np.flatnonzero(present)
+        pair_number = (np.cumsum(present) - 1)[pair_code]
     else:
         used, pair_number = np.arange(len(stations) * len(elements)), pair_code
     cells = pair_number.astype(np.int64) * per_pair + months["month_index"].to_numpy()

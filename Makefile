@@ -13,6 +13,7 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/opencdms kernel install
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -34,6 +35,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/qc_products.py
+	$(BIN)/python bench/notebooks.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

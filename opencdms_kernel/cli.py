@@ -10,11 +10,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -24,6 +25,9 @@ from opencdms_kernel.errors import OpenCDMSError
 from opencdms_kernel.ingest import IngestRequest, IngestResult, IngestStatus, ingest_many
 from opencdms_kernel.settings import Settings
 
+if TYPE_CHECKING:
+    from opencdms_kernel.notebooks import Job
+
 app = typer.Typer(help="OpenCDMS Workbench: climate data management.", no_args_is_help=True)
 db_app = typer.Typer(help="Datastore schema.", no_args_is_help=True)
 stations_app = typer.Typer(help="Station metadata.", no_args_is_help=True)
@@ -31,6 +35,10 @@ product_app = typer.Typer(help="Climate products from the Parquet archive.", no_
 app.add_typer(db_app, name="db")
 app.add_typer(stations_app, name="stations")
 app.add_typer(product_app, name="product")
+notebooks_app = typer.Typer(help="Notebooks as parameterised, recorded processes.", no_args_is_help=True)
+kernel_app = typer.Typer(help="The 'opencdms' Jupyter kernel.", no_args_is_help=True)
+app.add_typer(notebooks_app, name="notebooks")
+app.add_typer(kernel_app, name="kernel")
 console = Console()
 
 
@@ -456,13 +464,17 @@ def up(
     demo_stations: int = typer.Option(50, min=1, help="stations of the demo network"),
     demo_years: int = typer.Option(30, min=1, help="years of the demo network"),
 ) -> None:
-    """Start the system: datastore, schema, demo data (when empty), archive; run until Ctrl-C."""
+    """Start the system: datastore, schema, demo data, the notebook pipeline, JupyterLab; run until Ctrl-C."""
     from opencdms_kernel.archive import export_archive
     from opencdms_kernel.db import migrate
     from opencdms_kernel.demo_data import DemoSpec
-    from opencdms_kernel.system import check_parts, load_demo, observation_count
+    from opencdms_kernel.lab import jupyterlab
+    from opencdms_kernel.system import (
+        check_parts, demo_dataset, demo_pipeline, load_demo, loaded_demo_spec, observation_count,
+    )
 
     settings = _settings(ctx)
+    spec = DemoSpec(stations=demo_stations, years=demo_years)
     mode = "embedded PostgreSQL under " + str(settings.pgdata_dir) if settings.embedded_database else "external PostgreSQL"
     console.print(f"[bold]OpenCDMS Workbench[/bold] — starting ({mode})")
     with _open(settings) as (datastore, bucket):
@@ -471,10 +483,11 @@ def up(
             with _progress() as progress:
                 task = progress.add_task("demo data: generating", total=None)
                 results = load_demo(
-                    settings, datastore, bucket, DemoSpec(stations=demo_stations, years=demo_years),
+                    settings, datastore, bucket, spec,
                     on_generated=lambda dataset: progress.update(
-                        task, description="demo data: ingesting", total=len(dataset.daily_files) + len(dataset.aws_files)),
+                        task, description="demo data: ingesting", total=len(dataset.daily_files)),
                     on_file=lambda result: progress.advance(task),
+                    include_aws=False,
                 )
             loaded = [r for r in results if r.status is IngestStatus.LOADED]
             console.print(
@@ -489,21 +502,65 @@ def up(
             f"archive: {exported.rows:,} observations in {len(exported.partitions)} partitions "
             f"exported in {exported.seconds:.1f} s"
         )
-        checks = check_parts(datastore, bucket)
-        table = Table("part", "status", "detail")
-        for check in checks:
-            table.add_row(check.part, "[green]ok[/green]" if check.ok else "[red]FAILED[/red]", check.detail)
-        console.print(table)
-        for check in checks:
-            console.print(f"{check.part:<10} {check.location}", soft_wrap=True)
-        if not all(check.ok for check in checks):
-            raise typer.Exit(1)
-        if smoke:
-            console.print("[green]smoke check passed[/green]")
-            return
-        console.print("running — press Ctrl-C to stop everything started here")
-        _wait_for_interrupt()
+        loaded_spec = loaded_demo_spec(settings)
+        if loaded_spec is None:
+            console.print("notebook pipeline: skipped (this datastore holds no demo network)")
+            jobs = []
+        else:
+            # The network loaded earlier, whatever this start's options say.
+            dataset = demo_dataset(settings, loaded_spec)
+            jobs = _run_pipeline(settings, datastore, bucket, demo_pipeline(dataset, bucket, loaded_spec))
+        checks = check_parts(settings, datastore, bucket)
+        with jupyterlab(settings) as lab:
+            table = Table("part", "status", "detail")
+            for check in checks:
+                table.add_row(check.part, "[green]ok[/green]" if check.ok else "[red]FAILED[/red]", check.detail)
+            table.add_row("jupyterlab", "[green]ok[/green]", f"answering on {lab.url}")
+            console.print(table)
+            for check in checks:
+                console.print(f"{check.part:<10} {check.location}", soft_wrap=True)
+            report = jobs[-1].outputs.get("report") if jobs else None
+            if report is not None:
+                console.print(f"report     {bucket.url(report.key)}", soft_wrap=True)
+            console.print(f"jupyterlab {lab.login_url}  (notebooks/, catalog/; log {lab.log})", soft_wrap=True)
+            if not all(check.ok for check in checks):
+                raise typer.Exit(1)
+            if smoke:
+                console.print("[green]smoke check passed[/green]")
+                return
+            console.print("running — press Ctrl-C to stop everything started here")
+            _wait_for_interrupt()
     console.print("stopped")
+
+
+def _run_pipeline(
+    settings: Settings, datastore: Datastore, bucket: Bucket, runs: list[tuple[str, dict[str, object]]]
+) -> list[Job]:
+    """Run the notebooks of ``runs`` in order through the registry; stop at the first failure."""
+    from opencdms_kernel.notebooks import JobStatus, run_notebook
+
+    table = Table("notebook", "parameters", "status", "seconds", "outputs", title="notebook pipeline")
+    jobs = []
+    with _progress() as progress:
+        task = progress.add_task("pipeline", total=len(runs))
+        for name, parameters in runs:
+            progress.update(task, description=f"pipeline: {name}")
+            job = run_notebook(name, parameters, settings=settings, datastore=datastore, bucket=bucket, trigger="demo")
+            jobs.append(job)
+            progress.advance(task)
+            seconds = (job.finished_at - job.started_at).total_seconds() if job.finished_at and job.started_at else 0.0
+            table.add_row(
+                name, escape(", ".join(f"{k}={v}" for k, v in parameters.items())),
+                "[green]successful[/green]" if job.status is JobStatus.SUCCESSFUL else f"[red]{job.status.value}[/red]",
+                f"{seconds:.1f}", escape(", ".join(job.outputs)),
+            )
+            if job.status is not JobStatus.SUCCESSFUL:
+                console.print(table)
+                console.print(f"[red]{name} failed: {escape(job.error or job.message or '')}[/red]")
+                console.print(f"executed notebook: {bucket.url(job.notebook_key)}", soft_wrap=True)
+                raise typer.Exit(1)
+    console.print(table)
+    return jobs
 
 
 def _wait_for_interrupt() -> None:
@@ -512,6 +569,154 @@ def _wait_for_interrupt() -> None:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     stop.wait()
+
+
+# --------------------------------------------------------------------------- notebooks, kernel
+
+
+_FOLDER_HELP = "notebook folder (default: <home>/notebooks)"
+
+
+@contextmanager
+def _request_errors() -> Iterator[None]:
+    """A refused notebook request as one line (escaped: types like list[str] look like markup), exit 2."""
+    try:
+        yield
+    except OpenCDMSError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
+        raise typer.Exit(2) from exc
+
+
+def _registry(settings: Settings, folder: Path | None):  # type: ignore[no-untyped-def]
+    from opencdms_kernel.notebooks import default_notebook_folder, open_registry
+
+    return open_registry(folder or default_notebook_folder(settings))
+
+
+@notebooks_app.command("list")
+def notebooks_list(ctx: typer.Context, folder: Path | None = typer.Option(None, help=_FOLDER_HELP)) -> None:
+    """The registered notebooks: name, title, parameters."""
+    registry = _registry(_settings(ctx), folder)
+    table = Table("name", "title", "parameters")
+    for info in registry.notebooks():
+        table.add_row(escape(info.name), escape(info.title),
+                      escape(", ".join(f"{p.name}: {p.type_label}" for p in info.parameters)))
+    console.print(table)
+    for problem in registry.problems().values():
+        console.print(f"[yellow]left out: {escape(str(problem))}[/yellow]", soft_wrap=True)
+
+
+@notebooks_app.command("show")
+def notebooks_show(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="notebook name"),
+    folder: Path | None = typer.Option(None, help=_FOLDER_HELP),
+    json_schema: bool = typer.Option(False, "--json", help="print the parameters' JSON Schema"),
+) -> None:
+    """A notebook's description and parameter schema."""
+    import json
+
+    with _request_errors():
+        info = _registry(_settings(ctx), folder).get(name)
+    if json_schema:
+        sys.stdout.write(json.dumps(info.parameter_schema(), indent=2) + "\n")
+        return
+    console.print(f"[bold]{escape(info.title)}[/bold] ({info.name}, {info.path})")
+    if info.description:
+        console.print(escape(info.description))
+    table = Table("parameter", "type", "default", "description")
+    for spec in info.parameters:
+        note = spec.description + (f" [prefixes: {' '.join(spec.prefixes)}]" if spec.prefixes else "")
+        default = json.dumps(spec.default) if spec.has_default else "(expression)"
+        table.add_row(spec.name, escape(spec.type_label), escape(default), escape(note))
+    console.print(table)
+
+
+def _parameter_pairs(args: list[str]) -> list[tuple[str, str]]:
+    """``-p KEY VALUE`` groups from the command's extra arguments (typer has no 2-value lists)."""
+    pairs = []
+    index = 0
+    while index < len(args):
+        if args[index] not in ("-p", "--parameter") or index + 2 >= len(args):
+            raise typer.BadParameter(f"unexpected {args[index]!r}: give parameters as -p KEY VALUE")
+        pairs.append((args[index + 1], args[index + 2]))
+        index += 3
+    return pairs
+
+
+@notebooks_app.command(
+    "run", context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+)
+def notebooks_run(
+    ctx: typer.Context,
+    name: str = typer.Argument(..., help="notebook name"),
+    folder: Path | None = typer.Option(None, help=_FOLDER_HELP),
+    timeout: float | None = typer.Option(None, help="seconds each cell may take"),
+) -> None:
+    """Run notebook NAME with parameters given as -p KEY VALUE (repeatable), as a recorded job.
+
+    Prints the job id, its status, where the executed notebook, its HTML and the outputs are.
+    A bad request is refused before anything runs (exit 2); a failed run exits 1.
+    """
+    from opencdms_kernel.notebooks import JobStatus, run_notebook
+
+    settings = _settings(ctx)
+    registry = _registry(settings, folder)
+    with _request_errors():
+        try:
+            pairs = _parameter_pairs(list(ctx.args))
+        except typer.BadParameter as exc:
+            console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
+            raise typer.Exit(2) from exc
+        parameters = registry.get(name).parameters_from_text(pairs)
+        with _open(settings) as (datastore, bucket), _working(f"notebook {name}"):
+            job = run_notebook(name, parameters, settings=settings, datastore=datastore, bucket=bucket,
+                               registry=registry, timeout=timeout)
+    colour = "green" if job.status is JobStatus.SUCCESSFUL else "red"
+    console.print(f"job {job.id}: [{colour}]{job.status.value}[/{colour}] ({job.message})", soft_wrap=True)
+    if job.error:
+        console.print(f"[red]{escape(job.error)}[/red]", soft_wrap=True)
+    console.print(f"executed notebook: {bucket.url(job.notebook_key)}", soft_wrap=True)
+    console.print(f"HTML: {bucket.url(job.html_key)}", soft_wrap=True)
+    for output in job.outputs.values():
+        title = f" ({escape(output.title)})" if output.title else ""
+        console.print(f"output {output.name}: {bucket.url(output.key)}{title}", soft_wrap=True)
+    if job.status is not JobStatus.SUCCESSFUL:
+        raise typer.Exit(1)
+
+
+@notebooks_app.command("jobs")
+def notebooks_jobs(
+    ctx: typer.Context,
+    name: str | None = typer.Option(None, "--notebook", help="only this notebook's jobs"),
+    limit: int = typer.Option(20, min=1),
+) -> None:
+    """The latest notebook jobs."""
+    from opencdms_kernel.notebooks import list_jobs
+
+    with _open(_settings(ctx)) as (datastore, _):
+        jobs = list_jobs(datastore, process=name, limit=limit)
+    table = Table("notebook", "status", "by", "created", "seconds", "error")
+    table.add_column("id", no_wrap=True, min_width=36)  # whole, to be copied into `show`/URLs
+    for job in jobs:
+        seconds = f"{(job.finished_at - job.started_at).total_seconds():.1f}" if job.finished_at and job.started_at else ""
+        table.add_row(job.process, job.status.value, f"{job.requested_by} ({job.trigger})",
+                      f"{job.created_at:%Y-%m-%d %H:%M}", seconds, escape(job.error or ""), str(job.id))
+    console.print(table)
+
+
+@kernel_app.command("install")
+def kernel_install(
+    ctx: typer.Context,
+    prefix: Path | None = typer.Option(None, help="environment prefix (default: this one, sys.prefix)"),
+) -> None:
+    """Install the 'opencdms' kernel spec for this environment's Python (idempotent)."""
+    from opencdms_kernel.notebooks.kernelspec import DISPLAY_NAME, KERNEL_NAME, install_kernel_spec
+
+    settings = _settings(ctx)
+    folder = install_kernel_spec(settings.home, prefix=prefix)
+    console.print(f"kernel '{KERNEL_NAME}' ({DISPLAY_NAME}) in {folder}, OPENCDMS_HOME={settings.home}",
+                  soft_wrap=True)
 
 
 if __name__ == "__main__":

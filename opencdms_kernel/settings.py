@@ -12,6 +12,10 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The source tree this package runs from (an editable install, as `make install` makes): the
+# home of the notebooks and of the catalog that ship with the code.
+PROJECT_FOLDER = Path(__file__).resolve().parent.parent
+
 
 class Settings(BaseSettings):
     """Validated configuration of one OpenCDMS installation."""
@@ -21,6 +25,10 @@ class Settings(BaseSettings):
     home: Path = Field(
         default_factory=Path.cwd,
         description="Project folder; relative paths below are taken from here.",
+    )
+    notebook_dir: Path | None = Field(
+        default=None,
+        description="Folder of the notebooks run as processes. Empty: the project's notebooks/.",
     )
     var_dir: Path = Field(
         default=Path("var"),
@@ -83,6 +91,13 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def notebook_folder(self) -> Path:
+        """The notebooks that are processes: ``notebook_dir`` or the project's ``notebooks/``."""
+        if self.notebook_dir is None:
+            return PROJECT_FOLDER / "notebooks"
+        return self.notebook_dir if self.notebook_dir.is_absolute() else self.home / self.notebook_dir
+
+    @property
     def embedded_database(self) -> bool:
         """True when no server is configured and a private PostgreSQL is used."""
         return self.database_url is None
@@ -105,6 +120,19 @@ class Settings(BaseSettings):
     def bucket_protocol(self) -> str:
         """fsspec protocol of the bucket (file, s3 or memory)."""
         return self.bucket_url.partition("://")[0]
+
+    def as_environment(self) -> dict[str, str]:
+        """The ``OPENCDMS_*`` variables that rebuild these settings in a child process.
+
+        For kernels and servers started on this installation's behalf; secrets are included,
+        so pass the result as a process environment, never into a saved file or a notebook.
+        """
+        environment: dict[str, str] = {}
+        for name, value in self.model_dump(exclude_none=True).items():
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            environment[f"{self.model_config['env_prefix']}{name.upper()}"] = str(value)
+        return environment
 
 
 def load_settings(**overrides: object) -> Settings:

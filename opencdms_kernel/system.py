@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import duckdb
@@ -15,6 +16,8 @@ from opencdms_kernel.bucket import Bucket
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.db.migrate import current_revision, head_revision
 from opencdms_kernel.demo_data import DemoDataset, DemoSpec, generate_demo_data
+from opencdms_kernel.errors import OpenCDMSError
+from opencdms_kernel.gridded import write_gridded_analysis
 from opencdms_kernel.ingest import IngestRequest, IngestResult, ingest_many, load_mapping
 from opencdms_kernel.settings import Settings
 from opencdms_kernel.stations import import_stations
@@ -56,14 +59,74 @@ def load_demo(
     spec: DemoSpec = DemoSpec(),
     on_generated: Callable[[DemoDataset], None] | None = None,
     on_file: Callable[[IngestResult], None] | None = None,
+    *,
+    include_aws: bool = True,
 ) -> list[IngestResult]:
-    """Generate the demo dataset under var/demo (once) and ingest it."""
-    folder = settings.var_dir / "demo"
-    dataset = generate_demo_data(folder, spec)
+    """Generate the demo dataset under var/demo (once) and ingest it, and the gridded analysis.
+
+    ``include_aws=False`` leaves the hourly AWS files out: `opencdms up` delivers them to
+    ``incoming/`` and ingests them through the notebook pipeline instead.
+    """
+    dataset = demo_dataset(settings, spec)
     if on_generated is not None:
         on_generated(dataset)
     import_stations(datastore, dataset.stations_csv)
-    return ingest_many(demo_requests(dataset), datastore, bucket, settings.user, progress=on_file)
+    write_gridded_analysis(bucket, spec, years=min(2, spec.years))
+    requests = demo_requests(dataset if include_aws else replace(dataset, aws_files=()))
+    return ingest_many(requests, datastore, bucket, settings.user, progress=on_file)
+
+
+def demo_dataset(settings: Settings, spec: DemoSpec = DemoSpec()) -> DemoDataset:
+    """The demo dataset under var/demo (written again: it is deterministic, and takes ~1 s)."""
+    return generate_demo_data(settings.var_dir / "demo", spec)
+
+
+def loaded_demo_spec(settings: Settings) -> DemoSpec | None:
+    """The spec of the demo dataset this installation loaded (from its manifest), if any."""
+    manifest = settings.var_dir / "demo" / "manifest.json"
+    if not manifest.is_file():
+        return None
+    return DemoSpec(**json.loads(manifest.read_text())["spec"])
+
+
+# --------------------------------------------------------------------------- the demo pipeline
+
+DEMO_INCOMING = "incoming/aws/"
+
+
+def deliver_aws_files(bucket: Bucket, dataset: DemoDataset) -> tuple[list[str], str]:
+    """Put the demo's hourly AWS files and their mapping under ``incoming/aws/``, as a station would.
+
+    Returns the object keys of the files and of the mapping.
+    """
+    mapping_key = DEMO_INCOMING + dataset.aws_mapping.name
+    bucket.write_bytes(mapping_key, dataset.aws_mapping.read_bytes())
+    keys = []
+    for path in dataset.aws_files:
+        key = DEMO_INCOMING + path.name
+        bucket.write_bytes(key, path.read_bytes())
+        keys.append(key)
+    return keys, mapping_key
+
+
+def demo_pipeline(dataset: DemoDataset, bucket: Bucket, spec: DemoSpec) -> list[tuple[str, dict[str, object]]]:
+    """The demo's notebook runs, in order: ingest each arrived file, QC, archive, monthly report.
+
+    QC covers the last year of the demo period; the report is of its last month, for the whole
+    network.
+    """
+    keys, mapping_key = deliver_aws_files(bucket, dataset)
+    last_year = spec.start_year + spec.years - 1
+    last_month = f"{last_year}-12"
+    runs: list[tuple[str, dict[str, object]]] = [
+        ("ingest_file", {"object_key": key, "mapping_key": mapping_key}) for key in keys
+    ]
+    runs += [
+        ("qc_run", {"start": f"{last_year}-01-01", "end": f"{last_year}-12-31"}),
+        ("archive_refresh", {}),
+        ("monthly_report", {"month": last_month}),
+    ]
+    return runs
 
 
 def _timed(check: Callable[[], str]) -> tuple[bool, str]:
@@ -129,6 +192,43 @@ def check_archive(bucket: Bucket) -> PartCheck:
     return PartCheck("archive", ok, detail, location)
 
 
-def check_parts(datastore: Datastore, bucket: Bucket) -> list[PartCheck]:
+def check_catalog(settings: Settings) -> PartCheck:
+    """The intake catalog opens and its station and element tables read."""
+    from opencdms_kernel.catalog import CATALOG_PATH, close_catalog, open_catalog
+
+    catalog = open_catalog(settings)
+
+    def probe() -> str:
+        stations = catalog.stations.read()
+        elements = catalog.elements.read()
+        return f"{len(list(catalog.entries))} entries; {len(stations)} stations, {len(elements)} elements"
+
+    try:
+        ok, detail = _timed(probe)
+    except (OSError, sa.exc.SQLAlchemyError, OpenCDMSError) as exc:
+        return PartCheck("catalog", False, str(exc), str(CATALOG_PATH))
+    finally:
+        close_catalog(catalog)
+    return PartCheck("catalog", ok, detail, str(CATALOG_PATH))
+
+
+def check_notebooks(settings: Settings) -> PartCheck:
+    """Every notebook in notebooks/ is registered (its parameters cell reads)."""
+    from opencdms_kernel.notebooks import default_notebook_folder, open_registry
+
+    folder = default_notebook_folder(settings)
+    registry = open_registry(folder)
+    problems = registry.problems()
+    names = [info.name for info in registry.notebooks()]
+    if problems:
+        detail = "; ".join(f"{name}: {problem}" for name, problem in problems.items())
+        return PartCheck("notebooks", False, detail, str(folder))
+    return PartCheck("notebooks", bool(names), f"{len(names)} registered: {', '.join(names)}", str(folder))
+
+
+def check_parts(settings: Settings, datastore: Datastore, bucket: Bucket) -> list[PartCheck]:
     """Check every part that this installation runs."""
-    return [check_datastore(datastore), check_bucket(bucket), check_archive(bucket)]
+    return [
+        check_datastore(datastore), check_bucket(bucket), check_archive(bucket),
+        check_catalog(settings), check_notebooks(settings),
+    ]

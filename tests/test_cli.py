@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,18 @@ def test_up_smoke_on_the_embedded_defaults(home: Path) -> None:
         assert part in out
     assert "FAILED" not in out
     assert (tmp_path / "var" / "bucket" / "archive" / "observations").is_dir()
+    # The demo pipeline ran through the notebook registry: each AWS file delivered to incoming/
+    # ingested by its own job, then QC, archive and the network's report of the last month.
+    for notebook in ("ingest_file", "qc_run", "archive_refresh", "monthly_report"):
+        assert notebook in out
+    report = tmp_path / "var" / "bucket" / "reports" / "monthly" / "network" / "1992-12.html"
+    assert report.is_file() and "<img" in report.read_text()
+    assert f"report     {report.as_uri()}" in out
+    runs = sorted((tmp_path / "var" / "bucket" / "runs").iterdir())
+    assert len(runs) == 3 + 3  # three AWS files, QC, archive, report
+    assert all(any(run.glob("*.ipynb")) and any(run.glob("*.html")) for run in runs)
+    assert re.search(r"jupyterlab\s+│\s+ok\s+│\s+answering on http://127\.0\.0\.1:\d+/", out)
+    assert re.search(r"^jupyterlab http://127\.0\.0\.1:\d+/lab\?token=\S+", out, re.MULTILINE)
     # Started again, the data is kept and nothing is loaded twice.
     again = opencdms(tmp_path, "up", "--smoke")
     assert again.returncode == 0, again.stdout + again.stderr

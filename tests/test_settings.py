@@ -56,3 +56,22 @@ def test_importing_the_kernel_reads_no_settings(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setenv("OPENCDMS_BUCKET_URL", "ftp://invalid")
     importlib.reload(opencdms_kernel.ingest.pipeline)  # would raise if settings were built at import
     importlib.reload(opencdms_kernel.cli)
+
+
+def test_settings_rebuild_from_their_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Settings(
+        home=tmp_path,
+        database_url="postgresql+psycopg://someone@127.0.0.1:5432/cdms",
+        bucket_url="s3://climate/data",
+        s3_endpoint_url="http://127.0.0.1:9000",
+        s3_access_key_id="key",
+        s3_secret_access_key="secret",
+        user="clerk",
+    )
+    environment = original.as_environment()
+    assert environment["OPENCDMS_S3_SECRET_ACCESS_KEY"] == "secret"  # the value, not '**********'
+    assert "OPENCDMS_BROKER_URL" not in environment  # unset stays unset
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.chdir(tmp_path.parent)
+    assert Settings() == original

@@ -1,0 +1,379 @@
+"""Typed notebook parameters: how a notebook declares them, their JSON Schema, and validation.
+
+How a notebook declares its parameters
+--------------------------------------
+The cell tagged ``parameters`` holds one assignment per line, each with a type annotation and
+a ``#`` comment that describes it.  The annotations are plain names (papermill's parser reads
+letters, digits, ``_``, ``[``, ``]`` and ``,`` only: write ``Optional[int]``, not ``int | None``),
+so the kinds below must be imported in a cell *before* the parameters cell::
+
+    from opencdms_kernel.notebooks import BucketKey, ElementCode, WigosId, YearMonth
+
+    # --- the cell tagged "parameters" ---
+    object_key: BucketKey = "incoming/daily.csv"  # CSV file to ingest [prefixes: incoming/]
+    station: WigosId = "0-20000-0-60001"          # WIGOS station id
+    elements: list[ElementCode] = ["TMAX", "TMIN"]  # elements to check
+    month: YearMonth = "2020-07"                   # month of the report
+    year: int = 2020                               # year
+    threshold: float = 2.5                         # threshold in kelvin
+    overwrite: bool = False                        # replace an existing product
+    title: str = "Monthly report"                  # free text
+    stations: list[str] = []                       # station names
+    end_month: Optional[YearMonth] = None          # last month; None: same as month
+
+Kinds (annotation -> JSON Schema -> accepted values):
+
+- ``int`` -> integer; ``float`` -> number (finite); ``bool`` -> boolean; ``str`` -> string.
+- ``BucketKey`` -> string: a key inside the file bucket, relative to its root, '/'-separated;
+  never absolute, never a URL, no ``.`` or ``..`` segment, no empty segment, no backslash or
+  control character.  Allowed prefixes are declared at the end of the comment as
+  ``[prefixes: incoming/ uploads/]`` (space or comma separated; a prefix ends with ``/``).
+  Without the tag any key inside the bucket is accepted.
+- ``WigosId`` -> string like ``0-20000-0-60001`` (the pattern the ``station`` table checks).
+- ``ElementCode`` -> string like ``TMAX`` (letters, digits, ``_``; lower case is upper-cased).
+- ``YearMonth`` -> string ``YYYY-MM``.
+- ``list[K]`` for any kind K above (``list`` alone is ``list[str]``) -> array of K.
+- ``Optional[K]``, or a default of ``None``, also accepts ``null``.
+- No annotation: the kind is inferred from the default (``3`` -> int, ``"x"`` -> str, …; a
+  default that is not a literal accepts any JSON scalar or list of scalars).
+
+The description is the comment (without the prefix tag).  Every default must itself be valid,
+or the notebook is not registered.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import math
+import re
+from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Any, Mapping, NewType
+
+from opencdms_kernel.notebooks.errors import NotebookDefinitionError, NotebookParameterError
+
+BucketKey = NewType("BucketKey", str)
+"""A key in the file bucket (annotation for a notebook parameter)."""
+WigosId = NewType("WigosId", str)
+"""A WIGOS station identifier (annotation for a notebook parameter)."""
+ElementCode = NewType("ElementCode", str)
+"""An element code such as TMAX (annotation for a notebook parameter)."""
+YearMonth = NewType("YearMonth", str)
+"""A month as YYYY-MM (annotation for a notebook parameter)."""
+
+
+class Kind(str, Enum):
+    """What a parameter holds; the value is the annotation a notebook writes."""
+
+    INT = "int"
+    FLOAT = "float"
+    BOOL = "bool"
+    STR = "str"
+    BUCKET_KEY = "BucketKey"
+    WIGOS_ID = "WigosId"
+    ELEMENT_CODE = "ElementCode"
+    YEAR_MONTH = "YearMonth"
+    ANY = "any"
+
+
+# The pattern the station table checks (migration 0001).
+WIGOS_ID_PATTERN = r"^[0-9]{1,5}-[0-9]{1,5}-[0-9]{1,5}-[0-9A-Za-z]{1,16}$"
+ELEMENT_CODE_PATTERN = r"^[A-Z][A-Z0-9_]{0,31}$"
+YEAR_MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
+_PREFIX_TAG = re.compile(r"\s*\[prefix(?:es)?:\s*(?P<prefixes>[^\]]*)\]\s*$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+_STRING_KINDS = {Kind.STR, Kind.BUCKET_KEY, Kind.WIGOS_ID, Kind.ELEMENT_CODE, Kind.YEAR_MONTH}
+_BASE_SCHEMAS: dict[Kind, dict[str, Any]] = {
+    Kind.INT: {"type": "integer"},
+    Kind.FLOAT: {"type": "number"},
+    Kind.BOOL: {"type": "boolean"},
+    Kind.STR: {"type": "string"},
+    Kind.BUCKET_KEY: {"type": "string"},
+    Kind.WIGOS_ID: {"type": "string", "pattern": WIGOS_ID_PATTERN},
+    Kind.ELEMENT_CODE: {"type": "string", "pattern": ELEMENT_CODE_PATTERN},
+    Kind.YEAR_MONTH: {"type": "string", "pattern": YEAR_MONTH_PATTERN},
+    Kind.ANY: {},
+}
+
+
+def bucket_key_problem(key: str, prefixes: tuple[str, ...] = ()) -> str | None:
+    """Why ``key`` is not an acceptable bucket key (``None`` when it is)."""
+    if not key:
+        return "a bucket key must not be empty"
+    if _CONTROL.search(key) or "\\" in key:
+        return f"{key!r} contains a control character or a backslash"
+    if key.startswith("/") or "://" in key or re.match(r"^[A-Za-z]:", key):
+        return f"{key!r} must be a key inside the bucket, not an absolute path or URL"
+    segments = key.split("/")
+    if any(segment in (".", "..") for segment in segments):
+        return f"{key!r} must not contain '.' or '..' segments (it would leave its folder)"
+    if any(segment == "" for segment in segments[:-1]):
+        return f"{key!r} has an empty path segment"
+    if prefixes and not key.startswith(prefixes):
+        return f"{key!r} is not under an allowed prefix ({', '.join(prefixes)})"
+    return None
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    """One declared parameter of a notebook."""
+
+    name: str
+    kind: Kind
+    is_list: bool = False
+    nullable: bool = False
+    default: Any = None
+    has_default: bool = False  # False when the default is an expression, not a literal
+    description: str = ""
+    prefixes: tuple[str, ...] = ()
+    annotation: str | None = None
+
+    def json_schema(self) -> dict[str, Any]:
+        """This parameter as a JSON Schema (with ``x-opencdms-kind`` and, for keys, prefixes)."""
+        item = dict(_BASE_SCHEMAS[self.kind])
+        if self.kind is Kind.BUCKET_KEY and self.prefixes:
+            item["pattern"] = "^(?:" + "|".join(re.escape(p) for p in self.prefixes) + ")"
+        schema: dict[str, Any] = {"type": "array", "items": item} if self.is_list else item
+        if self.nullable and "type" in schema:
+            schema["type"] = [schema["type"], "null"]
+        schema["x-opencdms-kind"] = self.kind.value
+        if self.prefixes:
+            schema["x-opencdms-prefixes"] = list(self.prefixes)
+        if self.description:
+            schema["description"] = self.description
+        if self.has_default:
+            schema["default"] = self.default
+        return schema
+
+    @property
+    def type_label(self) -> str:
+        """The kind as a person reads it, e.g. ``list[WigosId]`` or ``Optional[int]``."""
+        label = f"list[{self.kind.value}]" if self.is_list else self.kind.value
+        return f"Optional[{label}]" if self.nullable else label
+
+    def validate(self, value: Any, notebook: str) -> Any:
+        """The value checked against this parameter (normalised), or NotebookParameterError."""
+        if value is None:
+            if self.nullable:
+                return None
+            raise NotebookParameterError(notebook, self.name, f"must be a {self.type_label}, not null")
+        if self.is_list:
+            if not isinstance(value, (list, tuple)):
+                raise NotebookParameterError(
+                    notebook, self.name, f"must be a list of {self.kind.value}, not {_describe(value)}"
+                )
+            return [self._scalar(item, notebook, f" (item {index})") for index, item in enumerate(value)]
+        return self._scalar(value, notebook, "")
+
+    def parse_text(self, text: str, notebook: str) -> Any:
+        """A value typed as text (command line) converted to this parameter's kind and checked."""
+        if self.nullable and self.kind is not Kind.STR and text.strip() in ("null", "None"):
+            return None
+        if self.is_list:
+            if text.strip().startswith("["):
+                try:
+                    items = json.loads(text)
+                except json.JSONDecodeError as exc:
+                    raise NotebookParameterError(notebook, self.name, f"{text!r} is not a JSON list: {exc.msg}") from exc
+                return self.validate(items, notebook)
+            parts = [part.strip() for part in text.split(",") if part.strip()]
+            return self.validate([self._from_text(part, notebook) for part in parts], notebook)
+        return self.validate(self._from_text(text, notebook), notebook)
+
+    def _from_text(self, text: str, notebook: str) -> Any:
+        if self.kind is Kind.INT:
+            try:
+                return int(text)
+            except ValueError:
+                raise NotebookParameterError(notebook, self.name, f"{text!r} is not an integer") from None
+        if self.kind is Kind.FLOAT:
+            try:
+                return float(text)
+            except ValueError:
+                raise NotebookParameterError(notebook, self.name, f"{text!r} is not a number") from None
+        if self.kind is Kind.BOOL:
+            lowered = text.strip().lower()
+            if lowered in ("true", "yes", "1", "on"):
+                return True
+            if lowered in ("false", "no", "0", "off"):
+                return False
+            raise NotebookParameterError(notebook, self.name, f"{text!r} is not true or false")
+        if self.kind is Kind.ANY:
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError:
+                return text
+        return text
+
+    def _scalar(self, value: Any, notebook: str, where: str) -> Any:
+        def refuse(reason: str) -> NotebookParameterError:
+            return NotebookParameterError(notebook, self.name, reason + where)
+
+        kind = self.kind
+        if kind is Kind.ANY:
+            if value is None or isinstance(value, (str, int, float, bool)):
+                return value
+            if isinstance(value, (list, tuple)) and not self.is_list and all(
+                item is None or isinstance(item, (str, int, float, bool)) for item in value
+            ):
+                return list(value)
+            raise refuse(f"must be a text, number, boolean or list of those, not {_describe(value)}")
+        if kind is Kind.BOOL:
+            if isinstance(value, bool):
+                return value
+            raise refuse(f"must be true or false, not {_describe(value)}")
+        if kind is Kind.INT:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            raise refuse(f"must be an integer, not {_describe(value)}")
+        if kind is Kind.FLOAT:
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                return float(value)
+            raise refuse(f"must be a finite number, not {_describe(value)}")
+        if not isinstance(value, str):
+            raise refuse(f"must be a text ({kind.value}), not {_describe(value)}")
+        if kind is Kind.BUCKET_KEY:
+            problem = bucket_key_problem(value, self.prefixes)
+            if problem:
+                raise refuse(problem)
+        elif kind is Kind.WIGOS_ID and not re.fullmatch(WIGOS_ID_PATTERN, value):
+            raise refuse(f"{value!r} is not a WIGOS station id like 0-20000-0-60001")
+        elif kind is Kind.ELEMENT_CODE:
+            value = value.strip().upper()
+            if not re.fullmatch(ELEMENT_CODE_PATTERN, value):
+                raise refuse(f"{value!r} is not an element code like TMAX")
+        elif kind is Kind.YEAR_MONTH and not re.fullmatch(YEAR_MONTH_PATTERN, value):
+            raise refuse(f"{value!r} is not a month like 2020-07")
+        return value
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def parse_parameters(file: str, inspected: Mapping[str, Mapping[str, Any]]) -> tuple[ParameterSpec, ...]:
+    """Parameter specs from ``papermill.inspect_notebook`` output; NotebookDefinitionError if wrong."""
+    return tuple(_parse_one(file, item) for item in inspected.values())
+
+
+def _parse_one(file: str, item: Mapping[str, Any]) -> ParameterSpec:
+    name = str(item["name"])
+    annotation = item.get("inferred_type_name")
+    annotation = None if annotation in (None, "None", "") else str(annotation)
+    help_text = str(item.get("help") or "").strip()
+    prefixes: tuple[str, ...] = ()
+    tag = _PREFIX_TAG.search(help_text)
+    if tag:
+        prefixes = tuple(p for p in re.split(r"[\s,]+", tag.group("prefixes").strip()) if p)
+        help_text = help_text[: tag.start()].strip()
+    default_source = str(item.get("default") or "")
+    try:
+        default = ast.literal_eval(default_source)
+        has_default = True
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        default, has_default = None, False  # an expression: evaluated in the kernel
+    if isinstance(default, tuple):
+        default = list(default)
+    if annotation is None:
+        kind, is_list, nullable = _infer_kind(default, has_default)
+    else:
+        kind, is_list, nullable = _parse_annotation(file, name, annotation)
+    if has_default and default is None:
+        nullable = True
+    if prefixes and kind is not Kind.BUCKET_KEY:
+        raise NotebookDefinitionError(file, "a [prefixes: …] tag belongs to a BucketKey parameter", name)
+    for prefix in prefixes:
+        problem = bucket_key_problem(prefix)
+        if problem or not prefix.endswith("/"):
+            raise NotebookDefinitionError(file, f"prefix {prefix!r} must be a bucket folder ending in '/'", name)
+    spec = ParameterSpec(
+        name=name, kind=kind, is_list=is_list, nullable=nullable, default=default, has_default=has_default,
+        description=help_text, prefixes=prefixes, annotation=annotation,
+    )
+    if has_default:
+        try:
+            spec = replace(spec, default=spec.validate(default, file))
+        except NotebookParameterError as exc:
+            raise NotebookDefinitionError(file, f"the default is invalid: {exc.reason}", name) from exc
+    return spec
+
+
+def _parse_annotation(file: str, name: str, annotation: str) -> tuple[Kind, bool, bool]:
+    text = annotation.replace(" ", "")
+    nullable = False
+    optional = re.fullmatch(r"Optional\[(.+)\]", text)
+    if optional:
+        nullable, text = True, optional.group(1)
+    is_list = False
+    listed = re.fullmatch(r"(?:list|List)\[(.+)\]", text)
+    if listed:
+        is_list, text = True, listed.group(1)
+    elif text in ("list", "List"):
+        is_list, text = True, "str"
+    try:
+        kind = Kind(text)
+    except ValueError:
+        known = ", ".join(k.value for k in Kind if k is not Kind.ANY)
+        raise NotebookDefinitionError(file, f"unsupported type {annotation!r} (use {known}, list[…], Optional[…])", name) from None
+    if kind is Kind.ANY:
+        raise NotebookDefinitionError(file, f"unsupported type {annotation!r}", name)
+    return kind, is_list, nullable
+
+
+def _infer_kind(default: Any, has_default: bool) -> tuple[Kind, bool, bool]:
+    if not has_default or default is None:
+        return Kind.ANY, False, True
+    for python_type, kind in ((bool, Kind.BOOL), (int, Kind.INT), (float, Kind.FLOAT), (str, Kind.STR)):
+        if isinstance(default, python_type):
+            return kind, False, False
+    if isinstance(default, list):
+        if all(isinstance(item, str) for item in default):
+            return Kind.STR, True, False
+        return Kind.ANY, True, False
+    return Kind.ANY, False, False
+
+
+def validate_request(
+    notebook: str, specs: tuple[ParameterSpec, ...], parameters: Mapping[str, Any]
+) -> dict[str, Any]:
+    """Check a request's parameters against the declared ones; returns the normalised values.
+
+    Names are checked first: papermill writes parameter names into code unescaped, so a name
+    must be an identifier declared by the notebook.
+    """
+    by_name = {spec.name: spec for spec in specs}
+    return {name: _declared(notebook, by_name, name).validate(value, notebook) for name, value in parameters.items()}
+
+
+def _declared(notebook: str, by_name: Mapping[str, ParameterSpec], name: Any) -> ParameterSpec:
+    """The declared parameter ``name``; a name that is not an identifier is refused first."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise NotebookParameterError(notebook, str(name), "a parameter name must be a Python identifier")
+    spec = by_name.get(name)
+    if spec is None:
+        raise NotebookParameterError(notebook, name, f"unknown parameter (declared: {', '.join(by_name) or 'none'})")
+    return spec
+
+
+def parse_text_request(
+    notebook: str, specs: tuple[ParameterSpec, ...], pairs: list[tuple[str, str]]
+) -> dict[str, Any]:
+    """Parameters typed as ``(name, text)`` pairs (command line) converted and checked.
+
+    A list parameter named more than once collects the values in order.
+    """
+    by_name = {spec.name: spec for spec in specs}
+    values: dict[str, Any] = {}
+    for name, text in pairs:
+        spec = _declared(notebook, by_name, name)
+        value = spec.parse_text(text, notebook)
+        if spec.is_list and isinstance(values.get(name), list) and isinstance(value, list):
+            values[name] = values[name] + value
+        else:
+            values[name] = value
+    return values

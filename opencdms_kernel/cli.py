@@ -511,7 +511,7 @@ def up(
             dataset = demo_dataset(settings, loaded_spec)
             jobs = _run_pipeline(settings, datastore, bucket, demo_pipeline(dataset, bucket, loaded_spec))
         checks = check_parts(settings, datastore, bucket)
-        with jupyterlab(settings) as lab:
+        with jupyterlab(settings, database_url=datastore.url.render_as_string(hide_password=False)) as lab:
             table = Table("part", "status", "detail")
             for check in checks:
                 table.add_row(check.part, "[green]ok[/green]" if check.ok else "[red]FAILED[/red]", check.detail)

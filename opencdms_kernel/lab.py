@@ -2,8 +2,8 @@
 
 JupyterHub replaces it in a later stage; until then `opencdms up` starts this server so that
 the catalog and the notebooks can be opened in a browser.  It runs in its own process with the
-installation's settings as ``OPENCDMS_*`` variables, so every kernel it starts (the
-``opencdms`` kernel spec) sees the same datastore and bucket.  Nothing it does reaches beyond
+installation's settings as ``OPENCDMS_*`` variables (as a recorded run's kernel gets them), so
+every kernel it starts (the ``opencdms`` kernel spec) sees the same datastore and bucket.  Nothing it does reaches beyond
 127.0.0.1: update checks and the news feed are switched off.
 """
 
@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from opencdms_kernel.errors import OpenCDMSError
+from opencdms_kernel.notebooks.runner import kernel_environment
 from opencdms_kernel.settings import Settings
 
 
@@ -52,8 +53,16 @@ def free_port(preferred: int) -> int:
 
 
 @contextmanager
-def jupyterlab(settings: Settings, port: int = 8888, start_timeout: float = 60.0) -> Iterator[LabServer]:
-    """Start JupyterLab on 127.0.0.1 over ``settings.home``; stop it when the block ends.
+def jupyterlab(
+    settings: Settings, *, database_url: str | None = None, port: int = 8888, start_timeout: float = 60.0
+) -> Iterator[LabServer]:
+    """Start JupyterLab on 127.0.0.1 over the project folder; stop it when the block ends.
+
+    The project folder is the one holding ``notebooks/`` (and ``catalog/``), so a person finds
+    the notebooks that run as processes and can open them in the ``opencdms`` kernel.
+
+    ``database_url``: the running datastore's URL, so that kernels connect to the embedded
+    PostgreSQL this process started instead of starting their own (as recorded runs do).
 
     Raises :class:`OpenCDMSError` (with the end of the server's log) when it does not answer
     within ``start_timeout`` seconds.
@@ -67,7 +76,7 @@ def jupyterlab(settings: Settings, port: int = 8888, start_timeout: float = 60.0
         "--no-browser",
         "--ip=127.0.0.1",
         f"--port={port}",
-        f"--ServerApp.root_dir={settings.home}",
+        f"--ServerApp.root_dir={settings.notebook_folder.parent}",
         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
         "--LabApp.news_url=None",
         "--LabApp.extension_manager=readonly",
@@ -75,7 +84,7 @@ def jupyterlab(settings: Settings, port: int = 8888, start_timeout: float = 60.0
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         command.append("--allow-root")
     # The token goes through the environment, not the command line (visible to `ps`).
-    environment = os.environ | settings.as_environment() | {"JUPYTER_TOKEN": token}
+    environment = kernel_environment(settings, database_url=database_url) | {"JUPYTER_TOKEN": token}
     url = f"http://127.0.0.1:{port}/"
     with log.open("ab") as log_file:
         process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=environment, cwd=settings.home)

@@ -68,14 +68,26 @@ def _settings(ctx: typer.Context) -> Settings:
 
 
 @contextmanager
-def _open(settings: Settings) -> Iterator[tuple[Datastore, Bucket]]:
-    """Open the datastore and the bucket, or exit with the reason."""
+def _open(settings: Settings, *, schema: bool = True) -> Iterator[tuple[Datastore, Bucket]]:
+    """Open the datastore and the bucket, or exit with the reason.
+
+    ``schema``: the command needs the tables, so a database not migrated to the code's
+    revision stops it with what to run (rather than an SQL error about a missing table).
+    """
+    from opencdms_kernel.db import migrate
+
     try:
         datastore = Datastore.open(settings)
     except DatastoreError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
     try:
+        if schema and (current := migrate.current_revision(datastore)) != (head := migrate.head_revision()):
+            console.print(
+                f"[red]the datastore's schema is at revision {current or '(none)'}, this code needs {head}: "
+                "run `opencdms db upgrade` (or `opencdms up`)[/red]"
+            )
+            raise typer.Exit(1)
         yield datastore, open_bucket(settings)
     finally:
         datastore.close()
@@ -125,7 +137,7 @@ def db_upgrade(ctx: typer.Context, revision: str = typer.Argument("head")) -> No
     """Apply the schema migrations (alembic) up to REVISION."""
     from opencdms_kernel.db import migrate
 
-    with _open(_settings(ctx)) as (datastore, _):
+    with _open(_settings(ctx), schema=False) as (datastore, _):
         console.print(f"schema at revision {migrate.upgrade(datastore, revision)}")
 
 
@@ -134,7 +146,7 @@ def db_current(ctx: typer.Context) -> None:
     """Show the schema revision of the database and of the code."""
     from opencdms_kernel.db import migrate
 
-    with _open(_settings(ctx)) as (datastore, _):
+    with _open(_settings(ctx), schema=False) as (datastore, _):
         console.print(f"database: {migrate.current_revision(datastore)}, code: {migrate.head_revision()}")
 
 
@@ -242,7 +254,7 @@ def backup(ctx: typer.Context, file: Path = typer.Argument(..., dir_okay=False))
     """Dump the whole datastore to FILE (pg_dump custom format)."""
     from opencdms_kernel.db.backup import backup as run_backup
 
-    with _open(_settings(ctx)) as (datastore, _):
+    with _open(_settings(ctx), schema=False) as (datastore, _):
         try:
             run_backup(datastore, file)
         except DatastoreError as exc:
@@ -256,7 +268,7 @@ def restore(ctx: typer.Context, file: Path = typer.Argument(..., exists=True, di
     """Replace the datastore's contents with the backup FILE (one transaction)."""
     from opencdms_kernel.db.backup import restore as run_restore
 
-    with _open(_settings(ctx)) as (datastore, _):
+    with _open(_settings(ctx), schema=False) as (datastore, _):
         try:
             run_restore(datastore, file)
         except DatastoreError as exc:
@@ -477,7 +489,7 @@ def up(
     spec = DemoSpec(stations=demo_stations, years=demo_years)
     mode = "embedded PostgreSQL under " + str(settings.pgdata_dir) if settings.embedded_database else "external PostgreSQL"
     console.print(f"[bold]OpenCDMS Workbench[/bold] — starting ({mode})")
-    with _open(settings) as (datastore, bucket):
+    with _open(settings, schema=False) as (datastore, bucket):
         console.print(f"datastore: schema at revision {migrate.upgrade(datastore)}")
         if observation_count(datastore) == 0:
             with _progress() as progress:

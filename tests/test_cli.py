@@ -88,3 +88,10 @@ def test_ingest_command_reports_rejects_and_fails_on_a_bad_file(tmp_path: Path, 
     assert "empty.csv: the file is empty" in result.stdout
     assert "line 3, column 'value': not a number ('hot')" in result.stdout
     assert "loaded" in result.stdout
+
+
+def test_a_command_on_a_database_without_the_schema_says_what_to_run(home: Path) -> None:
+    result = opencdms(home, "notebooks", "jobs")
+    assert result.returncode == 1
+    assert "run `opencdms db upgrade`" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr

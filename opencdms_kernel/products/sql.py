@@ -211,7 +211,7 @@ def usable_rows_sql(
               {"" if zones is None else f"LEFT JOIN {zones} AS z ON z.wigos_id = o.wigos_id"}
               WHERE list_contains(?, o.element)
                 AND o.year BETWEEN ? AND ?
-                AND (o.year BETWEEN ? AND ? OR (o.phenomenon_time >= ? AND o.phenomenon_time < ?))
+                AND o.phenomenon_time >= ? AND o.phenomenon_time < ?
                 AND o.duration_seconds {"=" if daily else "<"} {DAY_SECONDS}
                 AND o.value IS NOT NULL AND NOT isnan(o.value)
                 AND list_contains(?, o.qc_status)
@@ -219,16 +219,15 @@ def usable_rows_sql(
              ) AS u
     """
     # The UTC years of the period, plus a margin of two days in the years either side (the
-    # partition year is UTC; no station-local day is further than that from UTC).  The
-    # times are compared only for the rows of those two years.
+    # partition year is UTC; no station-local day is further than that from UTC): the years
+    # prune partitions, the times row groups.  One range, not "inside the years OR near their
+    # edges": the same rows, and an OR costs ~7 % of a monthly summary.
     first = datetime(period.start_year, 1, 1, tzinfo=timezone.utc) - timedelta(days=2)
     last = datetime(period.end_year + 1, 1, 1, tzinfo=timezone.utc) + timedelta(days=2)
     params: list[object] = [
         [e.value for e in selection.elements],
         period.start_year - 1,
         period.end_year + 1,
-        period.start_year,
-        period.end_year,
         first,
         last,
         list(selection.usable_qc),

@@ -328,16 +328,18 @@ def _aggregates_sql(thresholds: Sequence[Threshold], element: Element) -> tuple[
     return ",\n               ".join(items), params
 
 
-def _daily_values_sql(selection: Selection, zones: str | None) -> tuple[str, list[object]]:
+def _daily_values_sql(selection: Selection, zones: str | None, *, tie_break: bool = False) -> tuple[str, list[object]]:
     """Usable daily values with their station-local month index and day of month.
 
     ``month_index`` counts months from January of the first year (0, 1, …): one small
     integer key instead of a year and a month makes the grouping and joins cheaper.  The
     period is applied to the local time as an integer before any date is made.
+    ``tie_break``: also the columns that choose among several values of a day (read only
+    where a day has several).
     """
+    extra = "changed_at, source_id, level, " if tie_break else ""
     inner, params = usable_rows_sql(
-        selection, zones, daily=True,
-        columns="wigos_id, element, value, changed_at, source_id, level, local_mid_us",
+        selection, zones, daily=True, columns=f"wigos_id, element, value, {extra}local_mid_us",
     )
     sql = f"""
         SELECT *, CAST((year(day) - ?) * 12 + month(day) - 1 AS INTEGER) AS month_index,
@@ -386,6 +388,7 @@ def _element_month_aggregates(
     if not pc.any(duplicated).as_py():
         return months
     keys = months.filter(duplicated).select(["wigos_id", "element", "month_index"])
+    daily, daily_params = _daily_values_sql(selection, zones, tie_break=True)
     with registered(connection, keys) as keys_name:
         fixed = arrow(
             connection,

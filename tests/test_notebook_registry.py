@@ -10,6 +10,7 @@ that must be left out (``broken_types``: an unknown type; ``not_json``).
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -300,6 +301,7 @@ def test_a_run_records_the_job_the_executed_notebook_the_html_and_the_outputs(
     assert len(injected) == 1 and 'note = "hi"' in injected[0] and "count = 3" in injected[0]
     html = bucket.fs.cat_file(bucket.path(job.html_key)).decode()
     assert html.lstrip().lower().startswith("<!doctype html") and "HI 0-20000-0-60001" in html
+    assert not re.search(r'<script[^>]+src="(https?:)?//', html)  # opens without internet
     # Secrets travel in the kernel's environment, never in what is saved.
     for saved in (executed_text, html):
         assert settings.database_url not in saved  # type: ignore[operator]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import threading
 import uuid
@@ -468,19 +469,27 @@ def _curve_available() -> bool:
 _html_lock = threading.Lock()
 
 
+# The template's <script> tags for require.js and MathJax, left empty by the exporter below.
+_EMPTY_SCRIPT = re.compile(r'<script src="">\s*</script>\n?')
+
+
 @cache
 def _html_exporter() -> Any:
-    """One nbconvert HTML exporter for the process: building one loads templates (~0.3 s)."""
+    """One nbconvert HTML exporter for the process: building one loads templates (~0.3 s).
+
+    Without require.js and MathJax, which the template loads from a CDN on every page: the
+    pages must open on an installation without internet, and our notebooks need neither.
+    """
     from nbconvert import HTMLExporter
 
-    return HTMLExporter()
+    return HTMLExporter(require_js_url="", mathjax_url="")
 
 
 def render_html(notebook: Any) -> bytes:
-    """The executed notebook as a standalone HTML page."""
+    """The executed notebook as a standalone HTML page that loads nothing from elsewhere."""
     with _html_lock:  # the exporter keeps per-call state; runs in threads take turns
         body, _ = _html_exporter().from_notebook_node(notebook)
-    return body.encode("utf-8")
+    return _EMPTY_SCRIPT.sub("", body).encode("utf-8")
 
 
 def _save(bucket: Bucket, job: Job, notebook: Any, kernel_log: Any) -> None:

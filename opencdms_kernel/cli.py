@@ -586,7 +586,7 @@ def _wait_for_interrupt() -> None:
 # --------------------------------------------------------------------------- notebooks, kernel
 
 
-_FOLDER_HELP = "notebook folder (default: <home>/notebooks)"
+_FOLDER_HELP = "notebook folder (default: OPENCDMS_NOTEBOOK_DIR, else the project's notebooks/)"
 
 
 @contextmanager

@@ -62,7 +62,7 @@ def load_demo(
     *,
     include_aws: bool = True,
 ) -> list[IngestResult]:
-    """Generate the demo dataset under var/demo (once) and ingest it, and the gridded analysis.
+    """Generate the demo dataset under var/demo, ingest it and write the gridded analysis.
 
     ``include_aws=False`` leaves the hourly AWS files out: `opencdms up` delivers them to
     ``incoming/`` and ingests them through the notebook pipeline instead.

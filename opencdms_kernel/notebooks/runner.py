@@ -153,7 +153,7 @@ def run_notebook(
     A bad request raises :class:`NotebookRequestError` before anything is written or started.
     A notebook that fails is not an exception here: the job comes back ``failed`` with the
     error.  ``datastore``/``bucket`` are opened from ``settings`` when not given; ``registry``
-    defaults to the shared registry of ``<home>/notebooks``; ``timeout`` limits each cell (s).
+    defaults to the shared registry of ``settings.notebook_folder``; ``timeout`` limits each cell (s).
     """
     registry = registry or open_registry(default_notebook_folder(settings))
     registry.validate(name, parameters or {})  # refuse a bad request before opening anything

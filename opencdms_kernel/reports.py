@@ -189,8 +189,9 @@ def availability(
 ) -> pd.DataFrame:
     """Days with a value per station, element and month of ``period``.
 
-    Columns ``wigos_id, element, year, month, days_in_month, value_days, fraction``.  Computed
-    by :func:`~opencdms_kernel.products.monthly_summaries` with every QC status counting: the
+    Columns ``wigos_id, element, year, month, days_in_month, value_days, fraction,
+    meets_rule`` (the WMO 3/5 rule for a monthly value) ``, complete``.  Computed by
+    :func:`~opencdms_kernel.products.monthly_summaries` with every QC status counting: the
     question here is whether a value was received, not whether it is usable.
     """
     from opencdms_kernel.products import monthly_summaries
@@ -199,7 +200,9 @@ def availability(
         connection, period, elements=list(elements), stations=stations, usable_qc=QC_STATUSES,
         thresholds=(), timezones=timezones,
     )
-    frame = product.table.select(["wigos_id", "element", "year", "month", "days_in_month", "value_days"]).to_pandas()
+    frame = product.table.select(
+        ["wigos_id", "element", "year", "month", "days_in_month", "value_days", "meets_rule", "complete"]
+    ).to_pandas()
     frame["fraction"] = frame["value_days"] / frame["days_in_month"]
     return frame
 
@@ -408,30 +411,57 @@ def _month_axis_ticks(ax: Any, months: Sequence[tuple[int, int]]) -> None:
     ax.set_xticklabels([str(months[i][0]) if months[i][1] == 1 else month_label(*months[i]) for i in chosen])
 
 
+# The classes of a month in the availability heat map, in the order of their colours: what a
+# climatologist asks of a month is whether it gives a monthly value under the WMO rule.
+AVAILABILITY_CLASSES = (
+    ("no value", "#ffffff"),
+    ("fails the 3/5 rule", "#f4a261"),
+    ("meets the 3/5 rule", "#8ecae6"),
+    ("complete", "#1d3557"),
+)
+
+
+def availability_class(frame: pd.DataFrame) -> np.ndarray:
+    """Index into :data:`AVAILABILITY_CLASSES` of each month of an :func:`availability` frame."""
+    values = frame["value_days"].to_numpy() > 0
+    meets = frame["meets_rule"].fillna(False).to_numpy(dtype=bool)
+    complete = frame["complete"].fillna(False).to_numpy(dtype=bool)
+    return np.select([complete, meets, values], [3, 2, 1], default=0)
+
+
 def availability_heatmap(
     frame: pd.DataFrame, *, rows: str = "wigos_id", labels: Mapping[str, str] | None = None, title: str = ""
 ) -> Figure:
-    """Heat map of the fraction of days with a value: one row per ``rows`` value, one column per month.
+    """Heat map of the months: one row per ``rows`` value, one column per month, coloured by class.
 
     ``frame`` as :func:`availability` returns it (for one element when ``rows`` is the station,
-    for one station when ``rows`` is the element).  White: no value that month.
+    for one station when ``rows`` is the element).  A month is complete, meets the WMO 3/5 rule
+    (a monthly value can be given), fails it, or has no value (white).
     """
+    from matplotlib.colors import ListedColormap
+    from matplotlib.patches import Patch
+
     months = sorted({(int(y), int(m)) for y, m in zip(frame["year"], frame["month"])})
     keys = sorted(frame[rows].unique())
     position = {month: i for i, month in enumerate(months)}
     row_of = {key: i for i, key in enumerate(keys)}
-    grid = np.full((len(keys), len(months)), np.nan)
-    for key, year, month, fraction in zip(frame[rows], frame["year"], frame["month"], frame["fraction"]):
-        grid[row_of[key], position[(int(year), int(month))]] = fraction
-    grid[grid == 0] = np.nan  # nothing at all: shown blank, not as the palest colour
-    figure = new_figure(10.0, max(2.2, 0.28 * len(keys) + 1.4))
+    grid = np.zeros((len(keys), len(months)), dtype=int)
+    for key, year, month, kind in zip(frame[rows], frame["year"], frame["month"], availability_class(frame)):
+        grid[row_of[key], position[(int(year), int(month))]] = kind
+    figure = new_figure(10.0, max(2.4, 0.28 * len(keys) + 1.6))
     ax = figure.add_subplot()
-    image = ax.imshow(grid, aspect="auto", interpolation="nearest", cmap="YlGnBu", vmin=0.0, vmax=1.0)
+    colours = ListedColormap([colour for _, colour in AVAILABILITY_CLASSES])
+    ax.imshow(grid, aspect="auto", interpolation="nearest", cmap=colours, vmin=-0.5, vmax=len(AVAILABILITY_CLASSES) - 0.5)
     ax.set_yticks(range(len(keys)))
     ax.set_yticklabels([(labels or {}).get(key, key) for key in keys], fontsize=8)
     _month_axis_ticks(ax, months)
     ax.set_title(title)
-    figure.colorbar(image, ax=ax, label="fraction of days with a value", shrink=0.9)
+    counts = np.bincount(grid.ravel(), minlength=len(AVAILABILITY_CLASSES))
+    ax.legend(
+        handles=[Patch(facecolor=colour, edgecolor="#999999", label=f"{name} ({count:,})")
+                 for (name, colour), count in zip(AVAILABILITY_CLASSES, counts)],
+        loc="upper center", bbox_to_anchor=(0.5, -0.06 if len(keys) > 6 else -0.18), ncol=4, fontsize=8, frameon=False,
+    )
     return figure
 
 

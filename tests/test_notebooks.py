@@ -307,10 +307,15 @@ def test_data_availability_heat_maps_and_inventory(
 
     report_html(bucket, job, images=3)  # one heat map per element
     inventory = read_text(bucket, job.outputs["inventory"].key).splitlines()
-    assert inventory[0] == "wigos_id,element,year,month,days_in_month,value_days,fraction"
+    assert inventory[0] == "wigos_id,element,year,month,days_in_month,value_days,meets_rule,complete,fraction"
     assert len(inventory) == 1 + 2 * 3 * 24  # stations x elements x months
-    days = sum(int(line.split(",")[5]) for line in inventory[1:])
+    rows = [line.split(",") for line in inventory[1:]]
+    days = sum(int(row[5]) for row in rows)
     assert days == observation_count(datastore) - count(datastore, "SELECT count(*) FROM observation WHERE value IS NULL")
+    # The heat maps' classes: complete months are those with every day, and each meets the rule.
+    for row in rows:
+        assert (row[7] == "True") == (row[4] == row[5])
+        assert row[7] != "True" or row[6] == "True"
 
 
 # --------------------------------------------------------------------------- nbval: the defaults

@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.qc.frame import Frame
 from opencdms_kernel.qc.model import QcTest, SkippedCheck
+from opencdms_kernel.qc.rules import Resolved, rule_labels
 
 # Archive columns whose values mean "look at this value's entries again".
 CANDIDATE_STATUSES = ("suspect", "failed")
@@ -69,6 +70,26 @@ class Findings:
         return Findings(test, np.empty(0, np.int64), np.empty(0, bool), pa.array([], pa.string()),
                         pa.array([], pa.string()), pa.array([], pa.int32()), {}, tested,
                         skipped_values, skipped)
+
+    @staticmethod
+    def of_thresholds(
+        test: QcTest, rows: np.ndarray, frame: Frame, resolved: Resolved, flag: pa.Array,
+        details: Mapping[str, pa.Array], tested: int, **counts: object,
+    ) -> "Findings":
+        """Findings of a test governed by ``qc_threshold`` rows: each flagged row (ascending)
+        takes the severity, rule and version of the threshold in force for its cell."""
+        cell = frame.cell[rows]
+        return Findings(
+            test=test,
+            rows=rows.astype(np.int64),
+            failed=resolved.failed[cell],
+            flag=flag,
+            rule=rule_labels("qc_threshold", resolved.rule_id[cell]),
+            version=versions(resolved.version[cell]),
+            details=details,
+            tested=tested,
+            **counts,  # type: ignore[arg-type]
+        )
 
     @property
     def suspect_count(self) -> int:

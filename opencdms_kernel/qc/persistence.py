@@ -14,10 +14,10 @@ import numpy as np
 import pyarrow as pa
 from numpy.lib.stride_tricks import sliding_window_view
 
-from opencdms_kernel.qc.flags import Findings, versions
+from opencdms_kernel.qc.flags import Findings
 from opencdms_kernel.qc.frame import Frame
 from opencdms_kernel.qc.model import QcTest
-from opencdms_kernel.qc.rules import Resolved, rule_labels
+from opencdms_kernel.qc.rules import Resolved
 from opencdms_kernel.qc.series import equal_to_previous, expand, max_gap_us, runs
 
 
@@ -55,14 +55,9 @@ def check_persistence(frame: Frame, resolved: Resolved) -> Findings:
     rows, is_constant, length, since = rows[keep], is_constant[keep], length[keep], since[keep]
     if not rows.size:
         return Findings.empty(QcTest.PERSISTENCE, tested=tested)
-    cell = frame.cell[rows]
-    return Findings(
-        test=QcTest.PERSISTENCE,
-        rows=rows.astype(np.int64),
-        failed=resolved.failed[cell],
+    return Findings.of_thresholds(
+        QcTest.PERSISTENCE, rows, frame, resolved,
         flag=pa.array(np.where(is_constant, "constant", "low_spread")),
-        rule=rule_labels("qc_threshold", resolved.rule_id[cell]),
-        version=versions(resolved.version[cell]),
         details={
             "length": pa.array(length.astype(np.int64)),
             "since": pa.array(since, pa.timestamp("us", tz="UTC")),

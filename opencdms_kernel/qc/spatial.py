@@ -18,10 +18,10 @@ import duckdb
 import numpy as np
 import pyarrow as pa
 
-from opencdms_kernel.qc.flags import Findings, versions
+from opencdms_kernel.qc.flags import Findings
 from opencdms_kernel.qc.frame import Frame, StationInfo
 from opencdms_kernel.qc.model import QcTest, SkippedCheck
-from opencdms_kernel.qc.rules import Resolved, rule_labels
+from opencdms_kernel.qc.rules import Resolved
 
 # Values a series needs (with enough neighbours) before its spread can be estimated.
 MIN_VALUES_FOR_SPREAD = 10
@@ -125,14 +125,9 @@ def check_spatial(frame: Frame, resolved: Resolved, stations: Mapping[int, Stati
                               skipped=skipped)
     order = np.argsort(rows)
     rows = rows[order]
-    cell = frame.cell[rows]
-    return Findings(
-        test=QcTest.SPATIAL,
-        rows=rows.astype(np.int64),
-        failed=resolved.failed[cell],
+    return Findings.of_thresholds(
+        QcTest.SPATIAL, rows, frame, resolved,
         flag=pa.array(np.full(rows.size, "outlier")),
-        rule=rule_labels("qc_threshold", resolved.rule_id[cell]),
-        version=versions(resolved.version[cell]),
         details={"z": pa.array(z[outlier][order]), "neighbours": pa.array(neighbours[outlier][order].astype(np.int64))},
         tested=tested,
         skipped_values=int(skipped_mask.sum()),

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 
-from opencdms_kernel.qc.flags import Findings, versions
+from opencdms_kernel.qc.flags import Findings
 from opencdms_kernel.qc.frame import Frame
 from opencdms_kernel.qc.model import QcTest
-from opencdms_kernel.qc.rules import Resolved, rule_labels
+from opencdms_kernel.qc.rules import Resolved
 from opencdms_kernel.qc.series import max_gap_us
 
 
@@ -39,15 +39,10 @@ def check_step(frame: Frame, resolved: Resolved) -> Findings:
     rows = rows[frame.in_scope[rows]]
     if not rows.size:
         return Findings.empty(QcTest.STEP, tested=tested)
-    cell = frame.cell[rows]
-    return Findings(
-        test=QcTest.STEP,
-        rows=rows.astype(np.int64),
-        failed=resolved.failed[cell],
+    return Findings.of_thresholds(
+        QcTest.STEP, rows, frame, resolved,
         flag=pa.array(np.where(np.isin(rows, spikes), "spike", "step")),
-        rule=rule_labels("qc_threshold", resolved.rule_id[cell]),
-        version=versions(resolved.version[cell]),
         details={"change": pa.array(frame.value[rows] - frame.value[rows - 1]),
-                 "limit": pa.array(limit_per_cell[cell])},
+                 "limit": pa.array(limit_per_cell[frame.cell[rows]])},
         tested=tested,
     )

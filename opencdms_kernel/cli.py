@@ -482,7 +482,7 @@ def up(
     from opencdms_kernel.demo_data import DemoSpec
     from opencdms_kernel.lab import jupyterlab
     from opencdms_kernel.system import (
-        check_parts, demo_dataset, demo_pipeline, load_demo, loaded_demo_spec, observation_count,
+        check_parts, demo_pipeline, load_demo, loaded_demo, observation_count,
     )
 
     settings = _settings(ctx)
@@ -514,13 +514,12 @@ def up(
             f"archive: {exported.rows:,} observations in {len(exported.partitions)} partitions "
             f"exported in {exported.seconds:.1f} s"
         )
-        loaded_spec = loaded_demo_spec(settings)
-        if loaded_spec is None:
+        demo = loaded_demo(settings)  # the network loaded earlier, whatever this start's options say
+        if demo is None:
             console.print("notebook pipeline: skipped (this datastore holds no demo network)")
             jobs = []
         else:
-            # The network loaded earlier, whatever this start's options say.
-            dataset = demo_dataset(settings, loaded_spec)
+            dataset, loaded_spec = demo
             jobs = _run_pipeline(settings, datastore, bucket, demo_pipeline(dataset, bucket, loaded_spec))
         checks = check_parts(settings, datastore, bucket)
         with jupyterlab(settings, database_url=datastore.url.render_as_string(hide_password=False)) as lab:

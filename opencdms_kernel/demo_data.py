@@ -48,7 +48,7 @@ listed.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -754,6 +754,31 @@ def _manifest_json(spec: DemoSpec, observation_count: int, errors: list[dict]) -
     return (head + ', "errors": [\n' + body + ("\n" if errors else "") + "]}\n").encode("utf-8")
 
 
+def _dataset(folder: Path, spec: DemoSpec, observation_count: int) -> DemoDataset:
+    """The paths of the demo files of ``spec`` in ``folder`` (the layout of generate_demo_data)."""
+    daily_stations, aws_stations = station_network(spec)
+    return DemoDataset(
+        folder=folder,
+        stations_csv=folder / "stations.csv",
+        daily_files=tuple(folder / "daily" / f"{st.wigos_id}.csv" for st in daily_stations),
+        aws_files=tuple(folder / "aws" / f"{st.wigos_id}_hourly.csv" for st in aws_stations),
+        aws_mapping=folder / "aws" / "mapping.yaml",
+        manifest=folder / "manifest.json",
+        observation_count=observation_count,
+    )
+
+
+def read_demo_dataset(folder: Path) -> tuple[DemoDataset, DemoSpec] | None:
+    """The dataset :func:`generate_demo_data` wrote into ``folder`` and its spec, read from the
+    manifest without writing anything; None when the folder holds none."""
+    manifest = Path(folder) / "manifest.json"
+    if not manifest.is_file():
+        return None
+    content = json.loads(manifest.read_text())
+    spec = DemoSpec(**content["spec"])
+    return _dataset(Path(folder), spec, content["observation_count"]), spec
+
+
 def generate_demo_data(
     folder: Path, spec: DemoSpec = DemoSpec(), progress: Callable[[int, int], None] | None = None
 ) -> DemoDataset:
@@ -766,10 +791,10 @@ def generate_demo_data(
     each file is written.
     """
     folder = Path(folder)
-    daily_dir, aws_dir = folder / "daily", folder / "aws"
-    daily_dir.mkdir(parents=True, exist_ok=True)
-    aws_dir.mkdir(parents=True, exist_ok=True)
     daily_stations, aws_stations = station_network(spec)
+    layout = _dataset(folder, spec, 0)
+    for subfolder in (folder / "daily", folder / "aws"):
+        subfolder.mkdir(parents=True, exist_ok=True)
     total = 1 + len(daily_stations) + len(aws_stations) + 2
     done = 0
 
@@ -783,9 +808,8 @@ def generate_demo_data(
     aws_dates = daily_dates(spec.start_year + spec.years - spec.aws_years, spec.aws_years)
     n_days = dates.size
 
-    stations_csv = folder / "stations.csv"
     aws_open = str(aws_dates[0]) if aws_dates.size else str(dates[0])
-    stations_csv.write_bytes(_stations_csv(daily_stations, aws_stations, str(dates[0]), aws_open))
+    layout.stations_csv.write_bytes(_stations_csv(daily_stations, aws_stations, str(dates[0]), aws_open))
     tick()
 
     # All true daily values in memory (50 x 3 x 11k int64 is ~13 MB) because error
@@ -799,9 +823,7 @@ def generate_demo_data(
     time_column = pa.concat_arrays([date_text] * len(DAILY_ELEMENTS))
     element_column = pa.array(np.repeat(np.array(DAILY_ELEMENTS), n_days))
     observation_count = 0
-    daily_files = []
-    for i, st in enumerate(daily_stations):
-        path = daily_dir / f"{st.wigos_id}.csv"
+    for i, (st, path) in enumerate(zip(daily_stations, layout.daily_files)):
         _write_csv(path, {
             "station": pa.array(np.full(len(DAILY_ELEMENTS) * n_days, st.wigos_id)),
             "element": element_column,
@@ -809,28 +831,23 @@ def generate_demo_data(
             "value": format_scaled(recorded[i].ravel(), 1, missing[i].ravel()),
         })
         observation_count += int((~missing[i]).sum())
-        daily_files.append(path)
         tick()
 
-    aws_files = []
     datetime_column = pa.array([], pa.string())
     if aws_dates.size:
         hours = np.arange(aws_dates[0].astype("datetime64[m]"), (aws_dates[-1] + 1).astype("datetime64[m]"),
                           np.timedelta64(60, "m"))
         datetime_column = pc.replace_substring(pa.array(np.datetime_as_string(hours, unit="m")), "T", " ")
-    for j, st in enumerate(aws_stations):
-        path = aws_dir / f"{st.wigos_id}_hourly.csv"
+    for j, (st, path) in enumerate(zip(aws_stations, layout.aws_files)):
         series = aws_series(st, aws_dates, spec.start_year, spec.seed, j)
         columns = {"datetime": datetime_column}
         for name in AWS_HEADER[1:]:
             columns[name] = format_scaled(_scale(series[name], AWS_DECIMALS[name]), AWS_DECIMALS[name])
         _write_csv(path, columns)
         observation_count += len(series["air_temp"]) * (len(AWS_HEADER) - 1)
-        aws_files.append(path)
         tick()
 
-    aws_mapping = aws_dir / "mapping.yaml"
-    aws_mapping.write_bytes(AWS_MAPPING_YAML.encode("utf-8"))
+    layout.aws_mapping.write_bytes(AWS_MAPPING_YAML.encode("utf-8"))
     tick()
 
     entries = [
@@ -844,16 +861,6 @@ def generate_demo_data(
         }
         for err in errors
     ]
-    manifest = folder / "manifest.json"
-    manifest.write_bytes(_manifest_json(spec, observation_count, entries))
+    layout.manifest.write_bytes(_manifest_json(spec, observation_count, entries))
     tick()
-
-    return DemoDataset(
-        folder=folder,
-        stations_csv=stations_csv,
-        daily_files=tuple(daily_files),
-        aws_files=tuple(aws_files),
-        aws_mapping=aws_mapping,
-        manifest=manifest,
-        observation_count=observation_count,
-    )
+    return replace(layout, observation_count=observation_count)

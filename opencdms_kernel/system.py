@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass, replace
@@ -15,7 +14,7 @@ from opencdms_kernel.archive import connect_archive
 from opencdms_kernel.bucket import Bucket
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.db.migrate import current_revision, head_revision
-from opencdms_kernel.demo_data import DemoDataset, DemoSpec, generate_demo_data
+from opencdms_kernel.demo_data import DemoDataset, DemoSpec, generate_demo_data, read_demo_dataset
 from opencdms_kernel.errors import OpenCDMSError
 from opencdms_kernel.gridded import write_gridded_analysis
 from opencdms_kernel.ingest import IngestRequest, IngestResult, ingest_many, load_mapping
@@ -67,7 +66,7 @@ def load_demo(
     ``include_aws=False`` leaves the hourly AWS files out: `opencdms up` delivers them to
     ``incoming/`` and ingests them through the notebook pipeline instead.
     """
-    dataset = demo_dataset(settings, spec)
+    dataset = generate_demo_data(settings.var_dir / "demo", spec)
     if on_generated is not None:
         on_generated(dataset)
     import_stations(datastore, dataset.stations_csv)
@@ -76,17 +75,9 @@ def load_demo(
     return ingest_many(requests, datastore, bucket, settings.user, progress=on_file)
 
 
-def demo_dataset(settings: Settings, spec: DemoSpec = DemoSpec()) -> DemoDataset:
-    """The demo dataset under var/demo (written again: it is deterministic, and takes ~1 s)."""
-    return generate_demo_data(settings.var_dir / "demo", spec)
-
-
-def loaded_demo_spec(settings: Settings) -> DemoSpec | None:
-    """The spec of the demo dataset this installation loaded (from its manifest), if any."""
-    manifest = settings.var_dir / "demo" / "manifest.json"
-    if not manifest.is_file():
-        return None
-    return DemoSpec(**json.loads(manifest.read_text())["spec"])
+def loaded_demo(settings: Settings) -> tuple[DemoDataset, DemoSpec] | None:
+    """The demo dataset this installation generated under var/demo, and its spec, if any."""
+    return read_demo_dataset(settings.var_dir / "demo")
 
 
 # --------------------------------------------------------------------------- the demo pipeline

@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from opencdms_kernel import demo_data
-from opencdms_kernel.demo_data import DemoDataset, DemoSpec, generate_demo_data
+from opencdms_kernel.demo_data import DemoDataset, DemoSpec, generate_demo_data, read_demo_dataset
 
 SMALL = DemoSpec(stations=4, start_year=2001, years=3, aws_stations=1, aws_years=1, seed=7)
 ELEMENTS_CSV = Path(demo_data.__file__).parent / "db" / "elements.csv"
@@ -96,6 +96,14 @@ def test_progress_reports_every_file(tmp_path: Path) -> None:
     ds = generate_demo_data(tmp_path, SMALL, progress=lambda done, total: calls.append((done, total)))
     total = 1 + len(ds.daily_files) + len(ds.aws_files) + 2
     assert calls == [(i, total) for i in range(1, total + 1)]
+
+
+def test_a_written_dataset_is_read_back_from_its_manifest_without_writing(tmp_path: Path) -> None:
+    assert read_demo_dataset(tmp_path) is None
+    written = generate_demo_data(tmp_path, SMALL)
+    before = {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()}
+    assert read_demo_dataset(tmp_path) == (written, SMALL)
+    assert {path: path.stat().st_mtime_ns for path in tmp_path.rglob("*") if path.is_file()} == before
 
 
 # ----------------------------------------------------------------------------- structure

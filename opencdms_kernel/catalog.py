@@ -21,15 +21,13 @@ table).  Every parameter value is bound by the database driver, never formatted 
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, NamedTuple
 
 import pandas as pd
-import pyarrow.parquet as pq
 import sqlalchemy as sa
 import xarray as xr
 from intake.readers.entry import Catalog
@@ -41,14 +39,13 @@ from opencdms_kernel.bucket import Bucket, open_bucket
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.errors import OpenCDMSError
 from opencdms_kernel.products.model import Element, ProductKind
-from opencdms_kernel.products.store import PRODUCTS_PREFIX
+from opencdms_kernel.products.store import is_product_name, list_products, product_metadata, read_product
 from opencdms_kernel.settings import PROJECT_FOLDER, Settings
 from opencdms_kernel.stations import WIGOS_ID
 
 CATALOG_PATH = PROJECT_FOLDER / "catalog" / "opencdms.yaml"
 CONNECTIONS_PARAMETER = "opencdms"  # the catalog-level parameter the readers take it from
 INCOMING_PREFIX = "incoming/"
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")  # a product name, as store.py allows
 _PERIOD = re.compile(r"\d{4}-\d{4}")
 
 
@@ -266,21 +263,15 @@ class StoredProducts(OpenCDMSReader):
         bucket = connections.bucket()
         if name is None:
             return _product_list(bucket, kind, period)
-        if not (isinstance(name, str) and _NAME.fullmatch(name)) or ".." in name:
+        if not is_product_name(name):
             raise CatalogParameterError(entry, "name", f"{name!r} is not a product name (letters, digits, '.', '_', '-')")
-        # Every part of the pattern is checked above or a fixed word, so the glob matches names only.
-        pattern = f"{PRODUCTS_PREFIX}/{kind or '*'}/{period or '*'}/{name}.json"
-        bucket.fs.invalidate_cache(bucket.path(PRODUCTS_PREFIX))
-        found = sorted(bucket.fs.glob(bucket.path(pattern)))
+        found = [key for key, product in _stored(bucket, kind, period) if product.name == name]
         if not found:
             raise CatalogParameterError(entry, "name", f"no product {name!r} matches kind={kind}, period={period}")
         if len(found) > 1:
-            keys = ", ".join(_key(bucket, path) for path in found)
-            raise CatalogParameterError(entry, "name", f"{name!r} names several products ({keys}): give kind and period")
-        with bucket.fs.open(found[0], "rb") as handle:
-            metadata = json.load(handle)
-        with bucket.fs.open(found[0].removesuffix(".json") + ".parquet", "rb") as handle:
-            frame = pq.read_table(handle).to_pandas()
+            raise CatalogParameterError(entry, "name", f"{name!r} names several products ({', '.join(found)}): give kind and period")
+        table, metadata = read_product(bucket, found[0])
+        frame = table.to_pandas()
         frame.attrs["metadata"] = metadata
         return frame
 
@@ -389,28 +380,33 @@ def _utc(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def _key(bucket: Bucket, path: str) -> str:
-    """The bucket key of a filesystem path found in the bucket."""
-    return path.removeprefix(bucket.path("").rstrip("/") + "/")
+class _StoredName(NamedTuple):
+    kind: str
+    period: str
+    name: str
+
+
+def _stored(bucket: Bucket, kind: str | None, period: str | None) -> list[tuple[str, _StoredName]]:
+    """The metadata keys of the stored products (``products/<kind>/<period>/<name>.json``),
+    optionally of one kind and period, with the parts of their keys."""
+    found = []
+    for key in list_products(bucket, kind):
+        _, product_kind, product_period, file_name = key.split("/", 3)
+        if period is None or product_period == period:
+            found.append((key, _StoredName(product_kind, product_period, file_name.removesuffix(".json"))))
+    return found
 
 
 def _product_list(bucket: Bucket, kind: str | None, period: str | None) -> pd.DataFrame:
     """One row per stored product (its metadata), optionally of one kind and period."""
-    folder = bucket.path(PRODUCTS_PREFIX if kind is None else f"{PRODUCTS_PREFIX}/{kind}")
-    bucket.fs.invalidate_cache(folder)
     rows = []
-    for path in sorted(bucket.fs.glob(f"{folder}/**/*.json")):
-        key = _key(bucket, path)
-        _, product_kind, product_period, file_name = key.split("/", 3)
-        if period is not None and product_period != period:
-            continue
-        with bucket.fs.open(path, "rb") as handle:
-            metadata = json.load(handle)
+    for key, stored in _stored(bucket, kind, period):
+        metadata = product_metadata(bucket, key)
         rows.append({
             "key": key.removesuffix(".json"),
-            "kind": product_kind,
-            "period": product_period,
-            "name": file_name.removesuffix(".json"),
+            "kind": stored.kind,
+            "period": stored.period,
+            "name": stored.name,
             "rows": metadata.get("rows"),
             "empty": metadata.get("empty"),
             "description": metadata.get("description"),

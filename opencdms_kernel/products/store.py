@@ -28,6 +28,11 @@ PRODUCTS_PREFIX = "products"
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,119}")
 
 
+def is_product_name(name: object) -> bool:
+    """Whether ``name`` can name a stored product: letters, digits, '.', '_', '-', no '..'."""
+    return isinstance(name, str) and bool(_NAME.fullmatch(name)) and ".." not in name
+
+
 @dataclass(frozen=True)
 class StoredProduct:
     """Where a product was written and what its metadata says."""
@@ -51,7 +56,7 @@ def product_key(product: Product, name: str | None = None) -> str:
             sort_keys=True, default=str,
         )
         name = f"{product.kind.value}-{product.period.label}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
-    elif not isinstance(name, str) or not _NAME.fullmatch(name) or ".." in name:
+    elif not is_product_name(name):
         raise ProductParameterError("name", f"{name!r} is not a product name (letters, digits, '.', '_', '-')")
     return f"{PRODUCTS_PREFIX}/{product.kind.value}/{product.period.label}/{name}"
 
@@ -74,11 +79,16 @@ def write_product(bucket: Bucket, product: Product, *, name: str | None = None) 
 def read_product(bucket: Bucket, key: str) -> tuple[pa.Table, dict[str, Any]]:
     """A stored product's table and metadata, from either key (``.parquet`` or ``.json``)."""
     stem = key.removesuffix(".parquet").removesuffix(".json")
-    with bucket.fs.open(bucket.path(f"{stem}.json"), "rb") as handle:
-        metadata = json.load(handle)
     with bucket.fs.open(bucket.path(f"{stem}.parquet"), "rb") as handle:
         table = pq.read_table(handle)
-    return table, metadata
+    return table, product_metadata(bucket, stem)
+
+
+def product_metadata(bucket: Bucket, key: str) -> dict[str, Any]:
+    """A stored product's JSON metadata, from either key (``.parquet`` or ``.json``)."""
+    stem = key.removesuffix(".parquet").removesuffix(".json")
+    with bucket.fs.open(bucket.path(f"{stem}.json"), "rb") as handle:
+        return json.load(handle)
 
 
 def list_products(bucket: Bucket, kind: ProductKind | str | None = None) -> list[str]:

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import fsspec
 from fsspec import AbstractFileSystem
 
 from opencdms_kernel.settings import Settings
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def bucket_key_problem(key: str, prefixes: tuple[str, ...] = ()) -> str | None:
+    """Why ``key`` is not an acceptable bucket key (``None`` when it is)."""
+    if not key:
+        return "a bucket key must not be empty"
+    if _CONTROL.search(key) or "\\" in key:
+        return f"{key!r} contains a control character or a backslash"
+    if key.startswith("/") or "://" in key or re.match(r"^[A-Za-z]:", key):
+        return f"{key!r} must be a key inside the bucket, not an absolute path or URL"
+    segments = key.split("/")
+    if any(segment in (".", "..") for segment in segments):
+        return f"{key!r} must not contain '.' or '..' segments (it would leave its folder)"
+    if any(segment == "" for segment in segments[:-1]):
+        return f"{key!r} has an empty path segment"
+    if prefixes and not key.startswith(prefixes):
+        return f"{key!r} is not under an allowed prefix ({', '.join(prefixes)})"
+    return None
 
 
 @dataclass(frozen=True)

@@ -35,7 +35,7 @@ from intake.readers.readers import BaseReader
 from sqlalchemy.engine import make_url
 
 from opencdms_kernel.archive import connect_archive
-from opencdms_kernel.bucket import Bucket, open_bucket
+from opencdms_kernel.bucket import Bucket, bucket_key_problem, open_bucket
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.errors import OpenCDMSError
 from opencdms_kernel.products.model import Element, ProductKind
@@ -285,9 +285,8 @@ class IncomingCSV(OpenCDMSReader):
         key = parameters.get("key")
         if not isinstance(key, str) or not key:
             raise CatalogParameterError(entry, "key", "give the object key of a file, e.g. incoming/obs.csv")
-        parts = key.split("/")
-        if not key.startswith(INCOMING_PREFIX) or any(part in ("", ".", "..") for part in parts[1:]):
-            raise CatalogParameterError(entry, "key", f"{key!r} is not a key under {INCOMING_PREFIX}")
+        if problem := bucket_key_problem(key, (INCOMING_PREFIX,)):
+            raise CatalogParameterError(entry, "key", f"{key!r} is not a key under {INCOMING_PREFIX}: {problem}")
         if not key.lower().endswith(".csv"):
             raise CatalogParameterError(entry, "key", f"{key!r} is not a CSV file (.csv)")
         bucket = connections.bucket()

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Iterator, Mapping
 
+from opencdms_kernel.bucket import bucket_key_problem
+
 OUTPUT_MEDIA_TYPE = "application/vnd.opencdms.output+json"
 
 
@@ -35,8 +37,8 @@ def record_output(name: str, key: str, *, media_type: str | None = None, title: 
     """
     if not name.isidentifier():
         raise ValueError(f"an output name must be an identifier, not {name!r}")
-    if not key or key.startswith("/") or ".." in key.split("/"):
-        raise ValueError(f"output {name!r}: {key!r} is not a key inside the bucket")
+    if problem := bucket_key_problem(key):
+        raise ValueError(f"output {name!r}: {problem}")
     output = RecordedOutput(name, key, media_type, title)
     from IPython.display import display  # the kernel's, imported only when called from one
 

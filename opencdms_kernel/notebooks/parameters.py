@@ -51,6 +51,7 @@ from dataclasses import dataclass, replace
 from enum import Enum
 from typing import Any, Mapping, NewType
 
+from opencdms_kernel.bucket import bucket_key_problem
 from opencdms_kernel.notebooks.errors import NotebookDefinitionError, NotebookParameterError
 
 BucketKey = NewType("BucketKey", str)
@@ -82,7 +83,6 @@ WIGOS_ID_PATTERN = r"^[0-9]{1,5}-[0-9]{1,5}-[0-9]{1,5}-[0-9A-Za-z]{1,16}$"
 ELEMENT_CODE_PATTERN = r"^[A-Z][A-Z0-9_]{0,31}$"
 YEAR_MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
 _PREFIX_TAG = re.compile(r"\s*\[prefix(?:es)?:\s*(?P<prefixes>[^\]]*)\]\s*$")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _STRING_KINDS = {Kind.STR, Kind.BUCKET_KEY, Kind.WIGOS_ID, Kind.ELEMENT_CODE, Kind.YEAR_MONTH}
 _BASE_SCHEMAS: dict[Kind, dict[str, Any]] = {
@@ -96,24 +96,6 @@ _BASE_SCHEMAS: dict[Kind, dict[str, Any]] = {
     Kind.YEAR_MONTH: {"type": "string", "pattern": YEAR_MONTH_PATTERN},
     Kind.ANY: {},
 }
-
-
-def bucket_key_problem(key: str, prefixes: tuple[str, ...] = ()) -> str | None:
-    """Why ``key`` is not an acceptable bucket key (``None`` when it is)."""
-    if not key:
-        return "a bucket key must not be empty"
-    if _CONTROL.search(key) or "\\" in key:
-        return f"{key!r} contains a control character or a backslash"
-    if key.startswith("/") or "://" in key or re.match(r"^[A-Za-z]:", key):
-        return f"{key!r} must be a key inside the bucket, not an absolute path or URL"
-    segments = key.split("/")
-    if any(segment in (".", "..") for segment in segments):
-        return f"{key!r} must not contain '.' or '..' segments (it would leave its folder)"
-    if any(segment == "" for segment in segments[:-1]):
-        return f"{key!r} has an empty path segment"
-    if prefixes and not key.startswith(prefixes):
-        return f"{key!r} is not under an allowed prefix ({', '.join(prefixes)})"
-    return None
 
 
 @dataclass(frozen=True)

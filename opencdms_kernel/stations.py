@@ -20,7 +20,8 @@ COLUMNS = (
     "timezone", "status", "opened", "closed",
 )
 REQUIRED = ("wigos_id", "name", "latitude", "longitude")
-WIGOS_ID = re.compile(r"^[0-9]{1,5}-[0-9]{1,5}-[0-9]{1,5}-[0-9A-Za-z]{1,16}$")
+# A WIGOS identifier: series-issuer-issue number-local identifier (the station table's check).
+WIGOS_ID = re.compile(r"^([0-9]{1,5})-([0-9]{1,5})-([0-9]{1,5})-([0-9A-Za-z]{1,16})$")
 
 
 def _number(file: str, line: int, field: str, text: str, low: float, high: float) -> float | None:

@@ -54,14 +54,13 @@ import duckdb
 from opencdms_kernel.bucket import Bucket
 from opencdms_kernel.errors import UnknownReferenceError
 from opencdms_kernel.products.model import CompletenessRule, NormalsRule, ProductParameterError
+from opencdms_kernel.stations import WIGOS_ID
 
 CLIMAT_PREFIX = "products/climat"
 
 # Manual on the GTS (WMO-No. 386): a line of text in a bulletin is at most 69 characters.
 MAX_LINE = 69
 
-# A WIGOS identifier: series-issuer-issue number-local identifier.
-_WIGOS_ID = re.compile(r"^(\d{1,5})-(\d{1,5})-(\d{1,5})-([0-9A-Za-z]{1,16})$")
 
 
 # --------------------------------------------------------------------------- parameters
@@ -78,7 +77,7 @@ def check_year_month(year: object, month: object) -> tuple[int, int]:
 
 def split_wigos_id(wigos_id: str) -> tuple[int, int, int, str]:
     """The four parts of a WIGOS station identifier (series, issuer, issue number, local id)."""
-    match = _WIGOS_ID.match(wigos_id) if isinstance(wigos_id, str) else None
+    match = WIGOS_ID.match(wigos_id) if isinstance(wigos_id, str) else None
     if match is None:
         raise ProductParameterError("wigos_id", f"{wigos_id!r} is not a WIGOS identifier (e.g. 0-20000-0-63740)")
     series, issuer, number, local = match.groups()

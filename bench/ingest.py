@@ -118,7 +118,7 @@ def main() -> None:
                 bucket = open_bucket(settings)
                 import_stations(datastore, stations_csv)
                 copy.seconds.append(timed(lambda: bare_copy(datastore.engine, path)))
-                request = IngestRequest(object_key="bench/observations.csv", data=data)
+                request = IngestRequest.from_path(path)
                 result = ingest(request, datastore, bucket, "bench")
                 if result.status is not IngestStatus.LOADED:
                     raise SystemExit(f"ingest failed: {result.error}")

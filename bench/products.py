@@ -33,6 +33,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import duckdb
 import fsspec
@@ -45,10 +46,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import WORK, Measurement, postgres_admin_url, report  # noqa: E402
 
-from opencdms_kernel.archive import ARCHIVE_PREFIX, connect_archive  # noqa: E402
+from opencdms_kernel.archive import connect_archive  # noqa: E402
 from opencdms_kernel.bucket import Bucket  # noqa: E402
 from opencdms_kernel.products import Period, climate_normals, monthly_summaries  # noqa: E402
-from opencdms_kernel.products.synthetic import write_partition  # noqa: E402
+from opencdms_kernel.products.synthetic import write_partitions  # noqa: E402
 
 ELEMENTS = ("PRCP", "TMAX", "TMIN")
 FIRST_YEAR = 1991
@@ -128,13 +129,14 @@ def make_archive(stations: int, years: int) -> tuple[Path, int]:
     if done.exists():
         return bucket, int(done.read_text())
     ids = pa.array(wigos_ids(stations))
-    total = 0
-    for year in range(FIRST_YEAR, FIRST_YEAR + years):
-        for index, element in enumerate(ELEMENTS):
-            table = _partition(stations, year, index, ids)
-            write_partition(bucket / ARCHIVE_PREFIX, element, year, table)
-            total += table.num_rows
-        print(f"  generated {year}", end="\r", flush=True)
+
+    def partitions() -> Iterator[tuple[str, int, pa.Table]]:
+        for year in range(FIRST_YEAR, FIRST_YEAR + years):
+            for index, element in enumerate(ELEMENTS):
+                yield element, year, _partition(stations, year, index, ids)
+            print(f"  generated {year}", end="\r", flush=True)
+
+    total = write_partitions(bucket, partitions()).rows
     done.write_text(str(total))
     return bucket, total
 

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow.dataset as pads
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import WORK, Measurement, postgres_admin_url, report, scratch_datastore, timed  # noqa: E402
 from ingest import make_input  # noqa: E402
 
-from opencdms_kernel.archive import ARCHIVE_PREFIX, export_archive  # noqa: E402
+from opencdms_kernel.archive import ARCHIVE_PREFIX, archive_files, export_archive, read_manifest  # noqa: E402
 from opencdms_kernel.bucket import Bucket, open_bucket  # noqa: E402
 from opencdms_kernel.db.engine import Datastore  # noqa: E402
 from opencdms_kernel.ingest import IngestRequest, IngestStatus, ingest  # noqa: E402
@@ -95,10 +96,11 @@ def load_rules(datastore: Datastore) -> dict[str, pd.DataFrame]:
 
 def pandas_qc(bucket: Bucket, rules: dict[str, pd.DataFrame]) -> int:
     """The same four checks with pandas; returns how many values it flags."""
-    df = pd.read_parquet(
-        bucket.path(ARCHIVE_PREFIX),
+    # The current generation's files only: superseded ones stay a while for their readers.
+    files = archive_files(bucket, read_manifest(bucket))
+    df = pads.dataset(files, format="parquet", partitioning="hive", partition_base_dir=bucket.path(ARCHIVE_PREFIX)).to_table(
         columns=["station_id", "phenomenon_time", "duration_seconds", "level", "source_id", "value", "element"],
-    )
+    ).to_pandas()
     df["element"] = df["element"].astype(str)
     df = df[df["value"].notna()]
     middle = df["phenomenon_time"] + pd.to_timedelta(df["duration_seconds"] // 2, unit="s")
@@ -183,7 +185,7 @@ def main() -> None:
         bucket = open_bucket(settings)
         import_stations(datastore, stations_csv)
         started = time.perf_counter()
-        loaded = ingest(IngestRequest(object_key="bench/observations.csv", data=path.read_bytes()),
+        loaded = ingest(IngestRequest.from_path(path),
                         datastore, bucket, "bench")
         if loaded.status is not IngestStatus.LOADED:
             raise SystemExit(f"ingest failed: {loaded.error}")

@@ -1,13 +1,34 @@
 """The Parquet archive: observations exported from PostgreSQL for analysis with DuckDB.
 
-Layout: ``<bucket>/archive/observations/element=<code>/year=<UTC year>/part-0.parquet``, one
-file per partition, rows sorted by station and time, only ``status = 'latest'`` rows.
+Layout, under ``<bucket>/archive/observations/``:
+
+- ``element=<code>/year=<UTC year>/part-<generation>-0.parquet``: the observations of one
+  partition as one export wrote them, rows sorted by station and time, only ``status =
+  'latest'`` rows.  A file is never rewritten: every export writes new files with its own
+  *generation* in their names.
+- ``_manifests/<generation>.json``: one generation of the archive: the file of each partition
+  and its row count, the generation it replaced, and the database export it holds (the
+  ``archive_export`` row's id and watermark).
+- ``_current.json``: the pointer, naming the current generation; replaced in one atomic write
+  (a rename in a local folder, a single PUT on S3).
+
+A reader (:func:`connect_archive`) reads the pointer once and then only the files of that
+generation's manifest, so it sees one export whole, whatever export runs meanwhile: an export
+writes its files beside the old ones, then its manifest, then switches the pointer.  An export
+killed half-way leaves files that no manifest names; the previous generation stays current.
+The files of a superseded generation are deleted only once it has been superseded for longer
+than :data:`GRACE_PERIOD` (a reader that read the pointer just before the switch may still be
+reading them), at the first export after that; so are the files of unfinished exports.
 
 An export rewrites only the partitions touched since the previous export: those of the
 observation rows whose ``changed_at`` is at or after the previous watermark, and those of the
 history rows (old versions of updated or deleted rows) whose ``superseded_at`` is.  The history
-covers deletes and rows moved to another element or year.  A partition left without rows is
-removed.  The first export, and ``full=True``, rewrite everything and remove stale partitions.
+covers deletes and rows moved to another element or year.  The new manifest names the new
+files of those partitions and the previous generation's files of every other one; a partition
+left without rows drops out.  ``full=True`` rewrites everything, and so does an export that
+finds that the current generation does not hold the database's last export: a database
+restored from a backup (its later exports, and the changes they archived, are gone from it),
+another database, or an archive written without manifests.
 
 Why the watermark is safe: ``changed_at`` and ``superseded_at`` are stamped with ``now()``, the
 *start* time of the writing transaction, but become visible only at its commit.  A transaction
@@ -26,11 +47,14 @@ Sorting, Arrow assembly and the Parquet writer are vectorised or multi-threaded.
 
 from __future__ import annotations
 
+import json
+import re
+import secrets
 import time
 from array import array
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
 from typing import Callable, Iterator
 
 import duckdb
@@ -48,6 +72,12 @@ from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.errors import OpenCDMSError
 
 ARCHIVE_PREFIX = "archive/observations"
+# The pointer to the current generation, and the folder of the generations' manifests.
+POINTER_KEY = f"{ARCHIVE_PREFIX}/_current.json"
+MANIFEST_PREFIX = f"{ARCHIVE_PREFIX}/_manifests"
+MANIFEST_FORMAT = 1
+# How long the files of a superseded generation are kept for the readers that opened it.
+GRACE_PERIOD = timedelta(minutes=10)
 
 # Columns of the Parquet files; element and year are the hive partition folders.
 PARQUET_SCHEMA = pa.schema(
@@ -78,6 +108,18 @@ ROW_GROUP_ROWS = 1 << 20
 # Files the Parquet writer keeps open (partitions are written one after the other).
 MAX_OPEN_FILES = 64
 
+# A generation: UTC time of the export to the microsecond (names sort in time order), and
+# random bits, so that two writers, or a writer and the leftovers of a killed one, never
+# share a name.
+_GENERATION = r"\d{8}T\d{12}Z-[0-9a-f]{8}"
+_GENERATION_NAME = re.compile(_GENERATION)
+# Names under ARCHIVE_PREFIX: partition files (a generation's, or any other Parquet file, as
+# written before manifests), manifests, and what an interrupted atomic write leaves.
+_PARTITION_FILE = re.compile(r"element=([^/]+)/year=(-?\d+)/([^/]+\.parquet)")
+_GENERATION_FILE = re.compile(rf"part-{_GENERATION}-\d+\.parquet")
+_MANIFEST_FILE = re.compile(rf"_manifests/{_GENERATION}\.json(\.partial)?")
+_POINTER_NAME = POINTER_KEY.removeprefix(ARCHIVE_PREFIX + "/")
+
 _LOCK_SQL = sa.text("SELECT pg_advisory_lock(hashtext('opencdms.archive'))")
 _UNLOCK_SQL = sa.text("SELECT pg_advisory_unlock(hashtext('opencdms.archive'))")
 
@@ -95,7 +137,7 @@ _WATERMARK_SQL = sa.text(
     """
 )
 
-_LAST_WATERMARK_SQL = sa.text("SELECT watermark FROM archive_export ORDER BY id DESC LIMIT 1")
+_LAST_EXPORT_SQL = sa.text("SELECT id, watermark FROM archive_export ORDER BY id DESC LIMIT 1")
 
 # extract() follows the session time zone, which the export sets to UTC.
 _TOUCHED_SQL = sa.text(
@@ -109,7 +151,8 @@ _TOUCHED_SQL = sa.text(
 )
 
 _RECORD_SQL = sa.text(
-    "INSERT INTO archive_export (watermark, partitions, rows) VALUES (:watermark, :partitions, :rows)"
+    "INSERT INTO archive_export (watermark, partitions, rows) VALUES (:watermark, :partitions, :rows) "
+    "RETURNING id"
 )
 
 # Every row has the same binary layout: the value's NULL is sent as a flag, the QC status as a
@@ -163,7 +206,7 @@ _INFINITY_US = (np.iinfo(np.int64).min, np.iinfo(np.int64).max)
 
 
 class ArchiveError(OpenCDMSError):
-    """The archive cannot be exported safely; the message says what to change."""
+    """The archive cannot be exported or read safely; the message says what to change."""
 
 
 @dataclass(frozen=True, order=True)
@@ -174,9 +217,129 @@ class Partition:
     year: int
 
     @property
+    def folder(self) -> str:
+        """The partition's folder under :data:`ARCHIVE_PREFIX` (hive style)."""
+        return f"element={self.element}/year={self.year}"
+
+    @property
     def key(self) -> str:
         """Bucket key of the partition's folder."""
-        return f"{ARCHIVE_PREFIX}/element={self.element}/year={self.year}"
+        return f"{ARCHIVE_PREFIX}/{self.folder}"
+
+    def file_name(self, generation: str) -> str:
+        """Name under :data:`ARCHIVE_PREFIX` of the partition's file written by ``generation``."""
+        return f"{self.folder}/{_file_basename(generation, 0)}"
+
+
+def _file_basename(generation: str, index: int | str) -> str:
+    """A partition file's name in its folder (``index`` may be the writer's ``{i}`` template)."""
+    return f"part-{generation}-{index}.parquet"
+
+
+@dataclass(frozen=True, order=True)
+class PartitionFile:
+    """One Parquet file of a generation: its partition, its name under :data:`ARCHIVE_PREFIX`
+    (``element=<code>/year=<y>/part-<generation>-0.parquet``) and how many rows it holds."""
+
+    partition: Partition
+    name: str
+    rows: int
+
+    @property
+    def key(self) -> str:
+        """Bucket key of the file."""
+        return f"{ARCHIVE_PREFIX}/{self.name}"
+
+
+@dataclass(frozen=True)
+class ExportSource:
+    """The database export a generation holds: its ``archive_export`` row.
+
+    An export continues from the current generation (rewriting only what changed since its
+    watermark) only when this is the database's last export row, id and watermark alike.
+    """
+
+    export_id: int
+    watermark: datetime
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """One generation of the archive: every file a reader of it reads.
+
+    ``previous``: the generation this one replaced (None: the first of its line, replacing an
+    empty archive or one written without manifests); ``source``: the export it holds (None
+    for an archive not written from a database, such as :mod:`~opencdms_kernel.products.synthetic`).
+    """
+
+    generation: str
+    created_at: datetime
+    previous: str | None
+    files: tuple[PartitionFile, ...]
+    source: ExportSource | None = None
+
+    @property
+    def key(self) -> str:
+        """Bucket key of the manifest object."""
+        return _manifest_key(self.generation)
+
+    @property
+    def rows(self) -> int:
+        """Observations in the generation."""
+        return sum(file.rows for file in self.files)
+
+    @property
+    def partitions(self) -> tuple[Partition, ...]:
+        """The partitions that have files, in (element, year) order."""
+        return tuple(sorted({file.partition for file in self.files}))
+
+    def files_of(self, element: str | None = None) -> tuple[PartitionFile, ...]:
+        """The files (of one element), in (element, year) order."""
+        return tuple(file for file in self.files if element is None or file.partition.element == element)
+
+    def to_json(self) -> bytes:
+        """The manifest object's content."""
+        document = {
+            "format": MANIFEST_FORMAT,
+            "generation": self.generation,
+            "created_at": self.created_at.isoformat(),
+            "previous": self.previous,
+            "source": None if self.source is None else {
+                "archive_export_id": self.source.export_id,
+                "watermark": self.source.watermark.isoformat(),
+            },
+            "rows": self.rows,
+            "files": [
+                {"element": file.partition.element, "year": file.partition.year, "name": file.name, "rows": file.rows}
+                for file in self.files
+            ],
+        }
+        return json.dumps(document, indent=1).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, key: str) -> "Manifest":
+        """Read a manifest object; ``key`` names it in the error if it is not one."""
+        try:
+            document = json.loads(data)
+            if document["format"] != MANIFEST_FORMAT:
+                raise ValueError(f"format {document['format']!r}, not {MANIFEST_FORMAT}")
+            source = document["source"]
+            return cls(
+                generation=str(document["generation"]),
+                created_at=datetime.fromisoformat(document["created_at"]),
+                previous=document["previous"],
+                files=tuple(sorted(
+                    PartitionFile(Partition(str(item["element"]), int(item["year"])), str(item["name"]), int(item["rows"]))
+                    for item in document["files"]
+                )),
+                source=None if source is None else ExportSource(
+                    int(source["archive_export_id"]), datetime.fromisoformat(source["watermark"])
+                ),
+            )
+        except (ValueError, KeyError, TypeError) as exc:  # json.JSONDecodeError is a ValueError
+            raise ArchiveError(
+                f"{key} is not a readable archive manifest ({exc}); run `opencdms archive --full` to rewrite the archive"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -184,7 +347,9 @@ class ArchiveExport:
     """What one export did.
 
     ``partitions``: those rewritten or removed (in ``(element, year)`` order); ``rows``: the
-    observations written; ``watermark``: where the next export starts looking for changes.
+    observations written; ``watermark``: where the next export starts looking for changes;
+    ``generation``: the archive generation current after the export (unchanged when nothing
+    had changed; None only if there is none).
     """
 
     partitions: tuple[Partition, ...]
@@ -192,6 +357,7 @@ class ArchiveExport:
     seconds: float
     watermark: datetime
     full: bool
+    generation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -223,6 +389,18 @@ class _Snapshot:
     def rows(self) -> int:
         return sum(batch.rows for batch in self.batches)
 
+    def touched_partitions(self) -> set[Partition]:
+        """The touched partitions by element code (all of them: None).
+
+        An element removed since (only its history can still name it) has lost its code;
+        its files go at the next full export."""
+        assert self.touched is not None
+        return {
+            Partition(self.elements[element_id], year)
+            for element_id, year in self.touched
+            if element_id in self.elements
+        }
+
 
 # --------------------------------------------------------------------------- export
 
@@ -233,12 +411,16 @@ def export_archive(
     *,
     full: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    grace: timedelta = GRACE_PERIOD,
 ) -> ArchiveExport:
     """Export the observations changed since the last export (or all) to the Parquet archive.
 
-    ``progress(done, total)`` is called as partitions are written or removed.  Exports are
-    serialised by an advisory lock, so two at once cannot interleave their writes.  The rows
-    of the touched partitions are held in memory until written (peak about 180 bytes per row).
+    The export becomes visible at once, when its manifest is made current; readers never see
+    it half-done.  ``progress(done, total)`` is called as partitions are written or removed.
+    Exports are serialised by an advisory lock, so two at once cannot interleave.  Files of
+    generations superseded more than ``grace`` ago are deleted at the end.  The rows of the
+    touched partitions are held in memory until written (peak about 180 bytes per row).
+    An export that finds nothing changed writes nothing and records nothing.
     """
     started = time.perf_counter()
     with datastore.engine.connect() as connection:
@@ -246,27 +428,48 @@ def export_archive(
         with _export_lock(connection):
             with connection.begin():
                 watermark = _take_watermark(connection)
-            snapshot = _read_snapshot(connection, full or not _archive_present(bucket))
+            current = _current_manifest(bucket, full)
+            snapshot = _read_snapshot(connection, full, current)
+            if snapshot.touched is not None and not snapshot.touched:
+                # Nothing changed since the current generation's export: it stays current,
+                # and the next export looks from its watermark again.
+                if progress is not None:
+                    progress(0, 0)
+                remove_superseded(bucket, current, grace)
+                return ArchiveExport(
+                    partitions=(), rows=0, seconds=time.perf_counter() - started, watermark=watermark,
+                    full=False, generation=None if current is None else current.generation,
+                )
             pieces = _pieces_by_partition(snapshot)
             written = sorted(pieces)
-            removed = _stale_partitions(bucket, snapshot, set(written))
+            removed = _removed_partitions(bucket, snapshot, current, set(written))
             total = len(written) + len(removed)
             if progress is not None:
                 progress(0, total)
-            if written:
-                _write_partitions(bucket, _record_batches(snapshot, pieces), total, progress)
-            _remove_partitions(bucket, removed, len(written), total, progress)
+            generation = new_generation()
+            files = _write_partitions(bucket, generation, snapshot, pieces, total, progress) if written else []
+            for done in range(len(written) + 1, total + 1):  # removing is leaving them out
+                if progress is not None:
+                    progress(done, total)
+            if snapshot.touched is not None and current is not None:
+                replaced = snapshot.touched_partitions()
+                files += [file for file in current.files if file.partition not in replaced]
             partitions = tuple(sorted(written + removed))
-            with connection.begin():
-                connection.execute(
-                    _RECORD_SQL, {"watermark": watermark, "partitions": len(partitions), "rows": snapshot.rows}
-                )
+            draft = Manifest(
+                generation=generation,
+                created_at=_now(),
+                previous=None if current is None else current.generation,
+                files=tuple(sorted(files)),
+            )
+            manifest = _record_and_publish(connection, bucket, draft, watermark, len(partitions), snapshot.rows)
+            remove_superseded(bucket, manifest, grace)
     return ArchiveExport(
         partitions=partitions,
         rows=snapshot.rows,
         seconds=time.perf_counter() - started,
         watermark=watermark,
         full=snapshot.touched is None,
+        generation=manifest.generation,
     )
 
 
@@ -304,16 +507,23 @@ def _take_watermark(connection: sa.Connection) -> datetime:
     return watermark
 
 
-def _archive_present(bucket: Bucket) -> bool:
-    """False when the archive folder is missing (new bucket, or removed): export everything."""
-    folder = bucket.path(ARCHIVE_PREFIX)
-    bucket.fs.invalidate_cache(folder)
-    return bool(bucket.fs.exists(folder))
+def _current_manifest(bucket: Bucket, full: bool) -> Manifest | None:
+    """The generation the export starts from.  A full export replaces whatever is there, so
+    an unreadable pointer or manifest does not stop it (an incremental one says to run it)."""
+    try:
+        return read_manifest(bucket)
+    except ArchiveError:
+        if full:
+            return None
+        raise
 
 
-def _read_snapshot(connection: sa.Connection, full: bool) -> _Snapshot:
+def _read_snapshot(connection: sa.Connection, full: bool, current: Manifest | None) -> _Snapshot:
     """Everything the export needs, from one REPEATABLE READ snapshot: the rows of the touched
-    partitions (of all, when ``full`` or on the first export), stations and elements."""
+    partitions (of all, when the export is a full one), stations and elements.
+
+    The export is full when asked, and when the current generation does not hold the
+    database's last export (see :func:`_continues_from`)."""
     connection.execution_options(isolation_level="REPEATABLE READ")
     try:
         with connection.begin():
@@ -321,7 +531,8 @@ def _read_snapshot(connection: sa.Connection, full: bool) -> _Snapshot:
             connection.execute(sa.text("SET TRANSACTION READ ONLY"))
             connection.execute(sa.text("SET LOCAL TimeZone = 'UTC'"))
             connection.execute(sa.text("SET LOCAL client_encoding = 'UTF8'"))
-            since = None if full else connection.execute(_LAST_WATERMARK_SQL).scalar_one_or_none()
+            last = connection.execute(_LAST_EXPORT_SQL).one_or_none()
+            since = None if full else _continues_from(current, last)
             touched = None if since is None else _touched_partitions(connection, since)
             stations = dict(connection.execute(sa.text("SELECT id, wigos_id FROM station")).all())
             elements = dict(connection.execute(sa.text("SELECT id, code FROM element")).all())
@@ -335,6 +546,46 @@ def _read_snapshot(connection: sa.Connection, full: bool) -> _Snapshot:
         if not connection.invalidated:
             connection.execution_options(isolation_level="AUTOCOMMIT")
     return _Snapshot(stations=stations, elements=elements, touched=touched, batches=batches)
+
+
+def _continues_from(current: Manifest | None, last: sa.Row | None) -> datetime | None:
+    """The watermark an incremental export starts from; None when it must be a full one.
+
+    Only the database's own last export is a safe starting point.  After a restore the
+    database's last export is older than the archive's (the changes archived since are gone
+    from the database, history included, so no watermark would find them); another database
+    has other exports; an archive without a manifest, or not written from a database, has
+    none.
+    """
+    if current is None or current.source is None or last is None:
+        return None
+    if current.source != ExportSource(int(last.id), last.watermark):
+        return None
+    return last.watermark
+
+
+def _record_and_publish(
+    connection: sa.Connection, bucket: Bucket, draft: Manifest, watermark: datetime, partitions: int, rows: int
+) -> Manifest:
+    """Record the export and make its generation current, as one step as far as it can be.
+
+    The ``archive_export`` row is inserted in a transaction that commits only once the pointer
+    names the new generation: if publishing fails, the row is rolled back and the database's
+    last export is still the current generation's.  (If the commit itself fails after the
+    switch, the two disagree and the next export is a full one: slower, never wrong.)
+    """
+    connection.execution_options(isolation_level="READ COMMITTED")
+    try:
+        with connection.begin():
+            export_id = connection.execute(
+                _RECORD_SQL, {"watermark": watermark, "partitions": partitions, "rows": rows}
+            ).scalar_one()
+            manifest = replace(draft, source=ExportSource(int(export_id), watermark))
+            publish_generation(bucket, manifest)
+    finally:
+        if not connection.invalidated:
+            connection.execution_options(isolation_level="AUTOCOMMIT")
+    return manifest
 
 
 def _touched_partitions(connection: sa.Connection, since: datetime) -> frozenset[tuple[int, int]]:
@@ -619,32 +870,21 @@ def _station_labels(station_ids: np.ndarray, stations: dict[int, str]) -> pa.Dic
     return pa.DictionaryArray.from_arrays(indices, pa.array([stations[int(i)] for i in distinct], pa.string()))
 
 
-def _stale_partitions(bucket: Bucket, snapshot: _Snapshot, written: set[Partition]) -> list[Partition]:
-    """Partitions to remove: touched but now empty; after a full export, any not written."""
-    if snapshot.touched is None:
-        candidates = _existing_partitions(bucket)
+
+
+def _removed_partitions(
+    bucket: Bucket, snapshot: _Snapshot, current: Manifest | None, written: set[Partition]
+) -> list[Partition]:
+    """Partitions the new generation leaves out: touched but now empty; after a full export,
+    any the archive had that was not written."""
+    if snapshot.touched is not None:
+        assert current is not None  # an incremental export continues from a generation
+        before = set(current.partitions) & snapshot.touched_partitions()
+    elif current is not None:
+        before = set(current.partitions)
     else:
-        # An element removed since (only its history can still name it) has lost its code;
-        # its folders go at the next full export.
-        candidates = {
-            Partition(snapshot.elements[element_id], year)
-            for element_id, year in snapshot.touched
-            if element_id in snapshot.elements
-        }
-    return sorted(partition for partition in candidates - written if bucket.fs.exists(bucket.path(partition.key)))
-
-
-def _existing_partitions(bucket: Bucket) -> set[Partition]:
-    """The partition folders found in the archive."""
-    folder = bucket.path(ARCHIVE_PREFIX)
-    bucket.fs.invalidate_cache(folder)
-    found = set()
-    for path in bucket.fs.glob(f"{folder}/element=*/year=*"):
-        element_part, year_part = path.rstrip("/").rsplit("/", 2)[-2:]
-        year = year_part.removeprefix("year=")
-        if year.lstrip("-").isdigit():
-            found.add(Partition(element_part.removeprefix("element="), int(year)))
-    return found
+        before = {partition for partition, _ in _unmanaged_files(bucket)}
+    return sorted(before - written)
 
 
 def _arrow_filesystem(bucket: Bucket) -> pafs.FileSystem:
@@ -656,30 +896,36 @@ def _arrow_filesystem(bucket: Bucket) -> pafs.FileSystem:
 
 def _write_partitions(
     bucket: Bucket,
-    batches: Iterator[pa.RecordBatch],
+    generation: str,
+    snapshot: _Snapshot,
+    pieces: _Pieces,
     total: int,
     progress: Callable[[int, int], None] | None,
-) -> None:
-    """Write one file per partition, replacing the partition's folder."""
-    written = 0
+) -> list[PartitionFile]:
+    """Write one new file per partition, named by ``generation``; return them with their rows.
 
-    def visited(_: object) -> None:
-        nonlocal written
-        written += 1
+    Nothing is replaced or removed: no reader opens these files before the generation's
+    manifest is current, and the old ones stay for the readers of earlier generations.
+    """
+    folder = bucket.path(ARCHIVE_PREFIX)
+    visited: dict[str, int] = {}
+
+    def file_written(written_file: pads.WrittenFile) -> None:
+        visited[written_file.path.removeprefix(folder + "/")] = written_file.metadata.num_rows
         if progress is not None:
-            progress(written, total)
+            progress(len(visited), total)
 
     parquet = pads.ParquetFileFormat()
     pads.write_dataset(
-        batches,
-        bucket.path(ARCHIVE_PREFIX),
+        _record_batches(snapshot, pieces),
+        folder,
         schema=_WRITE_SCHEMA,
         format=parquet,
         file_options=parquet.make_write_options(compression="snappy", store_schema=False),
         partitioning=pads.partitioning(PARTITION_SCHEMA, flavor="hive"),
-        basename_template="part-{i}.parquet",
-        # Only the folders of partitions written are emptied first; the others stay as they are.
-        existing_data_behavior="delete_matching",
+        basename_template=_file_basename(generation, "{i}"),
+        # The names are new: nothing there is deleted or overwritten.
+        existing_data_behavior="overwrite_or_ignore",
         filesystem=_arrow_filesystem(bucket),
         preserve_order=True,  # keep the station, time order within each file
         max_partitions=max(total, 1),
@@ -689,31 +935,183 @@ def _write_partitions(
         # become a row group of its own.
         min_rows_per_group=ROW_GROUP_ROWS,
         max_rows_per_group=ROW_GROUP_ROWS,
-        file_visitor=visited,
+        file_visitor=file_written,
+    )
+    files = []
+    for partition in sorted(pieces):
+        name = partition.file_name(generation)
+        expected = sum(span.stop - span.start for _, span in pieces[partition])
+        if visited.get(name) != expected:
+            raise ArchiveError(
+                f"the Parquet writer did not write {bucket.url(f'{ARCHIVE_PREFIX}/{name}')} with its "
+                f"{expected} rows (it wrote: {sorted(visited)[:3]}…)"
+            )
+        files.append(PartitionFile(partition, name, expected))
+    return files
+
+
+# --------------------------------------------------------------------------- generations
+
+
+def new_generation() -> str:
+    """A new generation name: UTC time to the microsecond, then random hex (see _GENERATION)."""
+    return f"{_now():%Y%m%dT%H%M%S%f}Z-{secrets.token_hex(4)}"
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _manifest_key(generation: str) -> str:
+    if not _GENERATION_NAME.fullmatch(generation):
+        raise ArchiveError(f"{generation!r} is not an archive generation name")
+    return f"{MANIFEST_PREFIX}/{generation}.json"
+
+
+def _read_object(bucket: Bucket, key: str) -> bytes | None:
+    """An object's bytes, or None when there is no such object."""
+    try:
+        return bytes(bucket.fs.cat_file(bucket.path(key)))
+    except FileNotFoundError:
+        return None
+
+
+def _read_generation(bucket: Bucket, generation: str) -> Manifest | None:
+    """The manifest of ``generation``; None when it is gone."""
+    key = _manifest_key(generation)
+    data = _read_object(bucket, key)
+    return None if data is None else Manifest.from_json(data, bucket.url(key))
+
+
+def read_manifest(bucket: Bucket) -> Manifest | None:
+    """The manifest of the current generation: what a reader reads now.
+
+    None when there is no pointer: nothing exported yet, or an archive written before
+    manifests (see :func:`archive_files`).  Raises :class:`ArchiveError` when the pointer
+    names a generation whose manifest cannot be read.
+    """
+    pointer_url = bucket.url(POINTER_KEY)
+    for _ in range(3):
+        data = _read_object(bucket, POINTER_KEY)
+        if data is None:
+            return None
+        try:
+            generation = str(json.loads(data)["generation"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ArchiveError(
+                f"{pointer_url} does not name an archive generation ({exc}); run `opencdms archive --full`"
+            ) from exc
+        manifest = _read_generation(bucket, generation)
+        if manifest is not None:
+            return manifest
+        # Superseded and removed between the two reads (only after GRACE_PERIOD): read again.
+    raise ArchiveError(
+        f"{pointer_url} names generation {generation}, whose manifest {bucket.url(_manifest_key(generation))} "
+        "is missing; run `opencdms archive --full` to rewrite the archive"
     )
 
 
-def _remove_partitions(
-    bucket: Bucket,
-    partitions: list[Partition],
-    done: int,
-    total: int,
-    progress: Callable[[int, int], None] | None,
-) -> None:
-    for partition in partitions:
-        bucket.fs.rm(bucket.path(partition.key), recursive=True)
-        done += 1
-        if progress is not None:
-            progress(done, total)
-    if partitions and bucket.protocol == "file":
-        _remove_empty_element_folders(bucket)
+def publish_generation(bucket: Bucket, manifest: Manifest) -> None:
+    """Make ``manifest`` the current generation: its object first, then the pointer to it.
+
+    Each object is written whole (``Bucket.write_bytes``: a rename locally, one PUT on S3), so
+    a reader finds either the old pointer or the new one, and the manifest it names complete.
+    The manifest's files must be written already.
+    """
+    bucket.write_bytes(manifest.key, manifest.to_json())
+    pointer = {"format": MANIFEST_FORMAT, "generation": manifest.generation, "manifest": manifest.key}
+    bucket.write_bytes(POINTER_KEY, json.dumps(pointer).encode())
 
 
-def _remove_empty_element_folders(bucket: Bucket) -> None:
-    """A local element folder whose last year went is removed too (S3 has no empty folders)."""
-    for folder in bucket.fs.glob(f"{bucket.path(ARCHIVE_PREFIX)}/element=*"):
-        if not bucket.fs.ls(folder):
-            bucket.fs.rmdir(folder)
+def remove_superseded(bucket: Bucket, current: Manifest | None, grace: timedelta = GRACE_PERIOD) -> int:
+    """Delete what no reader of the archive can still be using; return how many objects went.
+
+    Kept: ``current`` (the current generation) and every earlier generation superseded less
+    than ``grace`` ago, walking back from ``current`` (a generation is superseded when the next
+    one is created); and the Parquet files of an archive written before manifests, until the
+    first manifest is ``grace`` old.  Deleted: the files and manifests of older generations,
+    and those of exports that never finished.  Objects under the archive's prefix that the
+    archive did not write are left alone.  Call it only while holding the exporters' lock (or
+    as the archive's only writer), with the manifest just published or read as current.
+    """
+    if current is None:
+        return 0  # no manifest: whatever is there is what readers read
+    cutoff = _now() - grace
+    kept = [current]
+    while kept[-1].previous is not None and kept[-1].created_at > cutoff:
+        previous = _read_generation(bucket, kept[-1].previous)
+        if previous is None:
+            break
+        kept.append(previous)
+    keep_unmanaged = kept[-1].previous is None and kept[-1].created_at > cutoff
+    keep = {_POINTER_NAME}
+    for manifest in kept:
+        keep.add(manifest.key.removeprefix(ARCHIVE_PREFIX + "/"))
+        keep.update(file.name for file in manifest.files)
+
+    folder = bucket.path(ARCHIVE_PREFIX)
+    bucket.fs.invalidate_cache(folder)
+    doomed = [
+        path
+        for path in bucket.fs.find(folder)
+        if path.startswith(folder + "/") and _removable(path[len(folder) + 1:], keep, keep_unmanaged)
+    ]
+    if doomed:
+        bucket.fs.rm(doomed)
+        if bucket.protocol == "file":
+            _remove_empty_folders(bucket)
+    # Listings cached by the walk would hide files written later from this process's readers.
+    bucket.fs.invalidate_cache(folder)
+    return len(doomed)
+
+
+def _removable(name: str, keep: set[str], keep_unmanaged: bool) -> bool:
+    """Whether the object ``name`` (under ARCHIVE_PREFIX) is the archive's and unused."""
+    if name in keep:
+        return False
+    if name == f"{_POINTER_NAME}.partial" or _MANIFEST_FILE.fullmatch(name):
+        return True
+    match = _PARTITION_FILE.fullmatch(name.removesuffix(".partial"))
+    if match is None:
+        return False
+    return bool(_GENERATION_FILE.fullmatch(match[3])) or not keep_unmanaged
+
+
+def _remove_empty_folders(bucket: Bucket) -> None:
+    """Local partition and element folders left empty go too (S3 has no empty folders)."""
+    for pattern in ("element=*/year=*", "element=*"):
+        for folder in bucket.fs.glob(f"{bucket.path(ARCHIVE_PREFIX)}/{pattern}"):
+            if bucket.fs.isdir(folder) and not bucket.fs.ls(folder):
+                bucket.fs.rmdir(folder)
+
+
+def _unmanaged_files(bucket: Bucket, element: str | None = None) -> list[tuple[Partition, str]]:
+    """The Parquet files of an archive written before manifests (or by hand): those in the
+    partition folders, except files of generations (unpublished without a pointer)."""
+    folder = bucket.path(ARCHIVE_PREFIX)
+    bucket.fs.invalidate_cache(folder)
+    found = []
+    for path in bucket.fs.glob(f"{folder}/element={element or '*'}/year=*/*.parquet"):
+        match = _PARTITION_FILE.fullmatch(path.removeprefix(folder + "/"))
+        if match is not None and not _GENERATION_FILE.fullmatch(match[3]):
+            found.append((Partition(match[1], int(match[2])), match[0]))
+    return sorted(found)
+
+
+def archive_files(bucket: Bucket, manifest: Manifest | None, element: str | None = None) -> list[str]:
+    """The Parquet files of a generation (of one element), as DuckDB names them, in
+    (element, year) order.
+
+    ``manifest`` None: an archive without one (written before manifests, or by hand in the
+    same layout); its files are those found in the partition folders.
+    """
+    if manifest is None:
+        names = [name for _, name in _unmanaged_files(bucket, element)]
+    else:
+        names = [file.name for file in manifest.files_of(element)]
+    if bucket.protocol == "file":
+        return [bucket.path(f"{ARCHIVE_PREFIX}/{name}") for name in names]
+    return [bucket.url(f"{ARCHIVE_PREFIX}/{name}") for name in names]
 
 
 # --------------------------------------------------------------------------- DuckDB
@@ -734,32 +1132,36 @@ WHERE false
 
 # The partition columns' types are given, not guessed from the folder names.
 _VIEW_SQL = """
-SELECT * FROM read_parquet($pattern, hive_partitioning = true,
+SELECT * FROM read_parquet($files, hive_partitioning = true,
                            hive_types = {'element': 'VARCHAR', 'year': 'INTEGER'})
 """
 
 
-def connect_archive(bucket: Bucket) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB connection with a view ``observations`` over the archive.
+def connect_archive(bucket: Bucket, manifest: Manifest | None = None) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB connection with a view ``observations`` over one generation of the
+    archive: ``manifest``'s, else the current one (the pointer is read once, here).
 
     The view has the Parquet columns plus ``element`` and ``year`` from the partition folders.
-    For S3 (or any non-local bucket) DuckDB reads through the bucket's fsspec filesystem, as its
-    own extensions (httpfs) may not be installable.
+    Its files stay readable for :data:`GRACE_PERIOD` after an export supersedes them; a
+    connection kept longer may find them gone (open a new one).  An archive written before
+    manifests is read from its folders until the next export replaces it.  For S3 (or any
+    non-local bucket) DuckDB reads through the bucket's fsspec filesystem, as its own
+    extensions (httpfs) may not be installable.
     """
+    if manifest is None:
+        manifest = read_manifest(bucket)
+    files = archive_files(bucket, manifest)
     with ExitStack() as on_error:
         connection = duckdb.connect()
         on_error.callback(connection.close)
-        folder = bucket.path(ARCHIVE_PREFIX)
-        bucket.fs.invalidate_cache(folder)
-        if not bucket.fs.glob(f"{folder}/*/*/*.parquet"):
+        if not files:
             connection.execute(_EMPTY_VIEW_SQL)
         else:
-            if bucket.protocol == "file":
-                pattern = f"{folder}/*/*/*.parquet"
-            else:
+            if bucket.protocol != "file":
+                # Listings cached before this generation was written would hide its files.
+                bucket.fs.invalidate_cache(bucket.path(ARCHIVE_PREFIX))
                 connection.register_filesystem(bucket.fs)
-                pattern = bucket.url(f"{ARCHIVE_PREFIX}/*/*/*.parquet")
-            # A relation with the path bound as a parameter (a CREATE VIEW statement takes none).
-            connection.sql(_VIEW_SQL, params={"pattern": pattern}).create_view("observations")
+            # A relation with the files bound as a parameter (a CREATE VIEW statement takes none).
+            connection.sql(_VIEW_SQL, params={"files": files}).create_view("observations")
         on_error.pop_all()  # success: the caller closes the connection
     return connection

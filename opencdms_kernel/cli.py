@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -12,12 +13,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+import click
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from typer.core import TyperGroup
 
 from opencdms_kernel.bucket import Bucket, open_bucket
 from opencdms_kernel.db.engine import Datastore, DatastoreError
@@ -41,6 +44,31 @@ app.add_typer(notebooks_app, name="notebooks")
 app.add_typer(kernel_app, name="kernel")
 console = Console()
 
+# Exit codes a script can rely on (README, "The opencdms command").
+EXIT_OK = 0  # everything done; for ingest: every file loaded (or unchanged) with no rejected row
+EXIT_FAILED = 1  # something failed; for ingest: at least one file was not loaded
+EXIT_USAGE = 2  # the command was refused before doing anything (bad option, mapping, parameter)
+EXIT_REJECTS = 3  # ingest: every file loaded, but some rows were rejected (see the reject reports)
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C; what was not finished was not stored
+
+log = logging.getLogger("opencdms_kernel.cli")
+
+
+class _IngestGroup(TyperGroup):
+    """``opencdms ingest FILE…`` loads files; ``ingest revert`` and ``ingest ledger`` are its other verbs."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h"):
+            args = ["load", *args]
+        return super().parse_args(ctx, args)
+
+
+ingest_app = typer.Typer(
+    cls=_IngestGroup, no_args_is_help=True,
+    help="Load CSV files (opencdms ingest FILE… = ingest load FILE…), list the ledger, revert a load.",
+)
+app.add_typer(ingest_app, name="ingest")
+
 
 @dataclass
 class Context:
@@ -59,8 +87,28 @@ def main(ctx: typer.Context) -> None:
     except ValidationError as exc:
         for error in exc.errors():
             field = ".".join(str(part) for part in error["loc"])
-            console.print(f"[red]setting OPENCDMS_{field.upper()}: {error['msg']}[/red]")
-        raise typer.Exit(2) from exc
+            console.print(f"[red]setting OPENCDMS_{field.upper()}: {escape(error['msg'])}[/red]", soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from exc
+    _log_to_file(ctx.obj.settings)
+
+
+def log_file(settings: Settings) -> Path:
+    """Where the command logs what went wrong unexpectedly, with the traceback."""
+    return settings.var_dir / "log" / "opencdms.log"
+
+
+def _log_to_file(settings: Settings) -> None:
+    """Warnings and errors (with their tracebacks) go to the log file, never to the user's screen."""
+    path = log_file(settings)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler: logging.Handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        handler = logging.StreamHandler(sys.stderr)  # an unwritable var/: better on screen than lost
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("opencdms_kernel")
+    root.setLevel(logging.INFO)
+    root.addHandler(handler)
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -109,26 +157,58 @@ def _working(label: str) -> Iterator[None]:
 
 
 def _results_table(results: list[IngestResult]) -> Table:
-    table = Table("file", "status", "read", "new", "changed", "same", "rejected", "seconds", "note")
+    table = Table("file", "status", "read", "new", "changed", "same", "rejected", "seconds")
+    table.columns[0].overflow = "fold"  # a long name wraps, it is never cut
     for result in results:
-        colour = {"loaded": "green", "skipped": "cyan", "failed": "red"}[result.status.value]
-        note = result.error or (f"reject report: {result.reject_report}" if result.reject_report else "")
+        colour = {"loaded": "green", "skipped": "cyan", "failed": "red", "interrupted": "red"}[result.status.value]
+        status = result.status.value
+        if result.status is IngestStatus.LOADED and result.rejected:
+            colour, status = "yellow", f"loaded, {result.rejected_fraction:.0%} rejected"
         table.add_row(
-            result.object_key.rsplit("/", 1)[-1], f"[{colour}]{result.status.value}[/{colour}]",
+            escape(result.object_key.rsplit("/", 1)[-1]), f"[{colour}]{status}[/{colour}]",
             f"{result.rows_read:,}", f"{result.inserted:,}", f"{result.updated:,}",
-            f"{result.unchanged:,}", f"{result.rejected:,}", f"{result.seconds:.2f}", note,
+            f"{result.unchanged:,}", f"{result.rejected:,}", f"{result.seconds:.2f}",
         )
     return table
 
 
+def _print_ingest_notes(results: list[IngestResult], bucket: Bucket) -> None:
+    """Every error, warning and reject in full, one per line (never cut to the terminal's width)."""
+    for result in results:
+        where = escape(result.object_key)
+        if result.error:  # it names the file already
+            console.print(f"[red]{escape(result.error)}[/red]", soft_wrap=True)
+        for warning in result.warnings:
+            console.print(f"[yellow]{where}: {escape(warning)}[/yellow]", soft_wrap=True)
+        if result.rejected:
+            console.print(
+                f"[yellow]{where}: {result.rejected:,} rejected rows ({result.rejected_fraction:.1%} of its "
+                f"observations); reject report {escape(bucket.url(result.reject_report or ''))}; first ones:[/yellow]",
+                soft_wrap=True,
+            )
+            for row in (result.rejects.slice(0, 5).to_pylist() if result.rejects is not None else []):
+                console.print(
+                    f"  line {row['line']}, column {escape(repr(row['column']))}: {escape(row['reason'])} "
+                    f"({escape(repr(row['value']))})", soft_wrap=True)
+
+
+def _ingest_exit_code(results: list[IngestResult]) -> int:
+    if any(result.status in (IngestStatus.FAILED, IngestStatus.INTERRUPTED) for result in results):
+        return EXIT_FAILED
+    if any(result.rejected for result in results):
+        return EXIT_REJECTS
+    return EXIT_OK
+
+
 def _ingest_with_progress(
-    requests: list[tuple[str, object]], datastore: Datastore, bucket: Bucket, user: str, label: str
+    requests: list[tuple[str, object]], datastore: Datastore, bucket: Bucket, user: str, label: str,
+    force: bool = False,
 ) -> list[IngestResult]:
     with _progress() as progress:
         task = progress.add_task(label, total=len(requests))
         return ingest_many(
             requests, datastore, bucket, user,  # type: ignore[arg-type]
-            progress=lambda result: progress.advance(task),
+            progress=lambda result: progress.advance(task), force=force,
         )
 
 
@@ -150,32 +230,78 @@ def db_current(ctx: typer.Context) -> None:
         console.print(f"database: {migrate.current_revision(datastore)}, code: {migrate.head_revision()}")
 
 
-@app.command()
-def ingest(
+@ingest_app.command("load")
+def ingest_load(
     ctx: typer.Context,
     files: list[Path] = typer.Argument(..., exists=True, dir_okay=False, help="CSV files"),
     mapping: Path | None = typer.Option(None, exists=True, dir_okay=False, help="mapping YAML"),
+    force: bool = typer.Option(False, help="load again although the same bytes and mapping were loaded"),
 ) -> None:
-    """Ingest CSV files (long layout, or as MAPPING describes); exit 1 if any file failed."""
+    """Ingest CSV files (long layout, or as MAPPING describes).
+
+    Exit codes: 0 every file loaded (or unchanged) with no rejected row; 3 loaded, but rows were
+    rejected; 1 a file failed; 2 bad command or mapping; 130 stopped by Ctrl-C.
+    """
     from opencdms_kernel.ingest import DEFAULT_LONG_MAPPING, load_mapping
 
     settings = _settings(ctx)
     try:
         chosen = load_mapping(mapping) if mapping else DEFAULT_LONG_MAPPING
     except OpenCDMSError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+        console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from exc
     with _open(settings) as (datastore, bucket):
         requests = [(str(path), lambda path=path: IngestRequest.from_path(path, chosen)) for path in files]
-        results = _ingest_with_progress(requests, datastore, bucket, settings.user, "ingest")
+        try:
+            results = _ingest_with_progress(requests, datastore, bucket, settings.user, "ingest", force=force)
+        except KeyboardInterrupt:
+            console.print("[red]stopped (Ctrl-C): the file being loaded was not stored; its ledger entry "
+                          "says interrupted; files loaded before it stay loaded[/red]", soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
     console.print(_results_table(results))
-    for result in results:
-        if result.rejects is not None and result.rejects.num_rows:
-            console.print(f"[yellow]{result.object_key}: {result.rejected} rejected rows, first ones:[/yellow]")
-            for row in result.rejects.slice(0, 5).to_pylist():
-                console.print(f"  line {row['line']}, column {row['column']!r}: {row['reason']} ({row['value']!r})")
-    if any(result.status is IngestStatus.FAILED for result in results):
-        raise typer.Exit(1)
+    _print_ingest_notes(results, bucket)
+    if any(result.error and "unexpected error" in result.error for result in results):
+        console.print(f"log: {log_file(settings)}", soft_wrap=True)
+    raise typer.Exit(_ingest_exit_code(results))
+
+
+@ingest_app.command("revert")
+def ingest_revert(ctx: typer.Context, ledger_id: int = typer.Argument(..., help="the ledger id of the load")) -> None:
+    """Undo a load: rows it changed go back to their previous version, rows it added are marked deleted."""
+    from opencdms_kernel.ingest import revert_load
+
+    settings = _settings(ctx)
+    with _open(settings) as (datastore, _), _user_errors():
+        result = revert_load(datastore, ledger_id, settings.user)
+    console.print(
+        f"ingest {result.ledger_id} ({escape(result.object_key)}) reverted: {result.restored:,} values put back "
+        f"to their previous version, {result.deleted:,} values it added marked deleted", soft_wrap=True)
+
+
+@ingest_app.command("ledger")
+def ingest_ledger_list(
+    ctx: typer.Context, limit: int = typer.Option(20, min=1, help="how many of the latest entries"),
+) -> None:
+    """The latest ingest ledger entries; loads whose process died are shown (and marked) interrupted."""
+    import sqlalchemy as sa
+
+    from opencdms_kernel.db.schema import ingest_ledger
+    from opencdms_kernel.ingest import mark_interrupted_loads
+
+    with _open(_settings(ctx)) as (datastore, _):
+        with datastore.engine.begin() as connection:
+            mark_interrupted_loads(connection)
+            rows = connection.execute(
+                sa.select(ingest_ledger).order_by(ingest_ledger.c.id.desc()).limit(limit)).all()
+    table = Table("id", "file", "status", "rows", "rejected", "started", "by")
+    table.columns[1].overflow = "fold"
+    for row in rows:
+        table.add_row(str(row.id), escape(row.object_key), row.status, f"{row.rows_read or 0:,}",
+                      f"{row.rows_rejected or 0:,}", f"{row.started_at:%Y-%m-%d %H:%M:%S}", escape(row.ingested_by))
+    console.print(table)
+    for row in rows:
+        if row.error:
+            console.print(f"{row.id}: {escape(row.error)}", soft_wrap=True)
 
 
 @app.command()
@@ -279,12 +405,12 @@ def restore(ctx: typer.Context, file: Path = typer.Argument(..., exists=True, di
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
-    """Report a user's mistake (bad parameter, unknown station…) as one line and exit 2."""
+    """Report a user's mistake (bad parameter, unknown station…) as one whole line and exit 2."""
     try:
         yield
     except OpenCDMSError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(2) from exc
+        console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
+        raise typer.Exit(EXIT_USAGE) from exc
 
 
 @app.command()
@@ -346,6 +472,27 @@ def decide(
         f"(value {result.previous_value} -> {result.value}), qc_status {result.qc_status.value}, "
         f"final flag {result.final_flag.value}, version {result.version}"
     )
+
+
+@app.command()
+def review(ctx: typer.Context, limit: int = typer.Option(100, min=1)) -> None:
+    """Decided values whose source has delivered another value since the decision (to review).
+
+    The decision stays in force; decide again (``opencdms decide``) to settle the new value.
+    """
+    from opencdms_kernel.qc import source_changes
+
+    with _open(_settings(ctx)) as (datastore, _):
+        changes = source_changes(datastore, limit=limit)
+    if not changes:
+        console.print("no decided value has a changed source")
+        return
+    table = Table("station", "element", "time (UTC)", "decision", "stored", "decided on", "source now", "ingest")
+    for change in changes:
+        table.add_row(change.station, change.element, f"{change.phenomenon_time:%Y-%m-%d %H:%M}",
+                      change.decision.value, str(change.value), str(change.source_value),
+                      str(change.new_source_value), str(change.ingest_id or ""))
+    console.print(table)
 
 
 def _archive_connection(bucket: Bucket):  # type: ignore[no-untyped-def]

@@ -41,6 +41,14 @@ class Settings(BaseSettings):
             "Empty: a private PostgreSQL is started under var/pgdata."
         ),
     )
+    database_role_prefix: str | None = Field(
+        default=None,
+        description=(
+            "Prefix of this installation's database roles (<prefix>_owner, _app, _readonly), "
+            "used when they are first created. Empty: opencdms_<database name>."
+        ),
+        pattern=r"^[a-z][a-z0-9_]{0,53}$",
+    )
     bucket_url: str = Field(
         default="file://var/bucket",
         description="fsspec URL of the file bucket: file://<folder> or s3://<bucket>[/prefix].",

@@ -85,7 +85,7 @@ def load_everything(settings: Settings, tmp_path: Path) -> None:
         import_stations(datastore, stations)
         data = daily_csv().encode()
         bucket.write_bytes(INCOMING_KEY, data)
-        result = ingest(IngestRequest(INCOMING_KEY, data), datastore, bucket, "catalog-test")
+        result = ingest(IngestRequest.from_bytes(INCOMING_KEY, data), datastore, bucket, "catalog-test")
         assert result.status is IngestStatus.LOADED and result.rejected == 0, result.error
         export_archive(datastore, bucket)
     archive = connect_archive(bucket)

@@ -107,7 +107,7 @@ def test_changed_value_is_a_new_version_with_history(
     assert (old.value, old.version, old.changed_by, old.superseded_by, old.operation) == (
         26.3, 1, "clerk-a", "clerk-b", "UPDATE")
     assert old.superseded_at is not None
-    assert old.reason == f"ingest of {path.resolve().as_uri()}"
+    assert old.reason == f"ingest of {path.resolve().as_uri()} (ledger {result.ledger_id})"
 
 
 @pytest.mark.usefixtures("stations")

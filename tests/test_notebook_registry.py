@@ -160,6 +160,15 @@ BAD_REQUESTS = [
     ({"stations": "0-20000-0-60001"}, "stations", "must be a list"),
     ({"stations": ["0-20000-0-60001", "bad"]}, "stations", "(item 1)"),
     ({"station": None}, "station", "not null"),
+    ({"object_key": "incoming/"}, "object_key", "is a folder, not an object"),
+    ({"object_key": "uploads/aws/"}, "object_key", "is a folder, not an object"),
+    ({"note": "x" * 1001}, "note", "1,001 characters long, more than the 1,000 allowed"),
+    ({"note": "bell\x07"}, "note", "control character '\\x07'"),
+    ({"note": "clear\x1b[2J"}, "note", "control character '\\x1b'"),
+    ({"note": "nul\x00"}, "note", "control character '\\x00'"),
+    ({"note": "c1\x9b"}, "note", "control character '\\x9b'"),
+    ({"note": "lone\rreturn"}, "note", "control character '\\r'"),
+    ({"note": "half\ud800"}, "note", "not valid Unicode"),
 ]
 
 
@@ -208,6 +217,131 @@ def test_parameters_typed_as_text_are_converted(registry: NotebookRegistry) -> N
         hello.parameters_from_text([("count", "x")])
     with pytest.raises(NotebookParameterError, match="Python identifier"):
         hello.parameters_from_text([("x=1;import os;#", "1")])
+
+
+# --------------------------------------------------------------------------- text parameters
+
+
+def write_notebook(folder: Path, name: str, parameters: str, body: str = "print('done')") -> Path:
+    """A notebook ``folder/<name>.ipynb`` with this parameters cell, run by the 'opencdms' kernel."""
+    folder.mkdir(parents=True, exist_ok=True)
+    notebook = nbformat.v4.new_notebook(metadata={
+        "kernelspec": {"display_name": "OpenCDMS (Python 3)", "language": "python", "name": KERNEL_NAME},
+        "language_info": {"name": "python"},
+    })
+    parameters_cell = nbformat.v4.new_code_cell(parameters)
+    parameters_cell.metadata["tags"] = ["parameters"]
+    notebook.cells = [
+        nbformat.v4.new_markdown_cell(f"# {name.title()}\n\nA notebook made by a test."),
+        nbformat.v4.new_code_cell("from typing import Optional\nfrom opencdms_kernel.notebooks import BucketKey, record_output"),
+        parameters_cell,
+        nbformat.v4.new_code_cell(body),
+    ]
+    path = folder / f"{name}.ipynb"
+    nbformat.write(notebook, path)
+    return path
+
+
+TEXT_PARAMETERS = """\
+code: str = "ABC"  # station code [pattern: ^[A-Z]{3,5}$]
+title: str = "Report"  # report title [max_length: 20]
+both: Optional[str] = "AB-1"  # a label [pattern: ^[A-Z]{2}-[0-9]$] [max_length: 4]
+note: str = ""  # free text, many lines [see the manual]
+labels: list[str] = []  # labels [max_length: 8]
+"""
+
+
+@pytest.fixture
+def text_registry(tmp_path: Path) -> NotebookRegistry:
+    write_notebook(tmp_path / "notebooks", "texts", TEXT_PARAMETERS)
+    return NotebookRegistry(tmp_path / "notebooks")
+
+
+def test_text_parameters_have_a_length_limit_and_may_declare_a_pattern(text_registry: NotebookRegistry) -> None:
+    assert text_registry.problems() == {}
+    properties = text_registry.get("texts").parameter_schema()["properties"]
+    assert properties["code"] == {"type": "string", "maxLength": 1000, "pattern": "^(?:^[A-Z]{3,5}$)$",
+                                  "x-opencdms-kind": "str", "description": "station code", "default": "ABC"}
+    assert properties["title"]["maxLength"] == 20 and "pattern" not in properties["title"]
+    assert properties["title"]["description"] == "report title"
+    assert properties["both"]["type"] == ["string", "null"]
+    assert (properties["both"]["maxLength"], properties["both"]["pattern"]) == (4, "^(?:^[A-Z]{2}-[0-9]$)$")
+    assert properties["note"]["maxLength"] == 1000  # the default limit
+    assert properties["note"]["description"] == "free text, many lines [see the manual]"  # not a tag: kept
+    assert properties["labels"]["items"] == {"type": "string", "maxLength": 8}
+
+    texts = text_registry.get("texts")
+    assert texts.validate({"code": "WXYZ", "title": "t" * 20, "both": None, "labels": ["a" * 8]}) == \
+        {"code": "WXYZ", "title": "t" * 20, "both": None, "labels": ["a" * 8]}
+    # Tab and newline are text; a Windows line end becomes a newline.
+    assert texts.validate({"note": "line 1\r\n\tline 2\n"}) == {"note": "line 1\n\tline 2\n"}
+    for parameters, parameter, words in [
+        ({"code": "abc"}, "code", "'abc' does not match the pattern ^[A-Z]{3,5}$"),
+        ({"code": "ABC\n"}, "code", "does not match the pattern"),  # '$' must not let a newline through
+        ({"code": "ABCDEF"}, "code", "does not match the pattern"),
+        ({"title": "t" * 21}, "title", "21 characters long, more than the 20 allowed"),
+        ({"both": "AB-12"}, "both", "5 characters long, more than the 4 allowed"),
+        ({"both": "ab-1"}, "both", "does not match the pattern"),
+        ({"labels": ["ok", "a" * 9]}, "labels", "more than the 8 allowed (item 1)"),
+        ({"note": "x" * 1001}, "note", "more than the 1,000 allowed"),
+    ]:
+        with pytest.raises(NotebookParameterError) as raised:
+            texts.validate(parameters)
+        assert (raised.value.notebook, raised.value.parameter) == ("texts", parameter)
+        assert words in str(raised.value), str(raised.value)
+    with pytest.raises(NotebookParameterError, match="parameter 'title': 21 characters long"):
+        texts.parameters_from_text([("title", "t" * 21)])
+
+
+@pytest.mark.parametrize(("declaration", "parameter", "words"), [
+    ('size: int = 3  # a size [max_length: 3]', "size", "[max_length: …] belongs to a str parameter"),
+    ('key: BucketKey = "incoming/a.csv"  # a key [pattern: ^incoming/]', "key", "[pattern: …] belongs to a str parameter"),
+    ('name: str = "a"  # a name [max_length: 0]', "name", "max_length must be a whole number from 1"),
+    ('name: str = "a"  # a name [max_length: many]', "name", "max_length must be a whole number from 1"),
+    ('name: str = "a"  # a name [pattern: ^[a-z$]', "name", "the pattern is not a regular expression"),
+    ('name: str = "a"  # a name [pattern: ^(a$]', "name", "the pattern is not a regular expression"),
+    ('name: str = "a"  # a name [maxlength: 5]', "name", "unknown tag [maxlength: …]"),
+    ('name: str = "a"  # a name [max_length: 2] [max_length: 3]', "name", "[max_length: …] is given twice"),
+    ('name: str = "abc"  # a name [max_length: 2]', "name", "the default is invalid: 3 characters long"),
+    ('name: str = "abc"  # a name [pattern: ^[0-9]+$]', "name", "the default is invalid: 'abc' does not match"),
+    ('name: str = "a\\x1bb"  # a name', "name", "the default is invalid: contains a control character"),
+    ('key: BucketKey = "incoming/"  # a folder [prefixes: incoming/]', "key", "is a folder, not an object"),
+    ('key: BucketKey = "incoming/a.csv"  # a key [prefixes: incoming]', "key", "a folder key must end with '/'"),
+])
+def test_a_text_parameter_declared_wrongly_leaves_the_notebook_out(
+    tmp_path: Path, declaration: str, parameter: str, words: str
+) -> None:
+    write_notebook(tmp_path, "wrong", declaration)
+    problems = NotebookRegistry(tmp_path).problems()
+    assert set(problems) == {"wrong"}
+    assert problems["wrong"].parameter == parameter
+    assert words in str(problems["wrong"]), str(problems["wrong"])
+
+
+@pytest.mark.postgres
+def test_text_limits_decide_what_reaches_the_job_table(datastore: Datastore, text_registry: NotebookRegistry) -> None:
+    for refused in ({"code": "abc"}, {"title": "t" * 21}, {"note": "bell\x07"}, {"note": "x" * 1001}):
+        with pytest.raises(NotebookParameterError):
+            submit_notebook("texts", refused, datastore=datastore, registry=text_registry, trigger="test", user="t")
+    assert job_count(datastore) == 0
+    job = submit_notebook("texts", {"code": "WXYZ", "note": "a\r\n\tb"}, datastore=datastore,
+                          registry=text_registry, trigger="test", user="t")
+    with datastore.engine.connect() as connection:
+        stored = connection.execute(sa.select(job_table.c.parameters).where(job_table.c.id == job.id)).scalar_one()
+    assert stored == {"code": "WXYZ", "note": "a\n\tb"} and job_count(datastore) == 1
+
+
+@pytest.mark.postgres
+def test_a_folder_recorded_as_an_output_fails_the_run_and_records_no_output(
+    settings: Settings, datastore: Datastore, bucket: Bucket, tmp_path: Path
+) -> None:
+    write_notebook(tmp_path / "notebooks", "folder_output", 'report: str = "reports/"  # where',
+                   "record_output('report', report)")
+    registry = NotebookRegistry(tmp_path / "notebooks")
+    job = run_notebook("folder_output", {}, settings=settings, datastore=datastore, bucket=bucket, registry=registry)
+    assert job.status is JobStatus.FAILED and job.outputs == {}
+    assert job.error and "output 'report'" in job.error and "is a folder, not an object" in job.error
+    assert get_job(datastore, job.id).outputs == {}
 
 
 # --------------------------------------------------------------------------- kernel spec
@@ -262,6 +396,10 @@ def job_count(datastore: Datastore) -> int:
     ("hello", {"count": "3"}, NotebookParameterError),
     ("hello", {"colour": "red"}, NotebookParameterError),
     ("missing", {}, UnknownNotebookError),
+    ("hello", {"object_key": "incoming/"}, NotebookParameterError),
+    ("hello", {"note": "x" * 1001}, NotebookParameterError),
+    ("hello", {"note": "nul\x00"}, NotebookParameterError),
+    ("hello", {"note": "half\ud800"}, NotebookParameterError),
 ])
 def test_a_bad_request_starts_no_kernel_and_writes_no_job(
     settings: Settings, datastore: Datastore, registry: NotebookRegistry, monkeypatch: pytest.MonkeyPatch,

@@ -33,7 +33,8 @@ def start_embedded_postgres(pgdata: Path) -> tuple[str, object]:
             f"(see {pgdata / 'log'})"
         ) from exc
     url = make_url(server.get_uri()).set(drivername="postgresql+psycopg")
-    _tune_for_bulk_loads(url)
+    _require_role_passwords(pgdata, url.username or "postgres")
+    _tune_for_bulk_loads(url)  # also reloads the configuration
     return url.render_as_string(hide_password=False), server
 
 
@@ -44,6 +45,23 @@ EMBEDDED_SERVER_SETTINGS = {
     "checkpoint_timeout": "30min",
     "wal_compression": "on",
 }
+
+
+# pgserver trusts every connection on its Unix socket.  The installation's roles (db/roles.py)
+# log in with their password instead, so that their URLs mean the same as on an external
+# server; the bootstrap superuser keeps trust, which is how the embedded mode starts with no
+# secret.  Whoever can reach the socket can still connect as that superuser: the socket's
+# folder permissions are what protect an embedded installation.
+HBA_MARKER = "# opencdms: database roles log in with their password (db/roles.py)"
+
+
+def _require_role_passwords(pgdata: Path, superuser: str) -> None:
+    hba = pgdata / "pg_hba.conf"
+    text = hba.read_text(encoding="utf-8")
+    if HBA_MARKER not in text:
+        # The first matching line wins, so these go before pgserver's "local all all trust".
+        rules = f"{HBA_MARKER}\nlocal all {superuser} trust\nlocal all all scram-sha-256\n"
+        hba.write_text(rules + text, encoding="utf-8")
 
 
 def _tune_for_bulk_loads(url: URL) -> None:
@@ -70,6 +88,7 @@ class Datastore:
     engine: Engine
     url: URL
     embedded_server: object | None = field(default=None, repr=False)
+    settings: Settings | None = field(default=None, repr=False)  # where its secrets live
 
     @classmethod
     def open(cls, settings: Settings) -> "Datastore":
@@ -88,7 +107,7 @@ class Datastore:
                 f"cannot connect to PostgreSQL at {make_url(url_text).render_as_string()}: "
                 f"{exc.orig}"
             ) from exc
-        return cls(engine=engine, url=make_url(url_text), embedded_server=server)
+        return cls(engine=engine, url=make_url(url_text), embedded_server=server, settings=settings)
 
     @property
     def libpq_uri(self) -> str:

@@ -79,6 +79,8 @@ def _observation_columns() -> list[sa.Column]:
         sa.Column("changed_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("changed_by", sa.Text, nullable=False),
         sa.Column("comment", sa.Text),
+        # The ingest (ledger entry) that delivered this version's value, if one did (0004).
+        sa.Column("ingest_id", sa.BigInteger),
     ]
 
 
@@ -99,7 +101,18 @@ observation_history = sa.Table(
     *_observation_columns(),
     sa.Column("superseded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("superseded_by", sa.Text, nullable=False),
+    # The database role that logged in (migration 0003; NULL in entries written before it).
+    sa.Column("superseded_by_role", sa.Text),
     sa.Column("reason", sa.Text),
+)
+
+# The installation's database roles (migration 0003, db/roles.py).
+database_role = sa.Table(
+    "database_role",
+    metadata,
+    sa.Column("kind", sa.Text, primary_key=True),
+    sa.Column("role_name", sa.Text, nullable=False, unique=True),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
 ingest_ledger = sa.Table(
@@ -121,6 +134,14 @@ ingest_ledger = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     sa.Column("ingested_by", sa.Text, nullable=False),
+    # 0004: the mapping's content, a unique id (report keys), when the load committed, what
+    # the reader left out, and who undid the load.
+    sa.Column("mapping_digest", sa.Text),
+    sa.Column("load_uid", UUID(as_uuid=True), nullable=False, server_default=sa.func.gen_random_uuid()),
+    sa.Column("loaded_at", sa.DateTime(timezone=True)),
+    sa.Column("warnings", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("reverted_at", sa.DateTime(timezone=True)),
+    sa.Column("reverted_by", sa.Text),
 )
 
 job = sa.Table(

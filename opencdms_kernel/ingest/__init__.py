@@ -10,7 +10,9 @@ from opencdms_kernel.ingest.pipeline import (
     IngestStatus,
     ingest,
     ingest_many,
+    mark_interrupted_loads,
 )
+from opencdms_kernel.ingest.revert import RevertError, RevertResult, revert_load
 
 __all__ = [
     "DEFAULT_LONG_MAPPING",
@@ -18,7 +20,11 @@ __all__ = [
     "IngestResult",
     "IngestStatus",
     "Mapping",
+    "RevertError",
+    "RevertResult",
     "ingest",
     "ingest_many",
     "load_mapping",
+    "mark_interrupted_loads",
+    "revert_load",
 ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import pyarrow as pa
@@ -28,13 +28,15 @@ CREATE TEMP TABLE ingest_staging (
     element_id    smallint NOT NULL,
     epoch_seconds bigint   NOT NULL,
     value         double precision,
-    flag          text
+    flag          text,
+    line          bigint   NOT NULL
 ) ON COMMIT DROP
 """
+STAGED_COLUMNS = ("station_id", "element_id", "epoch_seconds", "value", "flag", "line")
 
 # The statements are assembled from these constant fragments (never from input), so that the
-# MERGE and the plain INSERT cannot drift apart.  The staged rows as observations.  The source's own flag is kept as the 'ingest' entry of
-# result_quality, beside the QC entries.
+# MERGE and the plain INSERT cannot drift apart.  The staged rows as observations.  The
+# source's own flag is kept as the 'ingest' entry of result_quality, beside the QC entries.
 STAGED_ROWS = """
 SELECT station_id, element_id, to_timestamp(epoch_seconds) AS phenomenon_time, value,
        CASE WHEN flag IS NULL THEN NULL ELSE jsonb_build_object('flag', flag) END AS ingest_quality
@@ -43,9 +45,33 @@ FROM ingest_staging
 NEW_RESULT_QUALITY = """CASE WHEN s.ingest_quality IS NULL THEN '{}'::jsonb
                              ELSE jsonb_build_object('ingest', s.ingest_quality) END"""
 INSERTED_COLUMNS = """(station_id, element_id, phenomenon_time, duration_seconds, level, source_id,
-                       value, result_quality, changed_by, comment)"""
+                       value, result_quality, changed_by, comment, ingest_id)"""
 INSERTED_VALUES = f"""s.station_id, s.element_id, s.phenomenon_time, :duration_seconds, :level,
-                      :source_id, s.value, {NEW_RESULT_QUALITY}, :user, :comment"""
+                      :source_id, s.value, {NEW_RESULT_QUALITY}, :user, :comment, :ingest_id"""
+WITH_INGEST_FLAG = """CASE WHEN s.ingest_quality IS NULL THEN o.result_quality - 'ingest'
+                           ELSE o.result_quality || jsonb_build_object('ingest', s.ingest_quality) END"""
+
+# A person's decision (the 'manual' entry) stays in force through every re-ingest: the stored
+# value is left alone, and a delivered value that differs from the one the decision was made
+# on is kept beside it as manual.source_changed, which lists the row for review (and the
+# history keeps both versions).  The value a decision was made on: source_value (written by
+# decisions), else a correction's original_value, else the stored value (accept, reject).
+DECIDED = "o.result_quality ? 'manual' AND o.status = 'latest'"
+DECIDED_SOURCE = """CASE WHEN o.result_quality -> 'manual' ? 'source_value'
+                              THEN CAST(o.result_quality -> 'manual' ->> 'source_value' AS double precision)
+                         WHEN o.result_quality -> 'manual' ? 'original_value'
+                              THEN CAST(o.result_quality -> 'manual' ->> 'original_value' AS double precision)
+                         ELSE o.value END"""
+# The source_changed entry the delivered value calls for (NULL: the source agrees), compared
+# without its bookkeeping so that delivering the same value again changes nothing.
+WANTED_CHANGE = f"""CASE WHEN s.value IS NOT DISTINCT FROM ({DECIDED_SOURCE}) THEN NULL
+                         ELSE jsonb_build_object('value', s.value) END"""
+STORED_CHANGE = "(o.result_quality -> 'manual' -> 'source_changed') - 'ingest_id' - 'at'"
+MANUAL_WITH_CHANGE = f"""CASE WHEN s.value IS NOT DISTINCT FROM ({DECIDED_SOURCE})
+                              THEN (o.result_quality -> 'manual') - 'source_changed'
+                              ELSE (o.result_quality -> 'manual') || jsonb_build_object(
+                                  'source_changed', jsonb_build_object(
+                                      'value', s.value, 'ingest_id', :ingest_id, 'at', now())) END"""
 
 MERGE_SQL = f"""
 MERGE INTO observation AS o
@@ -53,16 +79,21 @@ USING ({STAGED_ROWS}) AS s
 ON  o.station_id = s.station_id AND o.element_id = s.element_id
 AND o.phenomenon_time = s.phenomenon_time AND o.duration_seconds = :duration_seconds
 AND o.level = :level AND o.source_id = :source_id
-WHEN MATCHED AND (o.value IS DISTINCT FROM s.value
+WHEN MATCHED AND {DECIDED}
+             AND (({WANTED_CHANGE}) IS DISTINCT FROM ({STORED_CHANGE})
+                  OR o.result_quality -> 'ingest' IS DISTINCT FROM s.ingest_quality) THEN
+    UPDATE SET ingest_id = :ingest_id,
+               result_quality = ({WITH_INGEST_FLAG})
+                                || jsonb_build_object('manual', {MANUAL_WITH_CHANGE})
+WHEN MATCHED AND NOT ({DECIDED})
+             AND (o.value IS DISTINCT FROM s.value
                   OR o.result_quality -> 'ingest' IS DISTINCT FROM s.ingest_quality
                   OR o.status = 'deleted') THEN
     UPDATE SET value = s.value,
                status = 'latest',
                comment = :comment,
-               result_quality = CASE WHEN s.ingest_quality IS NULL
-                                     THEN o.result_quality - 'ingest'
-                                     ELSE o.result_quality
-                                          || jsonb_build_object('ingest', s.ingest_quality) END
+               ingest_id = :ingest_id,
+               result_quality = {WITH_INGEST_FLAG}
 WHEN NOT MATCHED THEN
     INSERT {INSERTED_COLUMNS} VALUES ({INSERTED_VALUES})
 """
@@ -83,7 +114,24 @@ SELECT EXISTS (
 )
 """
 
+# Each chunk is staged in key order and files run station by station, so the staged rows are
+# nearly sorted already: a sort of the whole file here would cost more than it saves.
 INSERT_SQL = f"INSERT INTO observation {INSERTED_COLUMNS} SELECT {INSERTED_VALUES} FROM ({STAGED_ROWS}) AS s"
+
+# Keys delivered more than once by one file, in different chunks (validation sees one chunk).
+REPEATED_KEYS_SQL = """
+SELECT station_id, element_id, epoch_seconds,
+       array_agg(line ORDER BY line) AS lines, array_agg(value ORDER BY line) AS "values",
+       array_agg(flag ORDER BY line) AS flags
+FROM ingest_staging
+WHERE (station_id, element_id) IN (SELECT * FROM unnest(CAST(:stations AS integer[]), CAST(:elements AS smallint[])))
+GROUP BY station_id, element_id, epoch_seconds
+HAVING count(*) > 1
+"""
+DROP_STAGED_SQL = """
+DELETE FROM ingest_staging
+WHERE (line, element_id) IN (SELECT * FROM unnest(CAST(:lines AS bigint[]), CAST(:elements AS smallint[])))
+"""
 
 # Row counts of this transaction on the observation table, kept by PostgreSQL itself.
 XACT_COUNTS_SQL = """
@@ -119,6 +167,11 @@ def identify_writer(connection: Connection, user: str, reason: str | None = None
     )
 
 
+def create_staging(connection: Connection) -> None:
+    """Create this transaction's staging table (dropped at commit)."""
+    connection.execute(sa.text(STAGING_DDL))
+
+
 def _csv_chunks(rows: pa.Table) -> Iterator[bytes]:
     """CSV bytes of ``rows`` in chunks, each made in a worker thread ahead of its use."""
     options = pacsv.WriteOptions(include_header=False, quoting_style="needed")
@@ -133,23 +186,93 @@ def _csv_chunks(rows: pa.Table) -> Iterator[bytes]:
         yield from pool.map(encode, range(0, rows.num_rows, COPY_CHUNK_ROWS))
 
 
-def copy_to_staging(connection: Connection, rows: pa.Table) -> None:
-    """Create the transaction's staging table and COPY ``rows`` into it."""
-    connection.execute(sa.text(STAGING_DDL))
+def stage_rows(connection: Connection, rows: pa.Table) -> None:
+    """COPY validated ``rows`` (station_id, element_id, epoch_seconds, value, flag, line) into staging."""
+    if not rows.num_rows:
+        return
     raw = connection.connection.driver_connection  # the psycopg connection, for COPY
     with raw.cursor() as cursor:
         with cursor.copy("COPY ingest_staging FROM STDIN (FORMAT csv)") as copy:
-            for chunk in _csv_chunks(rows):
+            for chunk in _csv_chunks(rows.select(list(STAGED_COLUMNS))):
                 copy.write(chunk)
-    # Temporary tables are never auto-analysed; the MERGE plan depends on the row count.
-    connection.execute(sa.text("ANALYZE ingest_staging"))
+
+
+@dataclass
+class StagedKeys:
+    """Per series, the time ranges of the chunks staged so far: where two chunks overlap, the
+    file may hold one key twice, which validation (one chunk at a time) cannot see."""
+
+    ranges: dict[tuple[int, int], list[tuple[int, int]]] = field(default_factory=dict)
+    overlapping: set[tuple[int, int]] = field(default_factory=set)
+
+    def add(self, rows: pa.Table) -> None:
+        """Note the series and time ranges of one chunk's accepted rows."""
+        if not rows.num_rows:
+            return
+        spans = rows.group_by(["station_id", "element_id"]).aggregate(
+            [("epoch_seconds", "min"), ("epoch_seconds", "max")])
+        for station, element, first, last in zip(
+            spans.column("station_id").to_pylist(), spans.column("element_id").to_pylist(),
+            spans.column("epoch_seconds_min").to_pylist(), spans.column("epoch_seconds_max").to_pylist(),
+        ):
+            series = (station, element)
+            seen = self.ranges.setdefault(series, [])
+            if any(first <= other_last and other_first <= last for other_first, other_last in seen):
+                self.overlapping.add(series)
+            seen.append((first, last))
+
+
+def remove_cross_chunk_duplicates(connection: Connection, staged: StagedKeys) -> pa.Table:
+    """Refuse keys that one file gives in two chunks, as validation does within a chunk.
+
+    Two rows with the same value and flag: the later is a duplicate of the first.  Different
+    values: every row of the key is refused as a conflict, naming the other lines and values.
+    Returns the rejects (line, column, value, reason); the refused rows leave the staging table.
+    """
+    from opencdms_kernel.ingest.validate import REJECT_SCHEMA
+
+    rejects: dict[str, list[object]] = {"line": [], "column": [], "value": [], "reason": []}
+    if staged.overlapping:
+        series = sorted(staged.overlapping)
+        repeated = connection.execute(sa.text(REPEATED_KEYS_SQL), {
+            "stations": [station for station, _ in series], "elements": [element for _, element in series],
+        }).all()
+        drop_lines: list[int] = []
+        drop_elements: list[int] = []
+        for row in repeated:
+            same = len(set(zip(row.values, row.flags))) == 1
+            for index, line in enumerate(row.lines):
+                if same and index == 0:
+                    continue
+                if same:
+                    reason = f"duplicate of line {row.lines[0]}"
+                else:
+                    others = ", ".join(f"line {other} (value {_text(value)})"
+                                       for other, value in zip(row.lines, row.values) if other != line)
+                    reason = f"conflicts with {others}: the file gives this observation different values"
+                rejects["line"].append(line)
+                rejects["column"].append("(row)")
+                rejects["value"].append(_text(row.values[index]))
+                rejects["reason"].append(reason)
+                drop_lines.append(line)
+                drop_elements.append(row.element_id)
+        if drop_lines:
+            connection.execute(sa.text(DROP_STAGED_SQL), {"lines": drop_lines, "elements": drop_elements})
+    return pa.table(rejects, schema=REJECT_SCHEMA).sort_by([("line", "ascending")])
+
+
+def _text(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
 
 
 def merge_staging(
-    connection: Connection, series: SeriesDefaults, user: str, comment: str | None
+    connection: Connection, series: SeriesDefaults, user: str, ingest_id: int | None, comment: str | None = None
 ) -> MergeCounts:
     """Merge the staging table into ``observation``: new keys inserted, changed values updated
-    (the audit trigger keeps the old version), identical ones left alone."""
+    (the audit trigger keeps the old version), identical ones left alone, and a person's
+    decision kept in force (see ``DECIDED``).  ``ingest_id``: the ledger entry of the load."""
+    # Temporary tables are never auto-analysed; the MERGE plan depends on the row count.
+    connection.execute(sa.text("ANALYZE ingest_staging"))
     staged = connection.execute(sa.text("SELECT count(*) FROM ingest_staging")).scalar_one()
     inserted_before, updated_before = connection.execute(sa.text(XACT_COUNTS_SQL)).one()
     key = {
@@ -159,7 +282,8 @@ def merge_staging(
     }
     overlaps = connection.execute(sa.text(OVERLAP_SQL), key).scalar_one()
     connection.execute(
-        sa.text(MERGE_SQL if overlaps else INSERT_SQL), {**key, "user": user, "comment": comment}
+        sa.text(MERGE_SQL if overlaps else INSERT_SQL),
+        {**key, "user": user, "comment": comment, "ingest_id": ingest_id},
     )
     inserted_after, updated_after = connection.execute(sa.text(XACT_COUNTS_SQL)).one()
     inserted = inserted_after - inserted_before

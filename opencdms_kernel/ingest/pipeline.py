@@ -1,20 +1,32 @@
 """Ingest of one file, start to end: ledger, parse, validate, load, reject report.
 
 A file is loaded atomically: its accepted rows, its ledger entry and the counts commit together
-or not at all.  The same object (key and checksum) a second time adds nothing.  A bad file is
-recorded as failed in the ledger with the reason, and the next file goes on.
+or not at all.  The file is streamed in chunks (memory is bounded by the chunk size, not the
+file size): while one chunk is copied into the transaction's staging table, the next is parsed
+and validated.  The same object (key, checksum and mapping) a second time adds nothing unless
+forced.  A bad file is recorded as failed in the ledger with the reason; an unexpected failure
+is logged with its cause; either way the next file goes on.
+
+A load in progress holds a session advisory lock named by its ledger id on the connection that
+loads, so a ledger entry still ``loading`` whose lock is gone (the process was killed, the
+connection or the server lost) is recognisably interrupted; the next ingest of the same object
+marks it so, and :func:`mark_interrupted_loads` does it for all.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
+import logging
+import tempfile
 import time
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Callable, Iterable
 
+import duckdb
 import psycopg
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -22,22 +34,34 @@ import sqlalchemy as sa
 
 from opencdms_kernel.bucket import Bucket
 from opencdms_kernel.db.engine import Datastore
-from opencdms_kernel.db.schema import element, ingest_ledger, station
+from opencdms_kernel.db.schema import ingest_ledger
 from opencdms_kernel.errors import OpenCDMSError
 from opencdms_kernel.ingest.load import (
-    MergeCounts,
     SeriesDefaults,
-    copy_to_staging,
+    StagedKeys,
+    create_staging,
     identify_writer,
     lock_ingest,
     merge_staging,
+    remove_cross_chunk_duplicates,
     source_id,
+    stage_rows,
 )
 from opencdms_kernel.ingest.mapping import DEFAULT_LONG_MAPPING, Mapping
-from opencdms_kernel.ingest.reader import ParsedFile, read_csv
-from opencdms_kernel.ingest.validate import REJECT_SCHEMA, ElementInfo, validate_rows
+from opencdms_kernel.ingest import reader
+from opencdms_kernel.ingest.reader import CsvReading, MalformedRow, Opener, ParsedChunk
+from opencdms_kernel.ingest.validate import REJECT_SCHEMA, load_reference_data, validate_rows
 
 REJECTS_PREFIX = "rejects"
+# Rejected rows kept in memory for display; the report in the bucket has them all.
+REJECT_PREVIEW_ROWS = 100
+_HASH_BLOCK = 1 << 22
+
+# Advisory lock namespaces (the first key of pg_advisory_lock(int, int)).
+OBJECT_LOCK = 0x0CD5_0001  # one load of an object key at a time
+LOAD_LOCK = 0x0CD5_0002  # held by the connection of a load in progress, keyed by ledger id
+
+log = logging.getLogger(__name__)
 
 
 class IngestStatus(str, Enum):
@@ -46,6 +70,8 @@ class IngestStatus(str, Enum):
     LOADED = "loaded"
     SKIPPED = "skipped"
     FAILED = "failed"
+    INTERRUPTED = "interrupted"
+    REVERTED = "reverted"
 
 
 @dataclass(frozen=True)
@@ -61,29 +87,45 @@ class IngestResult:
     unchanged: int = 0
     rejected: int = 0
     reject_report: str | None = None
-    rejects: pa.Table | None = None
+    rejects: pa.Table | None = None  # the first REJECT_PREVIEW_ROWS rejected rows
     error: str | None = None
+    warnings: tuple[str, ...] = ()
     seconds: float = 0.0
+
+    @property
+    def rejected_fraction(self) -> float:
+        """Share of the file's observations that were refused (0 when nothing was read)."""
+        total = self.inserted + self.updated + self.unchanged + self.rejected
+        return self.rejected / total if total else 0.0
 
 
 @dataclass(frozen=True)
 class IngestRequest:
-    """One file to ingest: its bytes, the key it is known by, and its mapping."""
+    """One file to ingest: how to open its bytes, the key it is known by, and its mapping."""
 
     object_key: str
-    data: bytes
+    open_file: Opener
+    size: int
     mapping: Mapping = DEFAULT_LONG_MAPPING
+
+    @classmethod
+    def from_bytes(cls, object_key: str, data: bytes, mapping: Mapping = DEFAULT_LONG_MAPPING) -> "IngestRequest":
+        """Bytes already in memory (tests, small uploads)."""
+        return cls(object_key, lambda: io.BytesIO(data), len(data), mapping)
 
     @classmethod
     def from_path(cls, path: Path, mapping: Mapping = DEFAULT_LONG_MAPPING) -> "IngestRequest":
         """A local file, known by its absolute ``file://`` URL."""
         resolved = path.resolve()
-        return cls(object_key=resolved.as_uri(), data=resolved.read_bytes(), mapping=mapping)
+        size = resolved.stat().st_size  # raises OSError now for a file that is not there
+        return cls(resolved.as_uri(), lambda: resolved.open("rb"), size, mapping)
 
     @classmethod
     def from_bucket(cls, bucket: Bucket, key: str, mapping: Mapping = DEFAULT_LONG_MAPPING) -> "IngestRequest":
         """An object of the bucket, known by its key."""
-        return cls(object_key=key, data=bucket.fs.cat_file(bucket.path(key)), mapping=mapping)
+        path = bucket.path(key)
+        size = int(bucket.fs.size(path))
+        return cls(key, lambda: bucket.fs.open(path, "rb"), size, mapping)
 
     @property
     def file_name(self) -> str:
@@ -91,55 +133,53 @@ class IngestRequest:
         return self.object_key.rstrip("/").rsplit("/", 1)[-1]
 
 
-def _checksum(data: bytes) -> str:
-    return "sha256:" + hashlib.sha256(data).hexdigest()
+def _checksum(request: IngestRequest) -> str:
+    digest = hashlib.sha256()
+    with request.open_file() as source:
+        while block := source.read(_HASH_BLOCK):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
 
 
-def _already_loaded(connection: sa.Connection, key: str, checksum: str) -> bool:
-    """True when the latest successful load of ``key`` had this very content."""
+def mapping_digest(mapping: Mapping) -> str:
+    """Identity of what a mapping says (not of its file name): another mapping is another load."""
+    return "sha256:" + hashlib.sha256(mapping.model_dump_json().encode()).hexdigest()
+
+
+_INTERRUPTED_SQL = sa.text(
+    """
+    UPDATE ingest_ledger AS l
+    SET status = 'interrupted', finished_at = clock_timestamp(),
+        error = 'the load stopped before it finished (process killed or stopped, connection or '
+                'server lost); nothing of it was stored'
+    WHERE l.status = 'loading'
+      AND (CAST(:object_key AS text) IS NULL OR l.object_key = :object_key)
+      AND NOT EXISTS (
+          SELECT 1 FROM pg_locks AS k
+          WHERE k.locktype = 'advisory' AND k.granted
+            AND k.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+            AND k.classid = CAST(:namespace AS oid) AND k.objid = CAST(l.id AS oid) AND k.objsubid = 2)
+    RETURNING l.id
+    """
+)
+
+
+def mark_interrupted_loads(connection: sa.Connection, object_key: str | None = None) -> list[int]:
+    """Mark ``loading`` ledger entries whose load no longer runs as ``interrupted``; their ids."""
+    return list(connection.execute(
+        _INTERRUPTED_SQL, {"object_key": object_key, "namespace": LOAD_LOCK}).scalars())
+
+
+def _already_loaded(connection: sa.Connection, key: str, checksum: str, digest: str) -> bool:
+    """True when the latest load of ``key`` (not reverted) had this very content and mapping."""
     latest = connection.execute(
-        sa.select(ingest_ledger.c.checksum)
-        .where(ingest_ledger.c.object_key == key, ingest_ledger.c.status == IngestStatus.LOADED.value)
+        sa.select(ingest_ledger.c.status, ingest_ledger.c.checksum, ingest_ledger.c.mapping_digest)
+        .where(ingest_ledger.c.object_key == key,
+               ingest_ledger.c.status.in_([IngestStatus.LOADED.value, IngestStatus.REVERTED.value]))
         .order_by(ingest_ledger.c.id.desc())
         .limit(1)
-    ).scalar_one_or_none()
-    return latest == checksum
-
-
-def _reference_data(connection: sa.Connection) -> tuple[dict[str, int], dict[str, ElementInfo]]:
-    stations = dict(connection.execute(sa.select(station.c.wigos_id, station.c.id)).all())
-    elements = {
-        row.code: ElementInfo(row.id, row.code, row.units, row.valid_min, row.valid_max)
-        for row in connection.execute(
-            sa.select(element.c.id, element.c.code, element.c.units, element.c.valid_min, element.c.valid_max)
-        )
-    }
-    return stations, elements
-
-
-def _all_rejects(parsed: ParsedFile, rejects: pa.Table) -> pa.Table:
-    if not parsed.malformed:
-        return rejects
-    malformed = pa.table(
-        {
-            "line": [row.line for row in parsed.malformed],
-            "column": ["(row)"] * len(parsed.malformed),
-            "value": [""] * len(parsed.malformed),
-            "reason": [row.reason for row in parsed.malformed],
-        },
-        schema=REJECT_SCHEMA,
-    )
-    return pa.concat_tables([malformed, rejects]).sort_by([("line", "ascending")])
-
-
-def _write_reject_report(bucket: Bucket, ledger_id: int, file_name: str, object_key: str, rejects: pa.Table) -> str:
-    """Write the reject report (file, line, column, value, reason) and return its key."""
-    report = rejects.add_column(0, "file", pa.array([object_key] * rejects.num_rows, pa.string()))
-    buffer = io.BytesIO()
-    pacsv.write_csv(report, buffer)
-    key = f"{REJECTS_PREFIX}/{ledger_id}/{file_name}.rejects.csv"
-    bucket.write_bytes(key, buffer.getvalue())
-    return key
+    ).one_or_none()
+    return latest is not None and tuple(latest) == (IngestStatus.LOADED.value, checksum, digest)
 
 
 def _finish_ledger(connection: sa.Connection, ledger_id: int, **values: object) -> None:
@@ -150,92 +190,240 @@ def _finish_ledger(connection: sa.Connection, ledger_id: int, **values: object) 
     )
 
 
-def ingest(request: IngestRequest, datastore: Datastore, bucket: Bucket, user: str) -> IngestResult:
-    """Ingest one file; a bad file gives a FAILED result (and ledger entry), not an exception."""
-    started = time.perf_counter()
-    checksum = _checksum(request.data)
-    engine = datastore.engine
-    with engine.begin() as connection:
-        skipped = _already_loaded(connection, request.object_key, checksum)
+def _advisory(connection: sa.Connection, function: str, namespace: int, key: sa.ColumnElement | int) -> None:
+    connection.execute(sa.select(getattr(sa.func, function)(namespace, key)))
+
+
+def _object_lock_key(object_key: str) -> sa.ColumnElement:
+    return sa.func.hashtext(object_key)
+
+
+@dataclass
+class _Claim:
+    ledger_id: int
+    skipped: bool
+
+
+def _claim(connection: sa.Connection, request: IngestRequest, checksum: str, digest: str,
+           user: str, force: bool) -> _Claim:
+    """Take the object's lock, mark its dead loads, and write this attempt's ledger entry."""
+    with connection.begin():
+        # Session locks: they outlive this transaction and die with the connection.
+        _advisory(connection, "pg_advisory_lock", OBJECT_LOCK, _object_lock_key(request.object_key))
+        mark_interrupted_loads(connection, request.object_key)
+        skipped = not force and _already_loaded(connection, request.object_key, checksum, digest)
         ledger_id = connection.execute(
             sa.insert(ingest_ledger)
             .values(
                 object_key=request.object_key,
-                size_bytes=len(request.data),
+                size_bytes=request.size,
                 checksum=checksum,
                 mapping=request.mapping.name,
+                mapping_digest=digest,
                 status=IngestStatus.SKIPPED.value if skipped else "loading",
                 ingested_by=user,
                 finished_at=sa.func.clock_timestamp() if skipped else None,
             )
             .returning(ingest_ledger.c.id)
         ).scalar_one()
-    if skipped:
-        return IngestResult(
-            request.object_key, IngestStatus.SKIPPED, ledger_id, seconds=time.perf_counter() - started
-        )
+        if not skipped:
+            _advisory(connection, "pg_advisory_lock", LOAD_LOCK, sa.cast(ledger_id, sa.Integer))
+    return _Claim(ledger_id, skipped)
+
+
+def _release(connection: sa.Connection) -> None:
+    """Release this connection's session locks (the object's and the load's)."""
+    connection.execute(sa.select(sa.func.pg_advisory_unlock_all()))
+    connection.commit()
+
+
+def ingest(
+    request: IngestRequest, datastore: Datastore, bucket: Bucket, user: str, *, force: bool = False
+) -> IngestResult:
+    """Ingest one file; a bad file gives a FAILED result (and ledger entry), not an exception.
+
+    ``force``: load even when the same bytes under the same mapping were loaded before.
+    Ctrl-C (KeyboardInterrupt) stops the load, records it as interrupted, and is raised again.
+    """
+    started = time.perf_counter()
     try:
-        return _load(request, datastore, bucket, user, ledger_id, started)
-    except (OpenCDMSError, psycopg.Error, sa.exc.SQLAlchemyError, OSError) as exc:
-        message = str(exc.orig) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
-        with engine.begin() as connection:
-            _finish_ledger(connection, ledger_id, status=IngestStatus.FAILED.value, error=message)
-        return IngestResult(
-            request.object_key, IngestStatus.FAILED, ledger_id, error=message,
-            seconds=time.perf_counter() - started,
-        )
+        checksum = _checksum(request)
+    except OSError as exc:
+        return IngestResult(request.object_key, IngestStatus.FAILED, None,
+                            error=f"{request.object_key}: cannot read: {exc.strerror or exc}")
+    digest = mapping_digest(request.mapping)
+    with datastore.engine.connect() as connection:
+        claim = _claim(connection, request, checksum, digest, user, force)
+        if claim.skipped:
+            _release(connection)
+            return IngestResult(request.object_key, IngestStatus.SKIPPED, claim.ledger_id,
+                                seconds=time.perf_counter() - started)
+        try:
+            result = _load(request, connection, bucket, user, claim.ledger_id, started)
+        except (KeyboardInterrupt, duckdb.InterruptException) as exc:
+            _record_failure(datastore, connection, claim.ledger_id, IngestStatus.INTERRUPTED,
+                            "stopped by the user (Ctrl-C); nothing of it was stored")
+            raise KeyboardInterrupt from exc
+        except OpenCDMSError as exc:  # the file's own fault: say why, no traceback
+            return _failed(datastore, connection, request, claim.ledger_id, str(exc), started)
+        except (psycopg.Error, sa.exc.SQLAlchemyError) as exc:
+            message = str(exc.orig) if isinstance(exc, sa.exc.DBAPIError) else str(exc)
+            log.warning("ingest of %s (ledger %s) failed in the database: %s",
+                        request.object_key, claim.ledger_id, message)
+            return _failed(datastore, connection, request, claim.ledger_id,
+                           f"{request.object_key}: the database refused the load: {message.strip()}", started)
+        except Exception as exc:  # noqa: BLE001 - logged with its traceback, reported, next file goes on
+            log.exception("unexpected failure while ingesting %s (ledger %s)", request.object_key, claim.ledger_id)
+            return _failed(datastore, connection, request, claim.ledger_id,
+                           f"{request.object_key}: unexpected error ({type(exc).__name__}: {exc}); "
+                           "the log has the details", started)
+        _release(connection)
+        return result
+
+
+def _failed(datastore: Datastore, connection: sa.Connection, request: IngestRequest, ledger_id: int,
+            message: str, started: float) -> IngestResult:
+    _record_failure(datastore, connection, ledger_id, IngestStatus.FAILED, message)
+    return IngestResult(request.object_key, IngestStatus.FAILED, ledger_id, error=message,
+                        seconds=time.perf_counter() - started)
+
+
+def _record_failure(datastore: Datastore, connection: sa.Connection, ledger_id: int,
+                    status: IngestStatus, message: str) -> None:
+    """Record the outcome, on the load's connection if it still works, else on a new one.
+
+    If the server is gone too, the entry stays ``loading`` without a living lock, which the
+    next ingest shows as interrupted: the outcome is never lost, only recorded later.
+    """
+    try:
+        if connection.in_transaction():
+            connection.rollback()
+        with connection.begin():
+            _finish_ledger(connection, ledger_id, status=status.value, error=message)
+        connection.execute(sa.select(sa.func.pg_advisory_unlock_all()))
+        connection.commit()
+        return
+    except (psycopg.Error, sa.exc.SQLAlchemyError) as exc:
+        log.warning("could not record the outcome of ledger %s on its connection: %s", ledger_id, exc)
+    try:
+        with datastore.engine.begin() as fresh:
+            _finish_ledger(fresh, ledger_id, status=status.value, error=message)
+    except (psycopg.Error, sa.exc.SQLAlchemyError) as exc:
+        log.error("ledger %s keeps status 'loading' (shown as interrupted later): %s", ledger_id, exc)
+
+
+@dataclass
+class _Rejects:
+    """Rejected rows, streamed to a local CSV file; the first ones kept for display."""
+
+    object_key: str
+    count: int = 0
+    preview: list[pa.Table] = field(default_factory=list)
+    _file: tempfile._TemporaryFileWrapper | None = None  # type: ignore[type-arg]
+    _writer: pacsv.CSVWriter | None = None
+
+    def add(self, rejects: pa.Table) -> None:
+        if not rejects.num_rows:
+            return
+        if self.count < REJECT_PREVIEW_ROWS:
+            self.preview.append(rejects.slice(0, REJECT_PREVIEW_ROWS - self.count))
+        self.count += rejects.num_rows
+        report = rejects.add_column(0, "file", pa.repeat(pa.scalar(self.object_key), rejects.num_rows))
+        if self._writer is None:
+            self._file = tempfile.NamedTemporaryFile(prefix="opencdms-rejects-", suffix=".csv")
+            self._writer = pacsv.CSVWriter(self._file, report.schema)
+        self._writer.write_table(report)
+
+    def table(self) -> pa.Table | None:
+        return pa.concat_tables(self.preview) if self.preview else None
+
+    def store(self, bucket: Bucket, key: str) -> None:
+        assert self._writer is not None and self._file is not None
+        self._writer.close()
+        self._file.flush()
+        bucket.write_bytes(key, Path(self._file.name).read_bytes())  # TODO stream
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
+def _malformed_rejects(malformed: tuple[MalformedRow, ...]) -> pa.Table:
+    return pa.table(
+        {"line": [row.line for row in malformed], "column": ["(row)"] * len(malformed),
+         "value": [""] * len(malformed), "reason": [row.reason for row in malformed]},
+        schema=REJECT_SCHEMA,
+    )
 
 
 def _load(
-    request: IngestRequest, datastore: Datastore, bucket: Bucket, user: str, ledger_id: int, started: float
+    request: IngestRequest, connection: sa.Connection, bucket: Bucket, user: str, ledger_id: int, started: float
 ) -> IngestResult:
     mapping = request.mapping
-    with datastore.engine.connect() as connection:
-        stations, elements = _reference_data(connection)
-    parsed = read_csv(request.file_name, request.data, mapping)
-    validated = validate_rows(parsed.rows, mapping, stations, elements)
-    rejects = _all_rejects(parsed, validated.rejects)
-    report_key = (
-        _write_reject_report(bucket, ledger_id, request.file_name, request.object_key, rejects)
-        if rejects.num_rows
-        else None
-    )
-    with datastore.engine.begin() as connection:
-        lock_ingest(connection)
-        identify_writer(connection, user, reason=f"ingest of {request.object_key}")
-        series = SeriesDefaults(
-            source_id=source_id(connection, mapping.source),
-            duration_seconds=mapping.duration_seconds,
-            level=mapping.level,
-        )
-        counts = MergeCounts(0, 0, 0)
-        if validated.accepted.num_rows:
-            copy_to_staging(connection, validated.accepted)
-            counts = merge_staging(connection, series, user, comment=None)
-        _finish_ledger(
-            connection,
-            ledger_id,
-            status=IngestStatus.LOADED.value,
-            rows_read=parsed.row_count,
-            rows_inserted=counts.inserted,
-            rows_updated=counts.updated,
-            rows_unchanged=counts.unchanged,
-            rows_rejected=rejects.num_rows,
-            reject_report=report_key,
-        )
+    reading = CsvReading(request.object_key, request.open_file, mapping, chunk_rows=reader.CHUNK_ROWS)
+    rejects = _Rejects(request.object_key)
+    rows_read = 0
+    try:
+        with connection.begin():
+            lock_ingest(connection)
+            identify_writer(connection, user, reason=f"ingest of {request.object_key} (ledger {ledger_id})")
+            reference = load_reference_data(connection)
+            series = SeriesDefaults(
+                source_id=source_id(connection, mapping.source),
+                duration_seconds=mapping.duration_seconds,
+                level=mapping.level,
+            )
+            create_staging(connection)
+            staged = StagedKeys()
+            # One thread copies chunk k into the staging table while this one reads chunk k + 1.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-copy") as copier:
+                copying: Future[None] | None = None
+                for chunk in reading.chunks():
+                    rows_read += chunk.row_count
+                    accepted = _validated(chunk, mapping, reference, rejects)
+                    if copying is not None:
+                        copying.result()
+                    staged.add(accepted)
+                    copying = copier.submit(stage_rows, connection, accepted)
+                if copying is not None:
+                    copying.result()
+            rejects.add(remove_cross_chunk_duplicates(connection, staged))
+            counts = merge_staging(connection, series, user, ledger_id)
+            report_key = None
+            if rejects.count:
+                report_key = f"{REJECTS_PREFIX}/{ledger_id}-{_ledger_uid(connection, ledger_id)}/{request.file_name}.rejects.csv"
+                rejects.store(bucket, report_key)
+            _finish_ledger(
+                connection, ledger_id,
+                status=IngestStatus.LOADED.value, rows_read=rows_read, rows_inserted=counts.inserted,
+                rows_updated=counts.updated, rows_unchanged=counts.unchanged, rows_rejected=rejects.count,
+                reject_report=report_key, warnings=list(reading.warnings), loaded_at=sa.func.now(),
+            )
+    finally:
+        rejects.close()
     return IngestResult(
-        object_key=request.object_key,
-        status=IngestStatus.LOADED,
-        ledger_id=ledger_id,
-        rows_read=parsed.row_count,
-        inserted=counts.inserted,
-        updated=counts.updated,
-        unchanged=counts.unchanged,
-        rejected=rejects.num_rows,
-        reject_report=report_key,
-        rejects=rejects,
+        object_key=request.object_key, status=IngestStatus.LOADED, ledger_id=ledger_id, rows_read=rows_read,
+        inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged, rejected=rejects.count,
+        reject_report=report_key, rejects=rejects.table(), warnings=reading.warnings,
         seconds=time.perf_counter() - started,
     )
+
+
+def _ledger_uid(connection: sa.Connection, ledger_id: int) -> str:
+    """A short id unique to this ledger entry, so that report keys never collide after a restore."""
+    uid = connection.execute(
+        sa.select(ingest_ledger.c.load_uid).where(ingest_ledger.c.id == ledger_id)).scalar_one()
+    return str(uid)[:8]
+
+
+def _validated(chunk: ParsedChunk, mapping: Mapping, reference: object, rejects: _Rejects) -> pa.Table:
+    validated = validate_rows(chunk.rows, mapping, reference)  # type: ignore[arg-type]
+    if chunk.malformed:
+        rejects.add(pa.concat_tables([_malformed_rejects(chunk.malformed), validated.rejects])
+                    .sort_by([("line", "ascending")]))
+    else:
+        rejects.add(validated.rejects)
+    return validated.accepted
 
 
 def ingest_many(
@@ -244,19 +432,22 @@ def ingest_many(
     bucket: Bucket,
     user: str,
     progress: Callable[[IngestResult], None] | None = None,
+    *,
+    force: bool = False,
 ) -> list[IngestResult]:
     """Ingest several files one after the other; a bad file never stops the next one.
 
-    Each request is a name and a callable, so that a file is read only when its turn comes.
+    Each request is a name and a callable, so that a file is opened only when its turn comes.
     """
     results = []
     for object_key, make_request in requests:
         try:
             request = make_request()
         except OSError as exc:
-            result = IngestResult(object_key, IngestStatus.FAILED, None, error=f"{object_key}: {exc.strerror}")
+            result = IngestResult(object_key, IngestStatus.FAILED, None,
+                                  error=f"{object_key}: {exc.strerror or exc}")
         else:
-            result = ingest(request, datastore, bucket, user)
+            result = ingest(request, datastore, bucket, user, force=force)
         results.append(result)
         if progress is not None:
             progress(result)

@@ -1,14 +1,23 @@
-"""Reading a CSV file into one long table of text values, with the file's line numbers.
+"""Reading a CSV file, in chunks, into long tables of text values with the file's line numbers.
 
 Nothing is interpreted here beyond the CSV structure: values stay text so that validation can
-name the line and column of every value it refuses.  Whole-file problems (not text, empty,
-wrong encoding, a missing or unmapped column) raise :class:`IngestFileError`.
+name the line and column of every value it refuses.  The file is streamed: pyarrow parses it
+block by block and :meth:`CsvReading.chunks` yields about ``chunk_rows`` rows at a time, so the
+memory needed is bounded by the chunk size, not the file size.
+
+Whole-file problems raise :class:`IngestFileError` naming the file and, where there is one,
+the line: empty, binary (a NUL byte, wherever it is), UTF-16 without the mapping saying so,
+bytes that are not text in the declared encoding, a line too long to be a CSV row, a header
+with a repeated or missing column, columns the mapping refuses.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
+import io
 from dataclasses import dataclass, field
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -34,6 +43,13 @@ NORMALISED = pa.schema(
     ]
 )
 
+# pyarrow parses blocks of this size; a line must fit in one block.
+BLOCK_BYTES = 4 << 20
+# Rows handed on at a time: large enough that per-chunk costs vanish, small enough to bound memory.
+CHUNK_ROWS = 1_000_000
+
+Opener = Callable[[], BinaryIO]
+
 
 @dataclass(frozen=True)
 class MalformedRow:
@@ -44,116 +60,145 @@ class MalformedRow:
 
 
 @dataclass(frozen=True)
-class ParsedFile:
-    """A file read into the long form, plus the lines that were not even valid CSV rows."""
+class ParsedChunk:
+    """Some consecutive rows of a file in the long form, and the malformed lines among them."""
 
     rows: pa.Table
     malformed: tuple[MalformedRow, ...] = field(default=())
     row_count: int = 0
 
 
-def _check_text(file: str, data: bytes, encoding: str) -> None:
-    if not data[:65536].strip() and not data.strip():
+def _utf16_mark(head: bytes) -> str | None:
+    """How ``head`` shows that a file is UTF-16: its byte-order mark, or NUL bytes every other byte."""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return f"byte-order mark {head[0]:02X} {head[1]:02X}"
+    sample = head[:200]
+    if len(sample) >= 8 and (sample[1::2].count(0) > 0.9 * len(sample[1::2])
+                             or sample[0::2].count(0) > 0.9 * len(sample[0::2])):
+        return "a NUL byte between the characters"
+    return None
+
+
+def _is_utf8(encoding: str) -> bool:
+    return codecs.lookup(encoding).name == "utf-8"
+
+
+class _CheckedStream(io.RawIOBase):
+    """The file's bytes as pyarrow reads them, refusing a NUL byte with the line it is on.
+
+    A NUL byte anywhere makes the file binary data, not text; finding it while the parser
+    reads costs one ``bytes.find`` and one ``bytes.count`` per block.
+    """
+
+    def __init__(self, file: str, raw: BinaryIO, check_nul: bool) -> None:
+        super().__init__()
+        self._file = file
+        self._raw = raw
+        self._check_nul = check_nul
+        self._lines_before = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        data = self._raw.read(len(buffer))
+        if self._check_nul and (at := data.find(b"\x00")) >= 0:
+            line = self._lines_before + data.count(b"\n", 0, at) + 1
+            raise IngestFileError(
+                self._file, "not a text file: it contains binary data (a NUL byte)", line=line
+            )
+        self._lines_before += data.count(b"\n")
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _header(file: str, open_file: Opener, mapping: Mapping) -> list[str]:
+    """The header's column names; whole-file problems seen in the first block raise."""
+    with open_file() as raw:
+        head = raw.read(BLOCK_BYTES)
+    if not head.strip():
         raise IngestFileError(file, "the file is empty; expected a CSV file with a header row")
-    if b"\x00" in data[:65536] and not encoding.lower().startswith("utf-16"):
-        raise IngestFileError(file, "not a CSV file: it contains binary data (NUL bytes)")
-
-
-def _encoding_error(file: str, data: bytes, encoding: str) -> IngestFileError:
-    """Locate the first byte that does not decode, for a message naming its line."""
-    try:
-        data.decode(encoding)
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        return IngestFileError(
-            file,
-            f"not valid {encoding} text (byte 0x{data[exc.start]:02x}); "
-            "save the file as UTF-8 or name its encoding in the mapping",
-            line=line,
-        )
-    return IngestFileError(file, f"cannot be read as {encoding} CSV")
-
-
-def _header(file: str, data: bytes, mapping: Mapping) -> list[str]:
-    """Column names from the first line, so that every column can be read as text."""
-    end = data.find(b"\n")
-    first_line = (data if end < 0 else data[:end]).rstrip(b"\r")
-    utf8 = mapping.encoding.lower().replace("_", "-") in ("utf-8", "utf8")
-    try:
-        text = first_line.decode("utf-8-sig" if utf8 else mapping.encoding)
-    except UnicodeDecodeError as exc:
-        raise _encoding_error(file, data, mapping.encoding) from exc
+    if not mapping.encoding.lower().replace("_", "-").startswith("utf-16"):
+        mark = _utf16_mark(head)
+        if mark is not None:
+            raise IngestFileError(
+                file,
+                f"the file is UTF-16 text ({mark}); declare it in the mapping (encoding: utf-16) "
+                "or save the file as UTF-8",
+            )
+        if (at := head.find(b"\x00")) >= 0:
+            raise IngestFileError(
+                file, "not a text file: it contains binary data (a NUL byte)", line=head.count(b"\n", 0, at) + 1
+            )
+        end = head.find(b"\n")
+        first = (head if end < 0 else head[:end]).rstrip(b"\r")
+        try:
+            text = first.decode("utf-8-sig" if _is_utf8(mapping.encoding) else mapping.encoding)
+        except UnicodeDecodeError as exc:
+            raise _encoding_error(file, open_file, mapping.encoding) from exc
+    else:
+        text = head.decode(mapping.encoding, errors="replace").lstrip("\ufeff").splitlines()[0]
     names = next(csv.reader([text], delimiter=mapping.delimiter), [])
     if not any(name.strip() for name in names):
         raise IngestFileError(file, "the first line is empty; expected a CSV header row", line=1)
     return names
 
 
-def _read_table(
-    file: str, data: bytes, mapping: Mapping
-) -> tuple[pa.Table, list[int], list[MalformedRow]]:
-    """The rows as text, the lines the parser skipped, and the malformed ones among those."""
-    skipped: list[int] = []
-    malformed: list[MalformedRow] = []
-    names = _header(file, data, mapping)
-
-    def skip_row(row: pacsv.InvalidRow) -> str:
-        number = row.number if row.number is not None else -1
-        skipped.append(number)
-        if row.text.strip():  # a blank line is no error
-            malformed.append(
-                MalformedRow(
-                    line=number,
-                    reason=f"expected {row.expected_columns} columns, found {row.actual_columns}",
+def _encoding_error(file: str, open_file: Opener, encoding: str) -> IngestFileError:
+    """Locate the first byte that does not decode, reading the file again in blocks."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    lines_before = 0
+    with open_file() as raw:
+        while block := raw.read(BLOCK_BYTES):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                return IngestFileError(
+                    file,
+                    f"not valid {encoding} text (byte 0x{block[exc.start]:02x}); "
+                    "save the file as UTF-8 or name its encoding in the mapping",
+                    line=lines_before + block.count(b"\n", 0, exc.start) + 1,
                 )
-            )
-        return "skip"
+            lines_before += block.count(b"\n")
+    return IngestFileError(file, f"cannot be read as {encoding} CSV")
 
-    def read(use_threads: bool) -> pa.Table:
-        return pacsv.read_csv(
-            pa.BufferReader(data),
-            read_options=pacsv.ReadOptions(encoding=mapping.encoding, use_threads=use_threads),
-            parse_options=pacsv.ParseOptions(
-                delimiter=mapping.delimiter,
-                ignore_empty_lines=False,
-                invalid_row_handler=skip_row,
-            ),
-            # Everything as text: validation decides what is a number or a time.
-            convert_options=pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in names},
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
+
+def _long_line_error(file: str, open_file: Opener) -> IngestFileError:
+    """Name the first line longer than a parser block (a runaway quote or a huge field)."""
+    line, length = 1, 0
+    with open_file() as raw:
+        while block := raw.read(BLOCK_BYTES):
+            start = 0
+            while (end := block.find(b"\n", start)) >= 0:
+                if length + end - start > BLOCK_BYTES:
+                    break
+                line, length, start = line + 1, 0, end + 1
+            else:
+                length += len(block) - start
+                if length <= BLOCK_BYTES:
+                    continue
+            break
+    return IngestFileError(
+        file,
+        f"line {line} is longer than {BLOCK_BYTES // (1 << 20)} MB: not a CSV row (a field that "
+        "huge, or a quote that is never closed)",
+        line=line,
+    )
+
+
+def _check_columns(file: str, columns: list[str], mapping: Mapping) -> list[str]:
+    """Refuse a header the mapping cannot read; return the columns it does not name."""
+    seen: set[str] = set()
+    repeated = [name for name in columns if name in seen or seen.add(name)]  # type: ignore[func-returns-value]
+    if repeated:
+        raise IngestFileError(
+            file, f"the header names column(s) {', '.join(repr(n) for n in dict.fromkeys(repeated))} "
+            "more than once; each column needs its own name", line=1,
         )
-
-    try:
-        table = read(use_threads=True)
-        if skipped:
-            # Only a single-threaded parse knows the line numbers of the rows it skips.
-            skipped.clear()
-            malformed.clear()
-            table = read(use_threads=False)
-    except pa.ArrowInvalid as exc:
-        message = str(exc)
-        if "utf8" in message.lower() or "utf-8" in message.lower():
-            raise _encoding_error(file, data, mapping.encoding) from exc
-        if "Empty CSV file" in message:
-            raise IngestFileError(file, "the file is empty; expected a CSV header row") from exc
-        raise IngestFileError(file, f"not a readable CSV file: {message}") from exc
-    except UnicodeDecodeError as exc:
-        raise _encoding_error(file, data, mapping.encoding) from exc
-    return table, skipped, malformed
-
-
-def _line_numbers(row_count: int, skipped: list[int]) -> np.ndarray:
-    """Line of each parsed row: rows follow the header, less the lines the parser skipped."""
-    lines = np.arange(2, row_count + len(skipped) + 2, dtype=np.int64)
-    if skipped:
-        lines = lines[~np.isin(lines, np.asarray(skipped, dtype=np.int64))][:row_count]
-    return lines
-
-
-def _check_columns(file: str, columns: list[str], mapping: Mapping) -> None:
     present = set(columns)
     missing = [name for name in mapping.required_columns() if name not in present]
     if mapping.layout is Layout.WIDE:
@@ -173,6 +218,7 @@ def _check_columns(file: str, columns: list[str], mapping: Mapping) -> None:
             f"{mapping.name}, which refuses unmapped columns",
             line=1,
         )
+    return unmapped
 
 
 def _constant(value: str | None, length: int) -> pa.Array:
@@ -187,12 +233,13 @@ def _constant_label(value: str | None, length: int) -> pa.DictionaryArray:
     )
 
 
-def _station_column(file: str, table: pa.Table, mapping: Mapping) -> tuple[pa.ChunkedArray | pa.Array, str]:
+def _file_station(file: str, mapping: Mapping) -> tuple[str | None, str]:
+    """The station a whole file is about (fixed or from its name), and how it was found."""
     spec = mapping.station
     if spec.column:
-        return table.column(spec.column), spec.column
+        return None, spec.column
     if spec.fixed:
-        return _constant(spec.fixed, table.num_rows), "(mapping: station.fixed)"
+        return spec.fixed, "(mapping: station.fixed)"
     name = file.rsplit("/", 1)[-1]
     station = spec.station_from_filename(name)
     if station is None:
@@ -201,38 +248,150 @@ def _station_column(file: str, table: pa.Table, mapping: Mapping) -> tuple[pa.Ch
             f"the file name {name!r} does not match the mapping's station.filename_pattern "
             f"{spec.filename_pattern!r}",
         )
-    return _constant(station, table.num_rows), "(file name)"
+    return station, "(file name)"
 
 
-def read_csv(file: str, data: bytes, mapping: Mapping) -> ParsedFile:
-    """Parse ``data`` (the bytes of ``file``) under ``mapping`` into the normalised long table."""
-    _check_text(file, data, mapping.encoding)
-    table, skipped, malformed = _read_table(file, data, mapping)
-    _check_columns(file, table.column_names, mapping)
-    lines = pa.array(_line_numbers(table.num_rows, skipped))
-    stations, station_column = _station_column(file, table, mapping)
-    n = table.num_rows
-    time = table.column(mapping.time.column)
-    if mapping.layout is Layout.LONG:
-        flag = table.column("flag") if "flag" in table.column_names else _constant(None, n)
-        long = pa.table(
-            [lines, stations, table.column("element"), time, table.column("value"), flag,
-             _constant_label(station_column, n), _constant_label("value", n),
-             _constant_label(None, n)],
-            schema=NORMALISED,
+@dataclass
+class _LineCounter:
+    """Line numbers of parsed rows: rows follow the header, less the lines the parser skipped."""
+
+    next_line: int = 2
+    skipped: list[int] = field(default_factory=list)
+
+    def lines(self, row_count: int) -> np.ndarray:
+        skipped = [line for line in self.skipped if line >= self.next_line]
+        lines = np.arange(self.next_line, self.next_line + row_count + len(skipped), dtype=np.int64)
+        if skipped:
+            lines = lines[~np.isin(lines, np.asarray(skipped, dtype=np.int64))][:row_count]
+        self.skipped = [line for line in self.skipped if line > (lines[-1] if row_count else self.next_line)]
+        if row_count:
+            self.next_line = int(lines[-1]) + 1
+        return lines
+
+
+class CsvReading:
+    """One file being read under one mapping: its header checked, its rows given in chunks."""
+
+    def __init__(self, file: str, open_file: Opener, mapping: Mapping, chunk_rows: int = CHUNK_ROWS) -> None:
+        self.file = file
+        self.mapping = mapping
+        self._open = open_file
+        self._chunk_rows = chunk_rows
+        self.columns = _header(file, open_file, mapping)
+        self.unmapped_columns = tuple(_check_columns(file, self.columns, mapping))
+        self._station, self._station_column = _file_station(file, mapping)
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        """What the reader left out without refusing the file."""
+        if not self.unmapped_columns:
+            return ()
+        return (
+            f"column(s) {', '.join(repr(n) for n in self.unmapped_columns)} are not in mapping "
+            f"{self.mapping.name} and were not read (a misspelt name? set unmapped_columns: refuse "
+            "to refuse such files)",
         )
-        return ParsedFile(rows=long, malformed=tuple(malformed), row_count=n)
-    parts = []
-    for column, spec in mapping.columns.items():
-        values = table.column(column)
-        present = pc.not_equal(pc.utf8_trim_whitespace(values), "")
-        # In the wide layout an empty cell means "not observed", not a missing observation.
-        part = pa.table(
-            [lines, stations, _constant(spec.element, n), time, values, _constant(None, n),
-             _constant_label(station_column, n), _constant_label(column, n),
-             _constant_label(spec.units, n)],
-            schema=NORMALISED,
-        ).filter(present)
-        parts.append(part)
-    return ParsedFile(rows=pa.concat_tables(parts), malformed=tuple(malformed), row_count=n)
 
+    def chunks(self) -> Iterator[ParsedChunk]:
+        """The file's rows in the long form, about ``chunk_rows`` file rows at a time."""
+        counter = _LineCounter()
+        malformed: list[MalformedRow] = []
+
+        def skip_row(row: pacsv.InvalidRow) -> str:
+            number = row.number if row.number is not None else -1
+            counter.skipped.append(number)
+            if row.text.strip():  # a blank line is no error
+                malformed.append(MalformedRow(
+                    line=number, reason=f"expected {row.expected_columns} columns, found {row.actual_columns}"))
+            return "skip"
+
+        mapping = self.mapping
+        check_nul = not mapping.encoding.lower().replace("_", "-").startswith("utf-16")
+        stream = _CheckedStream(self.file, self._open(), check_nul)
+        try:
+            reader = pacsv.open_csv(
+                stream,
+                read_options=pacsv.ReadOptions(
+                    encoding=mapping.encoding, use_threads=False, block_size=BLOCK_BYTES),
+                parse_options=pacsv.ParseOptions(
+                    delimiter=mapping.delimiter, ignore_empty_lines=False, invalid_row_handler=skip_row),
+                # Everything as text: validation decides what is a number or a time.
+                convert_options=pacsv.ConvertOptions(
+                    column_types={name: pa.string() for name in self.columns},
+                    strings_can_be_null=False, quoted_strings_can_be_null=False),
+            )
+            pending: list[pa.RecordBatch] = []
+            pending_rows = 0
+            for batch in self._batches(reader):
+                pending.append(batch)
+                pending_rows += batch.num_rows
+                if pending_rows >= self._chunk_rows:
+                    yield self._chunk(pending, counter, malformed)
+                    pending, pending_rows = [], 0
+            if pending or malformed:
+                yield self._chunk(pending, counter, malformed)
+        finally:
+            stream.close()
+
+    def _batches(self, reader: pacsv.CSVStreamingReader) -> Iterator[pa.RecordBatch]:
+        """The parser's batches, with its errors turned into messages that name the line."""
+        while True:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                return
+            except pa.ArrowInvalid as exc:
+                message = str(exc)
+                if "straddling" in message or "block size" in message:
+                    raise _long_line_error(self.file, self._open) from exc
+                if "utf8" in message.lower() or "utf-8" in message.lower():
+                    raise _encoding_error(self.file, self._open, self.mapping.encoding) from exc
+                raise IngestFileError(self.file, f"not a readable CSV file: {message}") from exc
+            except UnicodeDecodeError as exc:
+                raise _encoding_error(self.file, self._open, self.mapping.encoding) from exc
+            yield batch
+
+    def _chunk(self, batches: list[pa.RecordBatch], counter: _LineCounter,
+               malformed: list[MalformedRow]) -> ParsedChunk:
+        table = (pa.Table.from_batches(batches) if batches
+                 else pa.table({name: pa.array([], pa.string()) for name in self.columns}))
+        lines = pa.array(counter.lines(table.num_rows))
+        chunk = ParsedChunk(rows=self._long(table, lines), malformed=tuple(malformed), row_count=table.num_rows)
+        malformed.clear()
+        return chunk
+
+    def _long(self, table: pa.Table, lines: pa.Array) -> pa.Table:
+        """``table`` (the file's columns as text) in the normalised long form."""
+        mapping = self.mapping
+        n = table.num_rows
+        stations = table.column(self._station_column) if self._station is None else _constant(self._station, n)
+        time = table.column(mapping.time.column)
+        if mapping.layout is Layout.LONG:
+            flag = table.column("flag") if "flag" in table.column_names else _constant(None, n)
+            return pa.table(
+                [lines, stations, table.column("element"), time, table.column("value"), flag,
+                 _constant_label(self._station_column, n), _constant_label("value", n),
+                 _constant_label(None, n)],
+                schema=NORMALISED,
+            ).filter(_not_blank(table))
+        parts = []
+        for column, spec in mapping.columns.items():
+            values = table.column(column)
+            present = pc.not_equal(pc.utf8_trim_whitespace(values), "")
+            # In the wide layout an empty cell means "not observed", not a missing observation.
+            parts.append(pa.table(
+                [lines, stations, _constant(spec.element, n), time, values, _constant(None, n),
+                 _constant_label(self._station_column, n), _constant_label(column, n),
+                 _constant_label(spec.units, n)],
+                schema=NORMALISED,
+            ).filter(present))
+        return pa.concat_tables(parts)
+
+
+def _not_blank(table: pa.Table) -> pa.Array:
+    """Rows with at least one non-empty field (a blank line is a row of empty strings)."""
+    mask = None
+    for column in table.columns:
+        filled = pc.greater(pc.binary_length(column), 0)
+        mask = filled if mask is None else pc.or_(mask, filled)
+    return mask if mask is not None else pa.array([], pa.bool_())

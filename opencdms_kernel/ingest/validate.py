@@ -1,19 +1,38 @@
 """Validation of parsed rows, set-based in DuckDB: every row is accepted or refused with a reason.
 
-A row is refused, with the first reason that applies, for: an unknown station, an unknown
-element, a time that cannot be read, a value that is not a number, a value outside the
-element's physical range (after unit conversion), or a second row for the same observation in
-the same file.  An empty value is accepted as a missing observation (NULL).
+Nothing is stored that the file did not say.  A row is refused, with the first reason that
+applies, for:
+
+- an unknown station or an unknown element;
+- a time that is not one: not ISO 8601 (``YYYY-MM-DD``, optionally ``Thh:mm[:ss]`` and ``Z`` or
+  ``±hh:mm``) or not in the mapping's format; DuckDB's special words (``epoch``, ``infinity``);
+  a UTC offset beyond ±14:00; fractional seconds (the key is whole seconds); hour 24 (which
+  would silently become the next day); a time before the station opened or after it closed
+  (the station's local dates); a time more than a day in the future;
+- a value that is not a plain decimal number (optionally signed, optional exponent: no
+  ``nan``, ``inf``, ``1_0``, ``0x10``, ``1,5``), that is too large for a double, or that is not
+  zero but too small to be anything but zero;
+- a value outside the element's physical range (after unit conversion);
+- a second row for the same observation among the rows given: identical ones (value and flag)
+  are duplicates of the first, which is kept; differing ones conflict, and all are refused.
+
+An empty value is accepted as a missing observation (NULL).  In the wide layout one line holds
+several observations, so every reason there starts with the element's code.  Rows are
+validated per call (a chunk of a file): repeats across calls are the loader's business.
 """
 
 from __future__ import annotations
 
+import zoneinfo
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, time, timedelta
 
 import duckdb
 import numpy as np
 import pyarrow as pa
+import sqlalchemy as sa
 
+from opencdms_kernel.db.schema import element, station
 from opencdms_kernel.errors import MappingError
 from opencdms_kernel.ingest.mapping import Layout, Mapping
 from opencdms_kernel.ingest.units import conversion
@@ -21,6 +40,35 @@ from opencdms_kernel.ingest.units import conversion
 REJECT_SCHEMA = pa.schema(
     [("line", pa.int64()), ("column", pa.string()), ("value", pa.string()), ("reason", pa.string())]
 )
+
+# How far ahead of now an observation may be dated (loggers' clocks and zones differ a little).
+FUTURE_TOLERANCE = timedelta(days=1)
+# The largest UTC offset in use anywhere (Line Islands, +14:00), in minutes.
+MAX_OFFSET_MINUTES = 14 * 60
+
+# ISO 8601 as the default mapping reads it, anchored by regexp_full_match: a date, optionally a
+# time of hour 00-23 with whole seconds (a zero fraction is exact, so allowed), optionally Z or
+# an offset up to ±14:00.  Anything else is refused before DuckDB's far more lenient cast sees
+# it (that cast reads 'epoch', 'infinity', '24:00', '+25:00', zone names and rounds fractions).
+ISO_TIME = (
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+    r"(?:[T ](?:[01][0-9]|2[0-3]):[0-5][0-9](?::[0-5][0-9](?:\.0+)?)?"
+    r"(?:Z|[+-](?:0[0-9]|1[0-3])(?::?[0-5][0-9])?|[+-]14(?::?00)?)?)?"
+)
+ISO_FORMAT_NAME = "ISO 8601 (YYYY-MM-DD, optionally Thh:mm[:ss] and Z or ±hh:mm)"
+# The offset of an ISO time (sign, hours, minutes), to name one that is out of range.
+ISO_OFFSET = r"[T ][0-9]{2}:[0-9]{2}(?::[0-9]{2}(?:\.[0-9]+)?)?([+-])([0-9]{2}):?([0-9]{2})?$"
+# The offset read by a strptime format's %z, which DuckDB accepts up to ±99:59: the last sign
+# and digits of the text (an offset followed by more digits is not checked).
+FORMAT_OFFSET = r"([+-])([0-9]{2}):?([0-9]{2})?[^0-9]*$"
+NO_OFFSET = r"($^)($^)($^)"  # a format without %z: no offset to check
+# Diagnoses of a time that could not be read, to say why rather than only that.
+HOUR_24 = r"[T ]24:00(?::00(?:\.0+)?)?(?:$|\s*[Z+-])"
+FRACTION = r":[0-5][0-9][.,][0-9]*[1-9]"
+# A plain decimal number, as regexp_full_match reads it.
+PLAIN_NUMBER = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+# A number whose digits before any exponent are not all zero.
+NON_ZERO_MANTISSA = r"^[^eE]*[1-9]"
 
 
 @dataclass(frozen=True)
@@ -35,9 +83,44 @@ class ElementInfo:
 
 
 @dataclass(frozen=True)
+class StationInfo:
+    """What validation needs to know of a station: its id and when it observed (local dates)."""
+
+    id: int
+    opened: date | None = None
+    closed: date | None = None  # the last day it observed
+    timezone: str = "UTC"
+
+
+@dataclass(frozen=True)
+class ReferenceData:
+    """The stations (WIGOS id -> info) and elements (code -> info) that rows may name."""
+
+    stations: dict[str, StationInfo]
+    elements: dict[str, ElementInfo]
+
+
+def load_reference_data(connection: sa.Connection) -> ReferenceData:
+    """Read the stations and elements that validation checks rows against."""
+    stations = {
+        row.wigos_id: StationInfo(row.id, row.opened, row.closed, row.timezone)
+        for row in connection.execute(
+            sa.select(station.c.wigos_id, station.c.id, station.c.opened, station.c.closed, station.c.timezone)
+        )
+    }
+    elements = {
+        row.code: ElementInfo(row.id, row.code, row.units, row.valid_min, row.valid_max)
+        for row in connection.execute(
+            sa.select(element.c.id, element.c.code, element.c.units, element.c.valid_min, element.c.valid_max)
+        )
+    }
+    return ReferenceData(stations, elements)
+
+
+@dataclass(frozen=True)
 class Validated:
-    """Accepted rows (station_id, element_id, epoch seconds, value, flag), sorted by key, and
-    refused rows (line, column, value, reason), sorted by line."""
+    """Accepted rows (station_id, element_id, epoch_seconds, value, flag, line), sorted by key,
+    and refused rows (line, column, value, reason), sorted by line."""
 
     accepted: pa.Table
     rejects: pa.Table
@@ -74,75 +157,243 @@ def _conversions(mapping: Mapping, elements: dict[str, ElementInfo]) -> pa.Table
     )
 
 
-def _lookup_tables(
-    stations: dict[str, int], elements: dict[str, ElementInfo]
-) -> tuple[pa.Table, pa.Table]:
+def _local_midnight(day: date, zone: str, latest: bool) -> int:
+    """Epoch seconds at which ``day`` begins in ``zone``.
+
+    The station table's zone is free text; one this machine does not know must not refuse good
+    rows, so then the earliest (``latest=False``) or the latest instant at which ``day`` begins
+    anywhere (UTC+14 … UTC-12) stands in for it.
+    """
+    try:
+        tz = zoneinfo.ZoneInfo(zone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        shift = timedelta(hours=12) if latest else -timedelta(hours=14)
+        return int((datetime.combine(day, time(), UTC) + shift).timestamp())
+    return int(datetime.combine(day, time(), tz).timestamp())
+
+
+def _lookup_tables(reference: ReferenceData) -> tuple[pa.Table, pa.Table]:
+    stations = list(reference.stations.items())
+    elements = list(reference.elements.values())
     station_table = pa.table(
-        {"wigos_id": list(stations), "id": pa.array(list(stations.values()), pa.int32())}
+        {
+            "wigos_id": [wigos_id for wigos_id, _ in stations],
+            "id": pa.array([info.id for _, info in stations], pa.int32()),
+            "opened": pa.array([info.opened for _, info in stations], pa.date32()),
+            "closed": pa.array([info.closed for _, info in stations], pa.date32()),
+            # The station's observing life in epoch seconds: from its opening day's first second
+            # to (excluding) the first second after its closing day, in its own time zone.
+            "observes_from": pa.array(
+                [None if info.opened is None else _local_midnight(info.opened, info.timezone, latest=False)
+                 for _, info in stations],
+                pa.int64(),
+            ),
+            "observes_until": pa.array(
+                [None if info.closed is None
+                 else _local_midnight(info.closed + timedelta(days=1), info.timezone, latest=True)
+                 for _, info in stations],
+                pa.int64(),
+            ),
+        }
     )
     element_table = pa.table(
         {
-            "code": [e.code for e in elements.values()],
-            "id": pa.array([e.id for e in elements.values()], pa.int16()),
-            "units": [e.units for e in elements.values()],
-            "valid_min": pa.array([e.valid_min for e in elements.values()], pa.float64()),
-            "valid_max": pa.array([e.valid_max for e in elements.values()], pa.float64()),
+            "code": [e.code for e in elements],
+            "id": pa.array([e.id for e in elements], pa.int16()),
+            "units": [e.units for e in elements],
+            "valid_min": pa.array([e.valid_min for e in elements], pa.float64()),
+            "valid_max": pa.array([e.valid_max for e in elements], pa.float64()),
         }
     )
     return station_table, element_table
 
 
+# Each distinct time text once (a file repeats its times across stations and elements, so this
+# is far fewer parses than rows): its epoch seconds, or why it is not a time.
+TIMES_SQL = """
+CREATE TEMP TABLE times AS
+WITH parsed AS (
+    SELECT time, text, CASE WHEN {gate} THEN {parse} END AS t,
+           regexp_extract(text, $offset_pattern, ['sign', 'hours', 'minutes']) AS utc_offset
+    FROM (SELECT time, trim(time) AS text FROM (SELECT DISTINCT time FROM rows))
+), measured AS (
+    SELECT time, text, CASE WHEN isfinite(t) THEN epoch_us(t) END AS us, utc_offset,
+           CASE WHEN utc_offset.hours <> ''
+                THEN CAST(utc_offset.hours AS INTEGER) * 60
+                     + coalesce(TRY_CAST(utc_offset.minutes AS INTEGER), 0) END AS offset_minutes
+    FROM parsed
+), judged AS (
+    SELECT time, us, CASE
+        WHEN offset_minutes > $max_offset_minutes
+            THEN printf('the UTC offset %s%s:%s is beyond ±14:00', utc_offset.sign, utc_offset.hours,
+                        CASE WHEN utc_offset.minutes = '' THEN '00' ELSE utc_offset.minutes END)
+        WHEN us IS NULL AND regexp_matches(text, $hour_24)
+            THEN 'hour 24 is not read as the end of the day: write 00:00 of the next day'
+        WHEN us IS NULL AND regexp_matches(text, $fraction)
+            THEN 'fractional seconds: times are stored to the whole second'
+        WHEN us IS NULL THEN 'cannot read the time as ' || $time_format
+        WHEN us % 1000000 <> 0 THEN 'fractional seconds: times are stored to the whole second'
+        WHEN us > $latest_us THEN 'more than a day in the future (now: ' || $now || ')'
+    END AS problem
+    FROM measured
+)
+SELECT time, CASE WHEN problem IS NULL THEN us // 1000000 END AS epoch_seconds, problem
+FROM judged
+"""
+
 CHECK_SQL = """
 CREATE TEMP TABLE checked AS
 WITH joined AS (
-    SELECT r.rid, r.line, r.station, r.element, r.time, r.value, r.flag, r.station_column,
-           r.value_column, s.id AS station_id, e.id AS element_id, e.units AS element_units,
-           e.valid_min, e.valid_max, c.scale, c."offset",
-           {time_expression} AS t,
-           trim(r.value) AS value_text,
-           try_cast(trim(r.value) AS DOUBLE) AS raw_value
+    SELECT r.rid, r.line, r.station, r.element, r.time, r.value AS written, r.flag, r.station_column,
+           r.value_column, s.id AS station_id, s.opened, s.closed, s.observes_from, s.observes_until,
+           e.id AS element_id, e.units AS element_units, e.valid_min, e.valid_max, c.scale, c."offset",
+           tm.epoch_seconds, tm.problem AS time_problem,
+           trim(r.value) AS value_text
     FROM rows AS r
     LEFT JOIN stations AS s ON s.wigos_id = trim(r.station)
     LEFT JOIN elements AS e ON e.code = trim(r.element)
     LEFT JOIN conversions AS c
            ON c.element = e.code AND c.units IS NOT DISTINCT FROM r.units
+    LEFT JOIN times AS tm ON tm.time = r.time
+), numbers AS (
+    -- Only a plain decimal reaches the cast: DuckDB's own reads '1_0' as 10, and 'nan'.
+    SELECT *, CASE WHEN regexp_full_match(value_text, $plain_number)
+                   THEN TRY_CAST(value_text AS DOUBLE) END AS raw_value
+    FROM joined
 ), converted AS (
     SELECT *,
            CASE WHEN scale IS NULL THEN raw_value
                 ELSE round(raw_value * scale + "offset", 6) END AS v
-    FROM joined
+    FROM numbers
+), judged AS (
+    SELECT *,
+           CASE WHEN station_id IS NULL THEN 'unknown station' END AS station_problem,
+           CASE WHEN element_id IS NULL THEN 'unknown element' END AS element_problem,
+           CASE WHEN epoch_seconds IS NULL
+                    THEN coalesce(time_problem, 'cannot read the time as ' || $time_format)
+                WHEN epoch_seconds < observes_from
+                    THEN 'before the station opened on ' || CAST(opened AS VARCHAR)
+                WHEN epoch_seconds >= observes_until
+                    THEN 'after the station closed on ' || CAST(closed AS VARCHAR)
+           END AS time_problem_here,
+           CASE WHEN value_text = '' THEN NULL
+                WHEN raw_value IS NULL THEN 'not a number'
+                WHEN NOT isfinite(v) THEN 'too large a number'
+                -- '1e-400' reads as 0: a value nobody sent.
+                WHEN raw_value = 0 AND regexp_matches(value_text, $non_zero_mantissa)
+                    THEN 'not zero, yet too small a number to be stored (it would become 0)'
+                WHEN v < valid_min OR v > valid_max
+                    THEN printf('outside the physical range %g to %g %s of %s',
+                                valid_min, valid_max, element_units, trim(element))
+           END AS value_problem
+    FROM converted
 )
-SELECT rid, line, station_id, element_id, CAST(epoch(t) AS BIGINT) AS epoch_seconds, v AS value,
-       nullif(trim(flag), '') AS flag,
-       CASE WHEN station_id IS NULL THEN station_column
-            WHEN element_id IS NULL THEN 'element'
-            WHEN t IS NULL THEN $time_column
-            ELSE value_column END AS reject_column,
-       CASE WHEN station_id IS NULL THEN trim(station)
-            WHEN element_id IS NULL THEN trim(element)
-            WHEN t IS NULL THEN time
-            ELSE value END AS reject_value,
-       CASE WHEN station_id IS NULL THEN 'unknown station'
-            WHEN element_id IS NULL THEN 'unknown element'
-            WHEN t IS NULL THEN 'cannot read the time as ' || $time_format
-            WHEN raw_value IS NULL AND value_text <> '' THEN 'not a number'
-            WHEN v < valid_min OR v > valid_max
-                THEN printf('outside the physical range %g to %g %s of %s',
-                            valid_min, valid_max, element_units, trim(element))
+SELECT rid, line, station_id, element_id, epoch_seconds, v AS value, nullif(trim(flag), '') AS flag,
+       -- The report's columns for refused rows only: accepted rows carry no text.
+       CASE WHEN station_problem IS NOT NULL THEN station_column
+            WHEN element_problem IS NOT NULL THEN 'element'
+            WHEN time_problem_here IS NOT NULL THEN $time_column
+            WHEN value_problem IS NOT NULL THEN value_column END AS reject_column,
+       CASE WHEN station_problem IS NOT NULL THEN trim(station)
+            WHEN element_problem IS NOT NULL THEN trim(element)
+            WHEN time_problem_here IS NOT NULL THEN time
+            WHEN value_problem IS NOT NULL THEN written END AS reject_value,
+       CASE WHEN $name_element THEN trim(element) || ': ' ELSE '' END
+       || coalesce(station_problem, element_problem, time_problem_here, value_problem) AS reason
+FROM judged
+"""
+
+# The accepted rows that share a key with another, ordered by (line, rid): rid follows the
+# mapping's column order within a line.  A key whose rows all have one (value, flag) holds
+# duplicates: the first is kept, the others refused.  A key with several has a conflict: every
+# row is refused, naming the first row whose (value, flag) differs from its own.  Linear in the
+# rows, however many share a key.
+DUPLICATES_SQL = """
+CREATE TEMP TABLE repeated AS
+WITH shared AS (
+    SELECT c.rid, c.line, c.station_id, c.element_id, c.epoch_seconds, c.value, c.flag
+    FROM checked AS c
+    SEMI JOIN (SELECT station_id, element_id, epoch_seconds FROM checked WHERE reason IS NULL
+               GROUP BY ALL HAVING count(*) > 1) AS k
+           USING (station_id, element_id, epoch_seconds)
+    WHERE c.reason IS NULL
+), written AS (
+    -- The rows' text as the file gave it (checked keeps none for accepted rows).
+    SELECT s.*, trim(r.value) AS value_text, r.value AS written, r.value_column, trim(r.element) AS element
+    FROM shared AS s JOIN rows AS r USING (rid)
+), ordered AS (
+    SELECT *, row_number() OVER (ORDER BY line, rid) AS pos FROM written
+), variants AS (
+    -- A (value, flag) variant of a key is known by the position of its first row.
+    SELECT *, min(pos) OVER (PARTITION BY station_id, element_id, epoch_seconds, value, flag) AS variant,
+              min(pos) OVER (PARTITION BY station_id, element_id, epoch_seconds) AS first_pos
+    FROM ordered
+), keyed AS (
+    SELECT *, min(CASE WHEN variant <> first_pos THEN variant END)
+                  OVER (PARTITION BY station_id, element_id, epoch_seconds) AS second_variant
+    FROM variants
+)
+SELECT k.rid, k.value_column, k.written, k.element,
+       CASE WHEN k.second_variant IS NULL THEN 'duplicate of line ' || o.line
+            ELSE 'conflicts with line ' || o.line || ' ('
+                 || CASE WHEN o.value_text = '' THEN 'empty value' ELSE 'value ' || o.value_text END
+                 || CASE WHEN k.flag IS NOT DISTINCT FROM o.flag THEN ''
+                         WHEN o.flag IS NULL THEN ', no flag'
+                         ELSE ', flag ' || o.flag END
+                 || ')'
        END AS reason
-FROM converted
+FROM keyed AS k
+JOIN ordered AS o
+  ON o.pos = CASE WHEN k.second_variant IS NULL THEN k.first_pos       -- duplicate: the kept row
+                  WHEN k.variant = k.first_pos THEN k.second_variant   -- conflict: the first
+                  ELSE k.first_pos END                                 --   differing row
+WHERE k.second_variant IS NOT NULL OR k.pos <> k.first_pos
+"""
+
+MARK_REPEATED_SQL = """
+UPDATE checked
+SET reason = CASE WHEN $name_element THEN d.element || ': ' ELSE '' END || d.reason,
+    reject_column = d.value_column, reject_value = d.written
+FROM repeated AS d
+WHERE checked.rid = d.rid
 """
 
 
+def _time_sql(mapping: Mapping, now: datetime) -> tuple[str, dict[str, object]]:
+    """The statement that reads the distinct times under ``mapping``, and its parameters."""
+    parameters: dict[str, object] = {
+        "max_offset_minutes": MAX_OFFSET_MINUTES,
+        "hour_24": HOUR_24,
+        "fraction": FRACTION,
+        "latest_us": int((now + FUTURE_TOLERANCE).timestamp()) * 1_000_000,
+        "now": now.strftime("%Y-%m-%d %H:%M UTC"),
+    }
+    if mapping.time.format:
+        # strptime, too, reads 'epoch' and 'infinity' whatever the format; a time has digits.
+        gate = "regexp_matches(text, '[0-9]')"
+        parse = "CAST(try_strptime(text, $time_format) AS TIMESTAMPTZ)"
+        parameters |= {
+            "time_format": mapping.time.format,
+            "offset_pattern": FORMAT_OFFSET if "%z" in mapping.time.format else NO_OFFSET,
+        }
+    else:
+        gate = "regexp_full_match(text, $iso_time)"
+        parse = "TRY_CAST(text AS TIMESTAMPTZ)"
+        parameters |= {"time_format": ISO_FORMAT_NAME, "offset_pattern": ISO_OFFSET, "iso_time": ISO_TIME}
+    return TIMES_SQL.format(gate=gate, parse=parse), parameters
+
+
 def validate_rows(
-    rows: pa.Table,
-    mapping: Mapping,
-    stations: dict[str, int],
-    elements: dict[str, ElementInfo],
+    rows: pa.Table, mapping: Mapping, reference: ReferenceData, *, now: datetime | None = None
 ) -> Validated:
-    """Check every parsed row (see the module docstring) in one DuckDB pass."""
-    station_table, element_table = _lookup_tables(stations, elements)
-    conversions = _conversions(mapping, elements)
+    """Check every parsed row (see the module docstring) in a few set-based DuckDB statements.
+
+    ``now`` (default: the current time) is what "in the future" is measured from.
+    """
+    station_table, element_table = _lookup_tables(reference)
+    conversions = _conversions(mapping, reference.elements)
+    name_element = mapping.layout is Layout.WIDE
+    times_sql, times_parameters = _time_sql(mapping, (now or datetime.now(UTC)).astimezone(UTC))
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = ?", [mapping.time.timezone])
@@ -152,39 +403,31 @@ def validate_rows(
             ("conversions", conversions),
         ):
             con.register(name, table)
-        if mapping.time.format:
-            time_expression = "CAST(try_strptime(trim(r.time), $time_format) AS TIMESTAMPTZ)"
-            time_format = mapping.time.format
-        else:
-            time_expression = "try_cast(trim(r.time) AS TIMESTAMPTZ)"
-            time_format = "ISO 8601"
+        con.execute(times_sql, times_parameters)
         con.execute(
-            CHECK_SQL.format(time_expression=time_expression),
-            {"time_column": mapping.time.column, "time_format": time_format},
+            CHECK_SQL,
+            {
+                "time_column": mapping.time.column,
+                "time_format": times_parameters["time_format"],
+                "plain_number": PLAIN_NUMBER,
+                "non_zero_mantissa": NON_ZERO_MANTISSA,
+                "name_element": name_element,
+            },
         )
         accepted_count, distinct_keys = con.execute(
             "SELECT count(*), count(DISTINCT (station_id, element_id, epoch_seconds)) "
             "FROM checked WHERE reason IS NULL"
         ).fetchall()[0]
         if accepted_count != distinct_keys:
-            # Two rows for one observation: keep the first, refuse the others by name.
-            con.execute(
-                """
-                UPDATE checked SET reason = 'duplicate of line ' || d.first_line,
-                                   reject_column = '(row)', reject_value = ''
-                FROM (SELECT rid, line, min(line) OVER (PARTITION BY station_id, element_id, epoch_seconds)
-                             AS first_line
-                      FROM checked WHERE reason IS NULL) AS d
-                WHERE checked.rid = d.rid AND d.line <> d.first_line
-                """
-            )
+            con.execute(DUPLICATES_SQL)
+            con.execute(MARK_REPEATED_SQL, {"name_element": name_element})
         accepted = con.sql(
-            "SELECT station_id, element_id, epoch_seconds, value, flag FROM checked "
+            "SELECT station_id, element_id, epoch_seconds, value, flag, line FROM checked "
             "WHERE reason IS NULL ORDER BY station_id, element_id, epoch_seconds"
         ).to_arrow_table()
         rejects = con.sql(
             "SELECT line, reject_column AS \"column\", reject_value AS value, reason "
-            "FROM checked WHERE reason IS NOT NULL ORDER BY line, \"column\""
+            "FROM checked WHERE reason IS NOT NULL ORDER BY line, \"column\", reason"
         ).to_arrow_table()
     finally:
         con.close()

@@ -18,17 +18,26 @@ so the kinds below must be imported in a cell *before* the parameters cell::
     threshold: float = 2.5                         # threshold in kelvin
     overwrite: bool = False                        # replace an existing product
     title: str = "Monthly report"                  # free text
+    code: str = "ABC"                              # station code [pattern: ^[A-Z]{3,5}$]
+    label: str = "July"                            # a short label [max_length: 40]
     stations: list[str] = []                       # station names
     end_month: Optional[YearMonth] = None          # last month; None: same as month
 
 Kinds (annotation -> JSON Schema -> accepted values):
 
-- ``int`` -> integer; ``float`` -> number (finite); ``bool`` -> boolean; ``str`` -> string.
+- ``int`` -> integer; ``float`` -> number (finite); ``bool`` -> boolean.
+- ``str`` -> string (``maxLength``, and ``pattern`` when declared): at most 1,000 characters
+  unless the comment ends with ``[max_length: N]``; when it ends with ``[pattern: REGEX]`` the
+  whole value must match REGEX (``re.fullmatch``; the schema shows it as ``^(?:REGEX)$``; write
+  it in the syntax Python and JavaScript share, with its brackets paired and without ``=``,
+  which makes papermill skip the line).  Control characters are refused, except tab and
+  newline (free text may have several lines); a Windows line end (CR LF) becomes a newline,
+  a lone CR is refused, and so is text that is not valid Unicode (a lone surrogate).
 - ``BucketKey`` -> string: a key inside the file bucket, relative to its root, '/'-separated;
   never absolute, never a URL, no ``.`` or ``..`` segment, no empty segment, no backslash or
-  control character.  Allowed prefixes are declared at the end of the comment as
-  ``[prefixes: incoming/ uploads/]`` (space or comma separated; a prefix ends with ``/``).
-  Without the tag any key inside the bucket is accepted.
+  control character, never a folder (a key ending with ``/``).  Allowed prefixes are declared
+  at the end of the comment as ``[prefixes: incoming/ uploads/]`` (space or comma separated; a
+  prefix ends with ``/``).  Without the tag any key inside the bucket is accepted.
 - ``WigosId`` -> string like ``0-20000-0-60001`` (the pattern the ``station`` table checks).
 - ``ElementCode`` -> string like ``TMAX`` (letters, digits, ``_``; lower case is upper-cased).
 - ``YearMonth`` -> string ``YYYY-MM``.
@@ -37,8 +46,11 @@ Kinds (annotation -> JSON Schema -> accepted values):
 - No annotation: the kind is inferred from the default (``3`` -> int, ``"x"`` -> str, …; a
   default that is not a literal accepts any JSON scalar or list of scalars).
 
-The description is the comment (without the prefix tag).  Every default must itself be valid,
-or the notebook is not registered.
+Tags are ``[name: value]`` at the end of the comment (``prefixes``, ``max_length``, ``pattern``;
+each at most once, on a parameter of the kind it belongs to); an unknown ``[name: …]`` there
+is an error, so that a misspelt tag is not silently part of the description.  The description
+is the comment without its tags.  Every default must itself be valid, or the notebook is not
+registered.
 """
 
 from __future__ import annotations
@@ -49,7 +61,7 @@ import math
 import re
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any, Mapping, NewType
+from typing import Any, Callable, Mapping, NewType
 
 from opencdms_kernel.bucket import bucket_key_problem
 from opencdms_kernel.notebooks.errors import NotebookDefinitionError, NotebookParameterError
@@ -83,7 +95,18 @@ class Kind(str, Enum):
 WIGOS_ID_PATTERN = r"^[0-9]{1,5}-[0-9]{1,5}-[0-9]{1,5}-[0-9A-Za-z]{1,16}$"
 ELEMENT_CODE_PATTERN = r"^[A-Z][A-Z0-9_]{0,31}$"
 YEAR_MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
-_PREFIX_TAG = re.compile(r"\s*\[prefix(?:es)?:\s*(?P<prefixes>[^\]]*)\]\s*$")
+DEFAULT_MAX_LENGTH = 1000
+"""Characters a ``str`` parameter may hold unless its comment says ``[max_length: N]``."""
+
+# A tag opens with "[name:" at the start of the comment or after a space; its value runs to
+# the "]" before the next tag (or the end), so a pattern may hold brackets of its own.
+_TAG_OPENER = re.compile(r"(?:^|(?<=\s))\[(?P<name>[A-Za-z_]+):")
+_TAG_NAMES = {"prefixes": "prefixes", "prefix": "prefixes", "max_length": "max_length", "pattern": "pattern"}
+# Refused in text: C0 controls but tab and newline, DEL, C1 controls (terminal escapes, NUL,
+# which PostgreSQL cannot store), and lone surrogates (not encodable, so no notebook could be
+# saved with one).
+_TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 _STRING_KINDS = {Kind.STR, Kind.BUCKET_KEY, Kind.WIGOS_ID, Kind.ELEMENT_CODE, Kind.YEAR_MONTH}
 _BASE_SCHEMAS: dict[Kind, dict[str, Any]] = {
@@ -112,12 +135,26 @@ class ParameterSpec:
     description: str = ""
     prefixes: tuple[str, ...] = ()
     annotation: str | None = None
+    max_length: int | None = None  # for str: None is DEFAULT_MAX_LENGTH
+    pattern: str | None = None  # for str: the whole value must match
+
+    @property
+    def length_limit(self) -> int | None:
+        """How many characters a text value may have (``None``: the kind's pattern decides)."""
+        if self.kind in (Kind.STR, Kind.ANY):
+            return self.max_length if self.max_length is not None else DEFAULT_MAX_LENGTH
+        return None
 
     def json_schema(self) -> dict[str, Any]:
         """This parameter as a JSON Schema (with ``x-opencdms-kind`` and, for keys, prefixes)."""
         item = dict(_BASE_SCHEMAS[self.kind])
         if self.kind is Kind.BUCKET_KEY and self.prefixes:
             item["pattern"] = "^(?:" + "|".join(re.escape(p) for p in self.prefixes) + ")"
+        if self.length_limit is not None:
+            item["maxLength"] = self.length_limit  # JSON Schema applies it to strings only
+        if self.pattern is not None:
+            # Enforced with re.fullmatch; a JSON Schema pattern matches anywhere, so anchor it.
+            item["pattern"] = f"^(?:{self.pattern})$"
         schema: dict[str, Any] = {"type": "array", "items": item} if self.is_list else item
         if self.nullable and "type" in schema:
             schema["type"] = [schema["type"], "null"]
@@ -196,12 +233,14 @@ class ParameterSpec:
 
         kind = self.kind
         if kind is Kind.ANY:
-            if value is None or isinstance(value, (str, int, float, bool)):
+            if isinstance(value, str):
+                return self._text(value, refuse)
+            if value is None or isinstance(value, (int, float, bool)):
                 return value
             if isinstance(value, (list, tuple)) and not self.is_list and all(
                 item is None or isinstance(item, (str, int, float, bool)) for item in value
             ):
-                return list(value)
+                return [self._text(item, refuse) if isinstance(item, str) else item for item in value]
             raise refuse(f"must be a text, number, boolean or list of those, not {_describe(value)}")
         if kind is Kind.BOOL:
             if isinstance(value, bool):
@@ -219,6 +258,8 @@ class ParameterSpec:
             raise refuse(f"must be a finite number, not {_describe(value)}")
         if not isinstance(value, str):
             raise refuse(f"must be a text ({kind.value}), not {_describe(value)}")
+        if kind is Kind.STR:
+            return self._text(value, refuse)
         if kind is Kind.BUCKET_KEY:
             problem = bucket_key_problem(value, self.prefixes)
             if problem:
@@ -233,10 +274,32 @@ class ParameterSpec:
             raise refuse(f"{value!r} is not a month like 2020-07")
         return value
 
+    def _text(self, value: str, refuse: Callable[[str], NotebookParameterError]) -> str:
+        """Free text checked: length first (cheap, and the useful message for a huge value),
+        then the characters, then the declared pattern."""
+        limit = self.length_limit
+        if limit is not None and len(value) > limit:
+            raise refuse(f"{len(value):,} characters long, more than the {limit:,} allowed")
+        value = value.replace("\r\n", "\n")
+        if surrogate := _SURROGATE.search(value):
+            raise refuse(f"is not valid Unicode (a lone surrogate {surrogate.group()!r} at position {surrogate.start()})")
+        if control := _TEXT_CONTROL.search(value):
+            raise refuse(
+                f"contains a control character {control.group()!r} at position {control.start()} "
+                "(of those only tab and newline are allowed)"
+            )
+        if self.pattern is not None and not re.fullmatch(self.pattern, value):
+            raise refuse(f"{_shortened(value)} does not match the pattern {self.pattern}")
+        return value
+
+
+def _shortened(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
 
 def _describe(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text if len(text) <= 60 else text[:57] + '...'}"
+    return f"{type(value).__name__} {_shortened(value)}"
 
 
 def parse_parameters(file: str, inspected: Mapping[str, Mapping[str, Any]]) -> tuple[ParameterSpec, ...]:
@@ -248,12 +311,7 @@ def _parse_one(file: str, item: Mapping[str, Any]) -> ParameterSpec:
     name = str(item["name"])
     annotation = item.get("inferred_type_name")
     annotation = None if annotation in (None, "None", "") else str(annotation)
-    help_text = str(item.get("help") or "").strip()
-    prefixes: tuple[str, ...] = ()
-    tag = _PREFIX_TAG.search(help_text)
-    if tag:
-        prefixes = tuple(p for p in re.split(r"[\s,]+", tag.group("prefixes").strip()) if p)
-        help_text = help_text[: tag.start()].strip()
+    help_text, tags = _split_tags(file, name, str(item.get("help") or "").strip())
     default_source = str(item.get("default") or "")
     try:
         default = ast.literal_eval(default_source)
@@ -268,15 +326,18 @@ def _parse_one(file: str, item: Mapping[str, Any]) -> ParameterSpec:
         kind, is_list, nullable = _parse_annotation(file, name, annotation)
     if has_default and default is None:
         nullable = True
-    if prefixes and kind is not Kind.BUCKET_KEY:
-        raise NotebookDefinitionError(file, "a [prefixes: …] tag belongs to a BucketKey parameter", name)
+    for tag, owner in (("prefixes", Kind.BUCKET_KEY), ("max_length", Kind.STR), ("pattern", Kind.STR)):
+        if tag in tags and kind is not owner:
+            raise NotebookDefinitionError(file, f"[{tag}: …] belongs to a {owner.value} parameter, not {kind.value}", name)
+    prefixes = tuple(p for p in re.split(r"[\s,]+", tags.get("prefixes", "")) if p)
     for prefix in prefixes:
-        problem = bucket_key_problem(prefix)
-        if problem or not prefix.endswith("/"):
-            raise NotebookDefinitionError(file, f"prefix {prefix!r} must be a bucket folder ending in '/'", name)
+        if problem := bucket_key_problem(prefix, folder=True):
+            raise NotebookDefinitionError(file, f"a prefix must be a bucket folder: {problem}", name)
     spec = ParameterSpec(
         name=name, kind=kind, is_list=is_list, nullable=nullable, default=default, has_default=has_default,
         description=help_text, prefixes=prefixes, annotation=annotation,
+        max_length=_max_length(file, name, tags["max_length"]) if "max_length" in tags else None,
+        pattern=_pattern(file, name, tags["pattern"]) if "pattern" in tags else None,
     )
     if has_default:
         try:
@@ -284,6 +345,46 @@ def _parse_one(file: str, item: Mapping[str, Any]) -> ParameterSpec:
         except NotebookParameterError as exc:
             raise NotebookDefinitionError(file, f"the default is invalid: {exc.reason}", name) from exc
     return spec
+
+
+def _split_tags(file: str, name: str, help_text: str) -> tuple[str, dict[str, str]]:
+    """The description and the ``[name: value]`` tags that end a parameter's comment.
+
+    The tags start at the first "[name:" from which, to the end, every tag closes with "]"; so
+    "see [the manual]" or "[a: b] and more" before them stay in the description.
+    """
+    openers = list(_TAG_OPENER.finditer(help_text))
+    for first in range(len(openers)):
+        starts = [opener.start() for opener in openers[first:]] + [len(help_text)]
+        segments = [help_text[start:end].strip() for start, end in zip(starts, starts[1:])]
+        if not all(segment.endswith("]") for segment in segments):
+            continue
+        tags: dict[str, str] = {}
+        for opener, segment in zip(openers[first:], segments):
+            written = opener.group("name")
+            tag = _TAG_NAMES.get(written)
+            if tag is None:
+                known = ", ".join(sorted(set(_TAG_NAMES.values())))
+                raise NotebookDefinitionError(file, f"unknown tag [{written}: …] (known: {known})", name)
+            if tag in tags:
+                raise NotebookDefinitionError(file, f"[{tag}: …] is given twice", name)
+            tags[tag] = segment[len(opener.group(0)) : -1].strip()
+        return help_text[: openers[first].start()].strip(), tags
+    return help_text, {}
+
+
+def _max_length(file: str, name: str, text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
+        raise NotebookDefinitionError(file, f"max_length must be a whole number from 1 up, not {text!r}", name)
+    return int(text)
+
+
+def _pattern(file: str, name: str, text: str) -> str:
+    try:
+        re.compile(text)
+    except re.error as exc:
+        raise NotebookDefinitionError(file, f"the pattern is not a regular expression: {text!r}: {exc}", name) from exc
+    return text
 
 
 def _parse_annotation(file: str, name: str, annotation: str) -> tuple[Kind, bool, bool]:

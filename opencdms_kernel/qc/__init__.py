@@ -14,7 +14,7 @@ decision), :func:`derive_and_store_range_thresholds`, :func:`add_thresholds` and
 
 from opencdms_kernel.qc import tables  # noqa: F401  (registers the QC tables in the datastore metadata)
 from opencdms_kernel.qc.flags import attach_quality_view
-from opencdms_kernel.qc.manual import DecisionResult, decide
+from opencdms_kernel.qc.manual import DecisionResult, SourceChange, decide, source_changes
 from opencdms_kernel.qc.model import (
     ALL_TESTS,
     Decision,
@@ -58,6 +58,7 @@ __all__ = [
     "STAGES",
     "Severity",
     "SkippedCheck",
+    "SourceChange",
     "TestCounts",
     "Threshold",
     "UnknownQcReferenceError",
@@ -69,4 +70,5 @@ __all__ = [
     "derive_and_store_range_thresholds",
     "derive_range_thresholds",
     "run_qc",
+    "source_changes",
 ]

@@ -6,6 +6,11 @@ it — the derived status follows it (accept, correct: passed; reject: failed). 
 through the observation triggers, so ``observation_history`` keeps the previous row with who
 (``superseded_by``), when (``superseded_at``) and why (``reason``); a correction's old value is
 there too.  QC itself never changes a value: only a person's correction does.
+
+A decision records the source value it was made on (``source_value``).  A later ingest never
+overrides the decision: when the source delivers another value, the ingest keeps it beside the
+decision as ``manual.source_changed`` and :func:`source_changes` lists the row for review; the
+next decision on the row is made on that new source value.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
+from datetime import datetime
 
 import sqlalchemy as sa
 
@@ -155,15 +161,21 @@ def decide(
             names = ", ".join(row.source for row in found)
             raise QcParameterError("key.source", f"several sources have this value ({names}); name one")
         row = found[0]
-        if row.value is None and chosen is not Decision.CORRECT:
-            raise QcParameterError("decision", f"the value is missing; it can be corrected, not {chosen.value}ed")
-        entry: dict[str, object] = {"decision": chosen.value, "reason": reason.strip(), "by": user.strip()}
         previous = row.manual or {}
-        if "original_value" in previous:
+        changed = previous.get("source_changed")
+        # The value this decision is made on: a newly delivered source value, if there is one.
+        current = changed["value"] if changed else row.value
+        if current is None and chosen is not Decision.CORRECT:
+            raise QcParameterError("decision", f"the value is missing; it can be corrected, not {chosen.value}ed")
+        source = changed["value"] if changed else previous.get(
+            "source_value", previous.get("original_value", row.value))
+        entry: dict[str, object] = {"decision": chosen.value, "reason": reason.strip(), "by": user.strip(),
+                                    "source_value": source}
+        if "original_value" in previous and not changed:
             entry["original_value"] = previous["original_value"]
         elif chosen is Decision.CORRECT:
-            entry["original_value"] = row.value
-        new_value = corrected_value if chosen is Decision.CORRECT else row.value
+            entry["original_value"] = current
+        new_value = corrected_value if chosen is Decision.CORRECT else current
         result = connection.execute(_DECIDE_SQL, {
             **where, "source_id": row.source_id, "value": new_value, "entry": json.dumps(entry),
         }).one()
@@ -176,3 +188,53 @@ def decide(
         final_flag=FinalFlag(result.final_flag),
         version=result.version,
     )
+
+
+@dataclass(frozen=True)
+class SourceChange:
+    """A decided value whose source has since delivered another value: to be reviewed."""
+
+    station: str
+    element: str
+    phenomenon_time: datetime
+    duration_seconds: int
+    source: str
+    decision: Decision
+    value: float | None
+    source_value: float | None
+    new_source_value: float | None
+    ingest_id: int | None
+    delivered_at: str | None
+
+
+_SOURCE_CHANGES_SQL = sa.text(
+    """
+    SELECT s.wigos_id, e.code, o.phenomenon_time, o.duration_seconds, src.name AS source, o.value,
+           o.result_quality -> 'manual' AS manual
+    FROM observation AS o
+    JOIN station AS s ON s.id = o.station_id
+    JOIN element AS e ON e.id = o.element_id
+    JOIN source AS src ON src.id = o.source_id
+    WHERE o.status = 'latest' AND o.result_quality -> 'manual' ? 'source_changed'
+    ORDER BY s.wigos_id, e.code, o.phenomenon_time
+    LIMIT :limit
+    """
+)
+
+
+def source_changes(datastore: Datastore, limit: int = 1000) -> list[SourceChange]:
+    """Decided values whose source delivered another value since the decision, oldest key first."""
+    with datastore.engine.connect() as connection:
+        rows = connection.execute(_SOURCE_CHANGES_SQL, {"limit": limit}).all()
+    changes = []
+    for row in rows:
+        manual = row.manual
+        changed = manual["source_changed"]
+        changes.append(SourceChange(
+            station=row.wigos_id, element=row.code, phenomenon_time=row.phenomenon_time,
+            duration_seconds=row.duration_seconds, source=row.source, decision=Decision(manual["decision"]),
+            value=row.value, source_value=manual.get("source_value", manual.get("original_value")),
+            new_source_value=changed.get("value"), ingest_id=changed.get("ingest_id"),
+            delivered_at=changed.get("at"),
+        ))
+    return changes

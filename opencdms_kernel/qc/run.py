@@ -25,7 +25,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import sqlalchemy as sa
 
-from opencdms_kernel.archive import ARCHIVE_PREFIX, connect_archive, export_archive
+from opencdms_kernel.archive import Manifest, archive_files, connect_archive, export_archive, read_manifest
 from opencdms_kernel.bucket import Bucket
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.ingest.load import identify_writer, lock_ingest
@@ -120,10 +120,11 @@ def _run(
     with datastore.engine.connect() as connection:
         rules = load_rules(connection)
     with _archive_read_lock(datastore):
-        archive = connect_archive(bucket)
+        manifest = read_manifest(bucket)
+        archive = connect_archive(bucket, manifest)
         try:
             archive.execute("SET TimeZone = 'UTC'")
-            frame = load_frame(archive, _frame_request(scope, rules), _archive_files(bucket))
+            frame = load_frame(archive, _frame_request(scope, rules), _archive_files(bucket, manifest))
         finally:
             archive.close()
     done("read")
@@ -183,14 +184,11 @@ def _archive_read_lock(datastore: Datastore) -> Iterator[None]:
             connection.execute(sa.text("SELECT pg_advisory_unlock(hashtext('opencdms.archive'))"))
 
 
-def _archive_files(bucket: Bucket) -> Callable[[str], list[str]]:
-    """The Parquet files of one element in the archive, as DuckDB names them."""
-    folder = bucket.path(ARCHIVE_PREFIX)
-    bucket.fs.invalidate_cache(folder)
+def _archive_files(bucket: Bucket, manifest: Manifest | None) -> Callable[[str], list[str]]:
+    """The Parquet files of one element in the archive generation read, as DuckDB names them."""
 
     def files(code: str) -> list[str]:
-        found = sorted(bucket.fs.glob(f"{folder}/element={code}/*/*.parquet"))
-        return found if bucket.protocol == "file" else [f"{bucket.protocol}://{path}" for path in found]
+        return archive_files(bucket, manifest, code)
 
     return files
 

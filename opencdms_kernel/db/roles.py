@@ -1,0 +1,477 @@
+"""The installation's database roles: schema owner, application, read-only.
+
+``migrate.upgrade`` calls :func:`ensure_roles` after the migrations, so ``opencdms db upgrade``
+creates them:
+
+- **owner** owns every table, view, sequence and function of the schema and can change the
+  schema (it runs migrations when an administrator connects as it);
+- **app** is what the services use: reads everything, inserts and updates the data tables
+  (through the triggers), never deletes, never truncates, has no DDL, and only reads
+  ``observation_history`` (the history is written by the owner's audit trigger);
+- **readonly** reads everything and writes nothing.
+
+Role names are cluster-wide while an installation is one database, so they are derived from
+the database name (``opencdms_<database>_owner`` …; ``OPENCDMS_DATABASE_ROLE_PREFIX`` overrides
+the prefix) and recorded in the database's ``database_role`` table the first time.  A database
+copied with ``CREATE DATABASE … TEMPLATE`` carries that record with the grants that name the
+same roles, so it keeps working with them and never gets roles of its own.
+
+Passwords are generated (``secrets.token_urlsafe``), kept in
+``<var_dir>/secrets/database-roles.json`` (mode 0600) and sent to the server only as SCRAM
+verifiers computed by libpq, so neither a statement log nor an error message shows them.
+:func:`role_url` gives the connection URL of one role, for handing each part least privilege.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import tempfile
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Iterator, Mapping
+
+import psycopg
+import sqlalchemy as sa
+from psycopg import sql
+from sqlalchemy.engine import URL, Connection
+
+from opencdms_kernel.db.engine import Datastore
+from opencdms_kernel.errors import OpenCDMSError
+from opencdms_kernel.settings import Settings
+
+
+class RoleKind(str, Enum):
+    """The three roles of an installation."""
+
+    OWNER = "owner"
+    APP = "app"
+    READONLY = "readonly"
+
+
+class DatabaseRoleError(OpenCDMSError):
+    """The installation's database roles cannot be created, found or used; says what to do."""
+
+
+# Role names are composed into SQL as identifiers; they are also held to this pattern so that
+# they need no quoting anywhere (psql, pg_hba.conf, URLs).  63 bytes: PostgreSQL's limit.
+ROLE_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+_LONGEST_SUFFIX = max(len(kind.value) for kind in RoleKind) + 1
+PREFIX_MAX = 63 - _LONGEST_SUFFIX
+
+# Tables the application role may only read: the history (written by the owner's audit
+# trigger), the record of the roles themselves, and alembic's revision.
+READ_ONLY_FOR_APP = frozenset({"observation_history", "database_role", "alembic_version"})
+
+# One upgrade of one database at a time creates roles and changes grants (advisory locks are
+# per database; concurrent GRANTs on one object fail with "tuple concurrently updated").
+_LOCK_SQL = "SELECT pg_advisory_xact_lock(hashtext('opencdms.database_roles'))"
+
+
+@dataclass(frozen=True)
+class InstallationRoles:
+    """The role names of one installation."""
+
+    owner: str
+    app: str
+    readonly: str
+
+    def __post_init__(self) -> None:
+        for kind in RoleKind:
+            name = getattr(self, kind.value)
+            if not ROLE_NAME.fullmatch(name):
+                raise DatabaseRoleError(f"{name!r} is not a valid role name for the {kind.value} role")
+
+    def name(self, kind: RoleKind | str) -> str:
+        """The name of the role of ``kind`` (owner, app, readonly)."""
+        return getattr(self, RoleKind(kind).value)
+
+    def items(self) -> Iterator[tuple[RoleKind, str]]:
+        """(kind, name) of each role, owner first."""
+        return ((kind, self.name(kind)) for kind in RoleKind)
+
+
+def role_prefix(database: str) -> str:
+    """The default role prefix of a database: ``opencdms_<database>`` in role-name characters.
+
+    A name that would be too long keeps its start and a hash of the whole, so two long
+    database names that share a start still get different roles.
+    """
+    cleaned = re.sub(r"[^a-z0-9_]", "_", database.lower())
+    prefix = cleaned if cleaned.startswith("opencdms") else f"opencdms_{cleaned}"
+    if len(prefix) > PREFIX_MAX:
+        digest = hashlib.sha256(database.encode("utf-8")).hexdigest()[:8]
+        prefix = f"{prefix[:PREFIX_MAX - 9]}_{digest}"
+    return prefix
+
+
+def roles_for(prefix: str) -> InstallationRoles:
+    """The role names made from ``prefix``."""
+    if len(prefix) > PREFIX_MAX or not ROLE_NAME.fullmatch(prefix):
+        raise DatabaseRoleError(
+            f"database role prefix {prefix!r}: use at most {PREFIX_MAX} characters a-z, 0-9 "
+            "and _, starting with a letter"
+        )
+    return InstallationRoles(**{kind.value: f"{prefix}_{kind.value}" for kind in RoleKind})
+
+
+# --------------------------------------------------------------------------- passwords
+
+
+def secrets_file(settings: Settings) -> Path:
+    """Where the installation keeps its database role passwords."""
+    return settings.var_dir / "secrets" / "database-roles.json"
+
+
+def stored_passwords(path: Path) -> dict[str, str]:
+    """Role name -> password from the secrets file (empty when there is none yet)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    try:
+        passwords = json.loads(text)["roles"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DatabaseRoleError(f"{path} is not a database role secrets file: {exc!r}") from exc
+    return dict(passwords)
+
+
+def _store_passwords(path: Path, passwords: Mapping[str, str]) -> None:
+    """Merge ``passwords`` into the secrets file: private folder, mode 0600, atomic replace.
+
+    Several processes may write at once (tests migrate many databases in parallel), so the
+    read-merge-write holds an exclusive lock on a file beside it.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        merged = stored_passwords(path) | dict(passwords)
+        handle, partial = tempfile.mkstemp(dir=path.parent, prefix=".database-roles-")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as out:  # mkstemp: mode 0600
+                json.dump({"roles": merged}, out, indent=2, sort_keys=True)
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, path)
+        except BaseException:
+            Path(partial).unlink(missing_ok=True)
+            raise
+
+
+def _verifier(raw: psycopg.Connection, role: str, password: str) -> str:
+    """The SCRAM-SHA-256 verifier of ``password``, computed here by libpq: the server (and its
+    statement log) sees the verifier, never the password."""
+    return raw.pgconn.encrypt_password(
+        password.encode("utf-8"), role.encode("utf-8"), b"scram-sha-256"
+    ).decode("ascii")
+
+
+# --------------------------------------------------------------------------- the roles
+
+
+def _raw(connection: Connection) -> psycopg.Connection:
+    """The psycopg connection under ``connection`` (same transaction), for composed SQL."""
+    return connection.connection.driver_connection  # type: ignore[return-value]
+
+
+def _record_exists(connection: Connection) -> bool:
+    return connection.execute(sa.text("SELECT to_regclass('public.database_role') IS NOT NULL")).scalar_one()
+
+
+def recorded_roles(connection: Connection) -> InstallationRoles | None:
+    """The roles recorded in this database, or None before they were first created."""
+    rows = dict(connection.execute(sa.text("SELECT kind, role_name FROM database_role")).all())
+    if not rows:
+        return None
+    if set(rows) != {kind.value for kind in RoleKind}:
+        raise DatabaseRoleError(f"database_role records {sorted(rows)}; expected owner, app and readonly")
+    return InstallationRoles(**rows)
+
+
+def _marker(kind: RoleKind, database: str) -> str:
+    """The comment on a role this code created: whose it is."""
+    return f"OpenCDMS {kind.value} role of database {database}"
+
+
+def _existing_role(connection: Connection, name: str) -> sa.Row | None:
+    return connection.execute(
+        sa.text(
+            "SELECT r.rolsuper, r.rolcreaterole, r.rolbypassrls, "
+            "       shobj_description(r.oid, 'pg_authid') AS marker "
+            "FROM pg_roles AS r WHERE r.rolname = :name"
+        ),
+        {"name": name},
+    ).first()
+
+
+def _may_create_roles(connection: Connection) -> bool:
+    return connection.execute(
+        sa.text("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user")
+    ).scalar_one()
+
+
+def _create_role(connection: Connection, kind: RoleKind, name: str, database: str, password: str) -> None:
+    raw = _raw(connection)
+    create = sql.SQL(
+        "CREATE ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS "
+        "PASSWORD {}"
+    ).format(sql.Identifier(name), sql.Literal(_verifier(raw, name, password)))
+    try:
+        # A savepoint: the error of a role created meanwhile by another database's upgrade
+        # must not abort the caller's transaction before we can say what happened.
+        with connection.begin_nested():
+            raw.execute(create)
+    except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation) as exc:
+        raise DatabaseRoleError(
+            f"role {name} was created at the same time by another database on this server; "
+            "give this installation its own OPENCDMS_DATABASE_ROLE_PREFIX"
+        ) from exc
+    raw.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(
+        sql.Identifier(name), sql.Literal(_marker(kind, database))))
+
+
+def _adopt_or_create(
+    connection: Connection, roles: InstallationRoles, database: str, recorded: bool, path: Path
+) -> None:
+    """Create the roles that are missing (with the stored password, else a new one)."""
+    passwords = stored_passwords(path)
+    missing = []
+    for kind, name in roles.items():
+        existing = _existing_role(connection, name)
+        if existing is None:
+            missing.append((kind, name))
+        elif not recorded and existing.marker != _marker(kind, database):
+            # Not ours (or another database's): never take over a role by its name alone.
+            raise DatabaseRoleError(
+                f"role {name} already exists on this server and is not the {kind.value} role of "
+                f"database {database}; set OPENCDMS_DATABASE_ROLE_PREFIX to another prefix"
+            )
+        elif existing.rolsuper or existing.rolcreaterole or existing.rolbypassrls:
+            raise DatabaseRoleError(
+                f"role {name} has SUPERUSER, CREATEROLE or BYPASSRLS; the installation's roles "
+                "must not (ALTER ROLE … NOSUPERUSER NOCREATEROLE NOBYPASSRLS)"
+            )
+    if not missing:
+        return
+    if not _may_create_roles(connection):
+        raise DatabaseRoleError(
+            f"roles {', '.join(name for _, name in missing)} do not exist and the account of "
+            "database_url may not create roles: run `opencdms db upgrade` once as a superuser "
+            "(or a role with CREATEROLE)"
+        )
+    new = {name: passwords.get(name) or secrets.token_urlsafe(32) for _, name in missing}
+    # Stored before the roles exist: if this transaction fails, the next attempt creates them
+    # with the same passwords; the reverse order could leave roles nobody can log in as.
+    _store_passwords(path, new)
+    for kind, name in missing:
+        _create_role(connection, kind, name, database, new[name])
+
+
+def _owned_elsewhere(connection: Connection, owner: str) -> list[tuple[str, str]]:
+    """(kind, name) of the schema's objects not yet owned by ``owner``.
+
+    Sequences that belong to a table column follow their table; objects of extensions stay
+    with the extension.
+    """
+    rows = connection.execute(
+        sa.text(
+            """
+            SELECT CASE c.relkind WHEN 'v' THEN 'VIEW' WHEN 'm' THEN 'MATERIALIZED VIEW'
+                                  WHEN 'S' THEN 'SEQUENCE' WHEN 'f' THEN 'FOREIGN TABLE'
+                                  ELSE 'TABLE' END, c.relname
+            FROM pg_class AS c
+            WHERE c.relnamespace = 'public'::regnamespace
+              AND c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
+              AND c.relowner <> to_regrole(:owner)
+              AND NOT EXISTS (SELECT 1 FROM pg_depend AS d
+                              WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
+                                AND (d.deptype = 'e' OR (c.relkind = 'S' AND d.deptype IN ('a', 'i'))))
+            UNION ALL
+            SELECT 'ROUTINE', p.oid::regprocedure::text
+            FROM pg_proc AS p
+            WHERE p.pronamespace = 'public'::regnamespace AND p.proowner <> to_regrole(:owner)
+              AND NOT EXISTS (SELECT 1 FROM pg_depend AS d
+                              WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid
+                                AND d.deptype = 'e')
+            ORDER BY 1 DESC, 2
+            """
+        ),
+        {"owner": owner},
+    ).all()
+    return [(kind, name) for kind, name in rows]
+
+
+# A routine's signature as regprocedure prints it for the public schema, e.g.
+# qc_status_of(jsonb,boolean): checked before it is composed into ALTER ROUTINE.
+_SIGNATURE = re.compile(r"^[a-z_][a-z0-9_]*\([a-z0-9_ ,\[\]]*\)$")
+
+
+def _transfer_ownership(connection: Connection, owner: str) -> None:
+    """Make ``owner`` the owner of everything in the schema (after any migration)."""
+    raw = _raw(connection)
+    for kind, name in _owned_elsewhere(connection, owner):
+        if kind == "ROUTINE":
+            if not _SIGNATURE.fullmatch(name):
+                raise DatabaseRoleError(f"unexpected routine signature {name!r} in schema public")
+            target = sql.SQL(name)
+        else:
+            target = sql.Identifier("public", name)
+        raw.execute(sql.SQL("ALTER {} {} OWNER TO {}").format(sql.SQL(kind), target, sql.Identifier(owner)))
+
+
+def _grant(connection: Connection, roles: InstallationRoles) -> None:
+    """Set the privileges of the app and read-only roles to exactly what they should be."""
+    raw = _raw(connection)
+    owner, app, readonly = (sql.Identifier(name) for _, name in roles.items())
+    raw.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA public TO {}").format(owner))
+    raw.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}, {}").format(app, readonly))
+    # Before PostgreSQL 15 every role may create objects in schema public.
+    if connection.execute(
+        sa.text("SELECT has_schema_privilege(:role, 'public', 'CREATE')"), {"role": roles.readonly}
+    ).scalar_one():
+        raw.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+    # From scratch each time, so that a privilege granted by hand or by an older version of
+    # this code does not survive an upgrade.
+    for what in ("TABLES", "SEQUENCES"):
+        raw.execute(sql.SQL("REVOKE ALL ON ALL {} IN SCHEMA public FROM {}, {}").format(
+            sql.SQL(what), app, readonly))
+    raw.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}, {}").format(app, readonly))
+    writable = [
+        name for (name,) in connection.execute(sa.text(
+            "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace "
+            "AND relkind IN ('r', 'p') ORDER BY relname"))
+        if name not in READ_ONLY_FOR_APP
+    ]
+    if writable:
+        # No DELETE and no TRUNCATE: the application never deletes (status = 'deleted').
+        # UPDATE on station/element/source is also what lets the reference and range triggers
+        # lock those rows FOR KEY SHARE / FOR SHARE.
+        raw.execute(sql.SQL("GRANT INSERT, UPDATE ON {} TO {}").format(
+            sql.SQL(", ").join(sql.Identifier("public", name) for name in writable), app))
+    sequences = [
+        name for (name,) in connection.execute(sa.text(
+            """
+            SELECT s.relname FROM pg_class AS s
+            WHERE s.relnamespace = 'public'::regnamespace AND s.relkind = 'S'
+              AND NOT EXISTS (SELECT 1 FROM pg_depend AS d JOIN pg_class AS t ON t.oid = d.refobjid
+                              WHERE d.classid = 'pg_class'::regclass AND d.objid = s.oid
+                                AND d.deptype IN ('a', 'i') AND t.relname = ANY (:protected))
+            ORDER BY s.relname
+            """), {"protected": sorted(READ_ONLY_FOR_APP)})
+    ]
+    if sequences:
+        raw.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(
+            sql.SQL(", ").join(sql.Identifier("public", name) for name in sequences), app))
+
+
+def ensure_roles(connection: Connection, settings: Settings) -> InstallationRoles | None:
+    """Create the installation's roles if needed, give the owner the schema, set the grants.
+
+    Idempotent, and run in the caller's transaction after every upgrade.  Returns the roles,
+    or None while the schema is older than migration 0003 (which records them).  Needs a
+    superuser or CREATEROLE account the first time; afterwards, when the roles exist, the
+    schema owner itself may run it.
+    """
+    if not _record_exists(connection):
+        return None
+    connection.execute(sa.text(_LOCK_SQL))
+    database = connection.execute(sa.text("SELECT current_database()")).scalar_one()
+    roles = recorded_roles(connection)
+    recorded = roles is not None
+    if roles is None:
+        roles = roles_for(settings.database_role_prefix or role_prefix(database))
+    try:
+        _adopt_or_create(connection, roles, database, recorded, secrets_file(settings))
+        if not recorded:
+            connection.execute(
+                sa.text("INSERT INTO database_role (kind, role_name) VALUES (:kind, :name)"),
+                [{"kind": kind.value, "name": name} for kind, name in roles.items()],
+            )
+        _transfer_ownership(connection, roles.owner)
+        _grant(connection, roles)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise DatabaseRoleError(
+            f"setting up the database roles of {database} needs more privileges than the "
+            f"account of database_url has: {exc}"
+        ) from exc
+    return roles
+
+
+def installation_roles(datastore: Datastore) -> InstallationRoles:
+    """The roles recorded in the datastore; raises when ``opencdms db upgrade`` has not made them."""
+    with datastore.engine.connect() as connection:
+        roles = recorded_roles(connection) if _record_exists(connection) else None
+    if roles is None:
+        raise DatabaseRoleError("this database has no OpenCDMS roles yet: run `opencdms db upgrade`")
+    return roles
+
+
+def _settings_of(datastore: Datastore) -> Settings:
+    if datastore.settings is None:
+        raise DatabaseRoleError("open the datastore with Datastore.open(settings) to use its roles")
+    return datastore.settings
+
+
+def role_url(datastore: Datastore, kind: RoleKind | str) -> URL:
+    """The connection URL of the installation's role ``kind`` (owner, app, readonly).
+
+    Same server and database as the datastore, that role's name and password.  ``str()`` of
+    the URL hides the password; ``render_as_string(hide_password=False)`` gives it.
+    """
+    roles = installation_roles(datastore)
+    name = roles.name(kind)
+    path = secrets_file(_settings_of(datastore))
+    password = stored_passwords(path).get(name)
+    if password is None:
+        raise DatabaseRoleError(
+            f"no password for role {name} in {path}: the roles were created by another "
+            "installation (or the file was lost); reset_passwords() gives them new ones"
+        )
+    return datastore.url.set(username=name, password=password)
+
+
+def reset_passwords(datastore: Datastore) -> InstallationRoles:
+    """Give the installation's roles new passwords and store them in this installation's file.
+
+    Other installations using the same roles lose their logins.  The file is written first:
+    if the change fails on the server, running this again repairs it.
+    """
+    roles = installation_roles(datastore)
+    path = secrets_file(_settings_of(datastore))
+    new = {name: secrets.token_urlsafe(32) for _, name in roles.items()}
+    _store_passwords(path, new)
+    with datastore.engine.begin() as connection:
+        raw = _raw(connection)
+        try:
+            for name, password in new.items():
+                raw.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+                    sql.Identifier(name), sql.Literal(_verifier(raw, name, password))))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise DatabaseRoleError(f"changing role passwords needs CREATEROLE or a superuser: {exc}") from exc
+    return roles
+
+
+def drop_roles(datastore: Datastore) -> None:
+    """Remove the installation's roles (e.g. before dropping its database).
+
+    In this database their objects go to the connected account and their privileges are
+    revoked; the roles themselves can only be dropped when no other database still uses them
+    (a copy made from this one), which PostgreSQL reports.
+    """
+    roles = installation_roles(datastore)
+    with datastore.engine.begin() as connection:
+        raw = _raw(connection)
+        names = [sql.Identifier(name) for _, name in roles.items()]
+        try:
+            raw.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(names[0]))
+            raw.execute(sql.SQL("DROP OWNED BY {}").format(sql.SQL(", ").join(names)))
+            connection.execute(sa.text("DELETE FROM database_role"))
+            raw.execute(sql.SQL("DROP ROLE {}").format(sql.SQL(", ").join(names)))
+        except psycopg.errors.DependentObjectsStillReferenced as exc:
+            raise DatabaseRoleError(f"the roles are still used by another database: {exc}") from exc

@@ -4,7 +4,9 @@ Baselines, all on the same server and (except where sampled) the same file:
 - bare COPY into an unlogged, unindexed table with typed columns: the physical limit;
 - pandas.DataFrame.to_sql (default method) on a sample of the file (it is too slow for all of it);
 - a naive INSERT … ON CONFLICT DO UPDATE from a staging table with text keys, on a sample.
-Also: re-ingest of the unchanged file, and a full archive export of what was loaded.
+Also: re-ingest of the unchanged file, a full archive export of what was loaded, and the peak
+memory (RSS) of a process that ingests the file and a file ``--memory-factor`` times larger:
+ingest streams the file in chunks, so the peak must not grow with the file.
 
 Usage: python bench/ingest.py [--rows 5000000] [--repeat 3]
 Runs on the embedded PostgreSQL unless OPENCDMS_DATABASE_URL names a server.
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,6 +51,54 @@ def make_input(rows: int) -> tuple[Path, Path, int]:
                 out.write(path.read_bytes().split(b"\n", 1)[1])
     lines = sum(1 for _ in big.open("rb")) - 1
     return big, folder / "demo" / "stations.csv", lines
+
+
+def make_larger_input(path: Path, stations_csv: Path, factor: int) -> tuple[Path, Path, int]:
+    """``factor`` copies of the file, each with its stations under another WIGOS issuer."""
+    big = path.with_name(f"observations-x{factor}.csv")
+    stations = path.with_name(f"stations-x{factor}.csv")
+    header, body = stations_csv.read_bytes().split(b"\n", 1)
+    stations.write_bytes(header + b"\n" + b"".join(_reissued(body, k) for k in range(factor)))
+    if not big.exists():
+        with path.open("rb") as source, big.open("wb") as out:
+            out.write(source.readline())
+            for k in range(factor):
+                source.seek(0)
+                source.readline()
+                while block := source.read(1 << 24):
+                    block += source.readline()
+                    out.write(_reissued(block, k))
+    return big, stations, sum(1 for _ in big.open("rb")) - 1
+
+
+def _reissued(lines: bytes, copy: int) -> bytes:
+    """``lines`` whose WIGOS ids (issuer 20000, first field) are moved to issuer 20000 + ``copy``."""
+    return (b"\n" + lines).replace(b"\n0-20000-", b"\n0-%d-" % (20000 + copy))[1:]
+
+
+PEAK_RSS = """
+import resource, sys
+from pathlib import Path
+from opencdms_kernel.bucket import open_bucket
+from opencdms_kernel.db.engine import Datastore
+from opencdms_kernel.ingest import IngestRequest, ingest
+from opencdms_kernel.settings import Settings
+settings = Settings(database_url=sys.argv[1], bucket_url=sys.argv[2])
+with Datastore.open(settings) as datastore:
+    result = ingest(IngestRequest.from_path(Path(sys.argv[3])), datastore, open_bucket(settings), "bench")
+    assert result.status.value == "loaded", result.error
+    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, result.inserted, result.seconds)
+"""
+
+
+def peak_rss(admin_url: str, bucket_dir: Path, stations_csv: Path, path: Path) -> tuple[int, int, float]:
+    """Peak RSS (bytes) of a fresh process ingesting ``path``, rows inserted and seconds."""
+    with scratch_datastore(admin_url, bucket_dir) as (datastore, settings):
+        import_stations(datastore, stations_csv)
+        url = datastore.url.render_as_string(hide_password=False)
+        out = subprocess.run([sys.executable, "-c", PEAK_RSS, url, settings.bucket_url, str(path)],
+                             capture_output=True, text=True, check=True).stdout.splitlines()[-1].split()
+    return int(out[0]), int(out[1]), float(out[2])
 
 
 def bare_copy(engine: sa.Engine, path: Path) -> None:
@@ -95,6 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=5_000_000)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--memory-factor", type=int, default=4, help="the larger file for the memory check")
     args = parser.parse_args()
 
     path, stations_csv, rows = make_input(args.rows)
@@ -131,6 +183,14 @@ def main() -> None:
                 export.seconds.append(export_archive(datastore, bucket, full=True).seconds)
                 naive.seconds.append(timed(lambda: naive_upsert(datastore.engine, sample_text)))
                 pandas_m.seconds.append(timed(lambda: pandas_to_sql(datastore.engine, sample)))
+        larger, larger_stations, larger_rows = make_larger_input(path, stations_csv, args.memory_factor)
+        shutil.rmtree(bucket_dir, ignore_errors=True)
+        rss, _, _ = peak_rss(admin_url, bucket_dir, stations_csv, path)
+        shutil.rmtree(bucket_dir, ignore_errors=True)
+        rss_larger, inserted, seconds = peak_rss(admin_url, bucket_dir, larger_stations, larger)
+    print(f"peak RSS ingesting {path.name} ({path.stat().st_size / 1e6:,.0f} MB, {rows:,} rows): {rss / 1e6:,.0f} MB")
+    print(f"peak RSS ingesting {larger.name} ({larger.stat().st_size / 1e6:,.0f} MB, {larger_rows:,} rows): "
+          f"{rss_larger / 1e6:,.0f} MB ({inserted:,} inserted in {seconds:.1f} s)")
 
     report(
         "ingest",
@@ -142,6 +202,8 @@ def main() -> None:
             ("ingest observations per second (millions)", ours.rate / 1e6, ">=", 0.3),
             ("re-ingest time / first ingest time", again.median / ours.median, "<=", 0.05),
             ("archive export observations per second (millions)", export.rate / 1e6, ">=", 1.0),
+            (f"peak RSS of the {args.memory_factor}x file / peak RSS of the file", rss_larger / rss, "<=", 1.25),
+            (f"peak RSS of the {args.memory_factor}x file (GB)", rss_larger / 1e9, "<=", 1.0),
         ],
     )
 

@@ -11,7 +11,7 @@ import duckdb
 import sqlalchemy as sa
 
 from opencdms_kernel.archive import connect_archive
-from opencdms_kernel.bucket import Bucket
+from opencdms_kernel.bucket import Bucket, BucketKeyError
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.db.migrate import current_revision, head_revision
 from opencdms_kernel.demo_data import DemoDataset, DemoSpec, generate_demo_data, read_demo_dataset
@@ -151,7 +151,7 @@ def check_bucket(bucket: Bucket) -> PartCheck:
         payload = b"ok"
         bucket.write_bytes(key, payload)
         try:
-            if bucket.fs.cat_file(bucket.path(key)) != payload:
+            if bucket.read_bytes(key) != payload:
                 raise OSError("read back a different object")
         finally:
             bucket.fs.rm(bucket.path(key))
@@ -159,7 +159,7 @@ def check_bucket(bucket: Bucket) -> PartCheck:
 
     try:
         ok, detail = _timed(probe)
-    except OSError as exc:
+    except (OSError, BucketKeyError) as exc:
         return PartCheck("bucket", False, str(exc), bucket.url(""))
     return PartCheck("bucket", ok, detail, bucket.url(""))
 

@@ -123,7 +123,7 @@ def test_bad_rows_are_reported_and_good_rows_loaded(
         "0-20000-0-60001,TMAX,2020-01-03,warm\n"      # 6 not a number
         "0-20000-0-60001,TMAX,2020-01-04,75.0\n"      # 7 outside physical range
         "0-20000-0-60001,TMAX,2020-01-05,20.0,extra\n"  # 8 too many columns
-        "0-20000-0-60001,TMAX,2020-01-01,25.3\n"      # 9 duplicate of line 2
+        "0-20000-0-60001,TMAX,2020-01-01,25.1\n"      # 9 duplicate of line 2
         "0-20000-0-60001,TMIN,2020-01-01,11.0\n"      # 10 good
     )
     result = run(write(tmp_path, "mixed.csv", text), datastore, bucket)
@@ -155,7 +155,7 @@ BAD_FILES = {
 EXPECTED_ERRORS = {
     "empty.csv": "empty",
     "blank.csv": "empty",
-    "picture.csv": "not a CSV file",
+    "picture.csv": "not a text file",
     "latin1.csv": "line 2: not valid utf-8",
     "no_value.csv": "missing required column(s) 'value'",
 }

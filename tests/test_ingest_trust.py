@@ -275,9 +275,9 @@ def test_a_file_read_in_many_chunks_keeps_lines_and_refuses_repeats_across_chunk
     assert result.status is IngestStatus.LOADED
     report = bucket.fs.cat_file(bucket.path(result.reject_report)).decode()
     assert (result.rows_read, result.inserted, result.rejected) == (23, 19, 4), report
-    assert '"incoming/obs.csv",22,"(row)","20.3","duplicate of line 4"' in report
-    assert '"incoming/obs.csv",6,"(row)","20.5","conflicts with line 23 (value 29.9)' in report
-    assert '"incoming/obs.csv",23,"(row)","29.9","conflicts with line 6 (value 20.5)' in report
+    assert '"incoming/obs.csv",22,"value","20.3","duplicate of line 4"' in report
+    assert '"incoming/obs.csv",6,"value","20.5","conflicts with line 23 (value 29.9)"' in report
+    assert '"incoming/obs.csv",23,"value","29.9","conflicts with line 6 (value 20.5)"' in report
     assert '"incoming/obs.csv",24,"value","hot","not a number"' in report
     assert scalar(datastore, "SELECT count(*) FROM observation WHERE phenomenon_time = '2020-01-05T00:00Z'") == 0
 

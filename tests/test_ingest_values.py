@@ -16,7 +16,7 @@ import sqlalchemy as sa
 
 from opencdms_kernel.bucket import Bucket
 from opencdms_kernel.db.engine import Datastore
-from opencdms_kernel.ingest import IngestRequest, IngestResult, IngestStatus, Mapping, ingest
+from opencdms_kernel.ingest import IngestRequest, IngestResult, IngestStatus, Mapping, ingest, validate
 from opencdms_kernel.stations import import_stations
 
 OPEN = "0-20000-0-61001"  # no opening or closing date, UTC
@@ -26,6 +26,13 @@ STATIONS = f"""wigos_id,name,latitude,longitude,elevation,timezone,opened,closed
 {LIFE},Life,-1.2,36.8,1700,Africa/Nairobi,2000-01-01,2010-12-31
 """
 ISO_REASON = "cannot read the time as ISO 8601"
+
+
+@pytest.fixture(params=["per row", "per distinct time"])
+def time_reading(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both ways validation reads times: each row's text, or each distinct text once (chosen
+    by how often times repeat; these small files would otherwise always be read per row)."""
+    monkeypatch.setattr(validate, "ROWS_PER_DISTINCT_TIME", 10**9 if request.param == "per row" else 0)
 
 
 @pytest.fixture
@@ -77,7 +84,7 @@ def stored(datastore: Datastore) -> dict[tuple[str, str, str], float | None]:
     }
 
 
-@pytest.mark.usefixtures("stations")
+@pytest.mark.usefixtures("stations", "time_reading")
 def test_epoch_is_no_time_and_leaves_a_real_1970_value_alone(
     datastore: Datastore, bucket: Bucket, tmp_path: Path
 ) -> None:
@@ -96,7 +103,7 @@ def test_epoch_is_no_time_and_leaves_a_real_1970_value_alone(
     assert row | {"reason": ""} == reject(2, "time", "epoch", "")
 
 
-@pytest.mark.usefixtures("stations")
+@pytest.mark.usefixtures("stations", "time_reading")
 def test_infinite_times_are_rejected_lines_not_a_failed_file(
     datastore: Datastore, bucket: Bucket, tmp_path: Path
 ) -> None:
@@ -113,7 +120,7 @@ def test_infinite_times_are_rejected_lines_not_a_failed_file(
     assert all(r["reason"].startswith(ISO_REASON) for r in rows)
 
 
-@pytest.mark.usefixtures("stations")
+@pytest.mark.usefixtures("stations", "time_reading")
 def test_utc_offsets_beyond_14_hours_are_refused(datastore: Datastore, bucket: Bucket, tmp_path: Path) -> None:
     result = ingest_text(tmp_path, datastore, bucket, "offsets.csv", long_file(
         f"{OPEN},TMAX,2020-01-01T00:00+25:00,20.0",
@@ -131,7 +138,7 @@ def test_utc_offsets_beyond_14_hours_are_refused(datastore: Datastore, bucket: B
     ]
 
 
-@pytest.mark.usefixtures("stations")
+@pytest.mark.usefixtures("stations", "time_reading")
 def test_an_offset_read_by_a_format_is_checked_too(datastore: Datastore, bucket: Bucket, tmp_path: Path) -> None:
     mapping = Mapping(time={"format": "%Y-%m-%d %H:%M %z"}, name="offsets.yaml")
     result = ingest_text(tmp_path, datastore, bucket, "offsets.csv", long_file(
@@ -143,7 +150,7 @@ def test_an_offset_read_by_a_format_is_checked_too(datastore: Datastore, bucket:
         reject(2, "time", "2020-01-01 00:00 +2500", "the UTC offset +25:00 is beyond ±14:00")]
 
 
-@pytest.mark.usefixtures("stations")
+@pytest.mark.usefixtures("stations", "time_reading")
 def test_special_words_are_no_time_under_a_format_either(
     datastore: Datastore, bucket: Bucket, tmp_path: Path
 ) -> None:
@@ -161,7 +168,7 @@ def test_special_words_are_no_time_under_a_format_either(
     ]
 
 
-@pytest.mark.usefixtures("stations")
+@pytest.mark.usefixtures("stations", "time_reading")
 def test_fractional_seconds_are_refused_and_a_zero_fraction_is_exact(
     datastore: Datastore, bucket: Bucket, tmp_path: Path
 ) -> None:
@@ -174,7 +181,7 @@ def test_fractional_seconds_are_refused_and_a_zero_fraction_is_exact(
         reject(2, "time", "2020-01-01T06:00:00.6Z", "fractional seconds: times are stored to the whole second")]
 
 
-@pytest.mark.usefixtures("stations")
+@pytest.mark.usefixtures("stations", "time_reading")
 def test_fractional_seconds_read_by_a_format_are_refused(
     datastore: Datastore, bucket: Bucket, tmp_path: Path
 ) -> None:
@@ -187,7 +194,7 @@ def test_fractional_seconds_read_by_a_format_are_refused(
     assert [r["line"] for r in report(bucket, result)] == ["2"]
 
 
-@pytest.mark.usefixtures("stations")
+@pytest.mark.usefixtures("stations", "time_reading")
 def test_hour_24_is_not_moved_to_the_next_day(datastore: Datastore, bucket: Bucket, tmp_path: Path) -> None:
     result = ingest_text(tmp_path, datastore, bucket, "h24.csv", long_file(
         f"{OPEN},TMAX,2020-01-01T24:00,20.0",
@@ -199,7 +206,7 @@ def test_hour_24_is_not_moved_to_the_next_day(datastore: Datastore, bucket: Buck
         reject(2, "time", "2020-01-01T24:00", reason), reject(3, "time", "2020-01-01 24:00:00Z", reason)]
 
 
-@pytest.mark.usefixtures("stations")
+@pytest.mark.usefixtures("stations", "time_reading")
 def test_times_outside_the_stations_life_are_refused_by_its_local_dates(
     datastore: Datastore, bucket: Bucket, tmp_path: Path
 ) -> None:
@@ -225,7 +232,7 @@ def test_times_outside_the_stations_life_are_refused_by_its_local_dates(
     ]
 
 
-@pytest.mark.usefixtures("stations")
+@pytest.mark.usefixtures("stations", "time_reading")
 def test_times_more_than_a_day_ahead_are_refused(datastore: Datastore, bucket: Bucket, tmp_path: Path) -> None:
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     soon = (now + timedelta(hours=12)).strftime("%Y-%m-%dT%H:%MZ")
@@ -316,7 +323,7 @@ def test_rows_differing_only_in_flag_conflict(datastore: Datastore, bucket: Buck
     ]
 
 
-@pytest.mark.usefixtures("stations")
+@pytest.mark.usefixtures("stations", "time_reading")
 def test_wide_rejects_name_the_file_column_and_the_element(
     datastore: Datastore, bucket: Bucket, tmp_path: Path
 ) -> None:

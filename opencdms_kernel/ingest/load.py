@@ -222,11 +222,14 @@ class StagedKeys:
             seen.append((first, last))
 
 
-def remove_cross_chunk_duplicates(connection: Connection, staged: StagedKeys) -> pa.Table:
+def remove_cross_chunk_duplicates(
+    connection: Connection, staged: StagedKeys, labels: dict[int, tuple[str, str]]
+) -> pa.Table:
     """Refuse keys that one file gives in two chunks, as validation does within a chunk.
 
     Two rows with the same value and flag: the later is a duplicate of the first.  Different
-    values: every row of the key is refused as a conflict, naming the other lines and values.
+    values: every row of the key is refused as a conflict, naming the first other line and its
+    value.  ``labels``: element id -> (file column, reason prefix), as validation names them.
     Returns the rejects (line, column, value, reason); the refused rows leave the staging table.
     """
     from opencdms_kernel.ingest.validate import REJECT_SCHEMA
@@ -240,6 +243,7 @@ def remove_cross_chunk_duplicates(connection: Connection, staged: StagedKeys) ->
         drop_lines: list[int] = []
         drop_elements: list[int] = []
         for row in repeated:
+            column, prefix = labels.get(row.element_id, ("value", ""))
             same = len(set(zip(row.values, row.flags))) == 1
             for index, line in enumerate(row.lines):
                 if same and index == 0:
@@ -247,13 +251,12 @@ def remove_cross_chunk_duplicates(connection: Connection, staged: StagedKeys) ->
                 if same:
                     reason = f"duplicate of line {row.lines[0]}"
                 else:
-                    others = ", ".join(f"line {other} (value {_text(value)})"
-                                       for other, value in zip(row.lines, row.values) if other != line)
-                    reason = f"conflicts with {others}: the file gives this observation different values"
+                    other = 1 if index == 0 else 0
+                    reason = f"conflicts with line {row.lines[other]} (value {_text(row.values[other])})"
                 rejects["line"].append(line)
-                rejects["column"].append("(row)")
+                rejects["column"].append(column)
                 rejects["value"].append(_text(row.values[index]))
-                rejects["reason"].append(reason)
+                rejects["reason"].append(prefix + reason)
                 drop_lines.append(line)
                 drop_elements.append(row.element_id)
         if drop_lines:
@@ -262,6 +265,7 @@ def remove_cross_chunk_duplicates(connection: Connection, staged: StagedKeys) ->
 
 
 def _text(value: float | None) -> str:
+    """A staged value as reject reports show it (the stored number, after any unit conversion)."""
     return "" if value is None else f"{value:g}"
 
 

@@ -5,14 +5,22 @@ A mapping is a small YAML file::
     layout: wide                 # wide: one column per element; long: station,element,time,value[,flag]
     source: demo-aws             # the data source recorded with each observation
     encoding: utf-8
-    delimiter: ","
+    delimiter: ","               # one character: ";" or "\t" (tab) too
+    decimal: "."                 # or "," (decimal comma: 12,5)
+    header_line: 1               # the line holding the column names; lines before it are skipped
     time: {column: datetime, format: "%Y-%m-%d %H:%M", timezone: Africa/Nairobi}
+                                 # or {columns: [DATE, TIME], format: "%Y%m%d %H:%M"}: joined by a space
+                                 # hour_24: end_of_day reads 24:00 as the end of that day (default: refuse)
     duration: PT1H               # ISO 8601 period the values cover (P1D for daily values)
     level: 0                     # height/depth of the sensor in metres
     station: {column: station}   # or {fixed: "0-20000-0-60001"} or {filename_pattern: "(?P<station>…)"}
+                                 # or {header_line: 1, header_field: 0}: a field of a line before the header
+                                 # (add prefix: "0-840-0-" where the file gives only the local id)
     unmapped_columns: refuse     # ignore | refuse columns the mapping does not name
+    missing_values: ["-9999", M] # codes meaning "missing" in every value column ("" always is)
+    trace_values: [T]            # codes meaning "trace": stored as 0 with the flag "trace"
     columns:                     # wide layout: file column -> element (and the units it is in)
-      air_temp: {element: TMEAN, units: degC}
+      air_temp: {element: TMEAN, units: degC, flag_column: air_temp_flag, missing_values: ["999.9"]}
     units: {PRCP: in}            # long layout: the units of an element, where not the element's own
 
 Files in the long layout need no mapping: :data:`DEFAULT_LONG_MAPPING` applies.
@@ -25,6 +33,7 @@ import zoneinfo
 from datetime import timedelta
 from enum import Enum
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -56,13 +65,37 @@ class _Frozen(BaseModel):
 
 
 class TimeSpec(_Frozen):
-    """Where the time is and how to read it."""
+    """Where the time is and how to read it: one column, or several joined by a space."""
 
     column: str = "time"
+    columns: tuple[str, ...] = Field(
+        default=(), description="several columns (e.g. date and time of day), joined by a space in this order"
+    )
     format: str | None = Field(
         default=None, description="strptime format; empty: ISO 8601 (with optional offset)"
     )
     timezone: str = Field(default="UTC", description="IANA zone of times without an offset")
+    hour_24: Literal["refuse", "end_of_day"] = Field(
+        default="refuse", description="24:00 refused, or read as the end of that day (00:00 of the next)"
+    )
+
+    @model_validator(mode="after")
+    def _columns_need_a_format(self) -> "TimeSpec":
+        if self.columns and len(self.columns) < 2:
+            raise ValueError("columns: give two or more columns (one column: use 'column')")
+        if self.columns and not self.format:
+            raise ValueError("a time from several columns needs a format for the joined text, e.g. '%Y-%m-%d %H:%M'")
+        return self
+
+    @property
+    def source_columns(self) -> tuple[str, ...]:
+        """The file's columns the time is read from."""
+        return self.columns or (self.column,)
+
+    @property
+    def label(self) -> str:
+        """How messages name the time's column(s)."""
+        return "+".join(self.source_columns)
 
     @field_validator("timezone")
     @classmethod
@@ -75,17 +108,24 @@ class TimeSpec(_Frozen):
 
 
 class StationSpec(_Frozen):
-    """Where the station's WIGOS identifier comes from: a column, a fixed value or the file name."""
+    """Where the station's WIGOS identifier comes from: a column, a fixed value, the file name, or
+    a field of a line before the header (a station metadata line)."""
 
     column: str | None = None
     fixed: str | None = None
     filename_pattern: str | None = None
+    header_line: int | None = Field(default=None, ge=1, description="a line before the header")
+    header_field: int = Field(default=0, ge=0, description="field of that line (0: the first)")
+    prefix: str = Field(default="", description="put before the id found, e.g. 0-840-0- for a local id")
 
     @model_validator(mode="after")
     def _exactly_one(self) -> "StationSpec":
-        given = [name for name in ("column", "fixed", "filename_pattern") if getattr(self, name)]
+        given = [name for name in ("column", "fixed", "filename_pattern", "header_line")
+                 if getattr(self, name) is not None]
+        if self.prefix and self.fixed is not None:
+            raise ValueError("prefix is for a station found in the file; write a fixed station whole")
         if len(given) != 1:
-            raise ValueError("give exactly one of column, fixed, filename_pattern")
+            raise ValueError("give exactly one of column, fixed, filename_pattern, header_line")
         if self.filename_pattern is not None:
             try:
                 pattern = re.compile(self.filename_pattern)
@@ -103,10 +143,13 @@ class StationSpec(_Frozen):
 
 
 class ColumnSpec(_Frozen):
-    """One column of a wide file: the element it holds and its units."""
+    """One column of a wide file: the element it holds, its units, flags and codes."""
 
     element: str
     units: str | None = None
+    flag_column: str | None = Field(default=None, description="the column holding this value's flag")
+    missing_values: tuple[str, ...] = Field(default=(), description="codes for missing, besides the mapping's")
+    trace_values: tuple[str, ...] = Field(default=(), description="codes for trace, besides the mapping's")
 
 
 class Mapping(_Frozen):
@@ -116,6 +159,10 @@ class Mapping(_Frozen):
     source: str = Field(default="csv-ingest", min_length=1)
     encoding: str = "utf-8"
     delimiter: str = Field(default=",", min_length=1, max_length=1)
+    decimal: str = Field(default=".", pattern=r"^[.,]$", description="decimal mark of the values")
+    header_line: int = Field(default=1, ge=1, description="the line holding the column names")
+    missing_values: tuple[str, ...] = Field(default=(), description='codes for "missing" in every value column')
+    trace_values: tuple[str, ...] = Field(default=(), description='codes for "trace" (stored as 0, flag "trace")')
     time: TimeSpec = TimeSpec()
     duration: str = Field(default="P1D", description="ISO 8601 period, e.g. P1D, PT1H, PT10M")
     level: float = 0.0
@@ -149,6 +196,11 @@ class Mapping(_Frozen):
             raise ValueError("a wide layout needs 'columns' (file column -> element)")
         if self.layout is Layout.LONG and self.columns:
             raise ValueError("'columns' is for the wide layout; use 'units' in the long layout")
+        if self.decimal == self.delimiter:
+            raise ValueError("the decimal mark and the delimiter must differ (decimal comma: use delimiter ';')")
+        line = self.station.header_line
+        if line is not None and line >= self.header_line:
+            raise ValueError(f"station.header_line {line} must be a line before the header (line {self.header_line})")
         return self
 
     @property
@@ -162,8 +214,9 @@ class Mapping(_Frozen):
         """Columns a file must have under this mapping."""
         station = (self.station.column,) if self.station.column else ()
         if self.layout is Layout.LONG:
-            return (*station, "element", self.time.column, "value")
-        return (*station, self.time.column)
+            return (*station, "element", *self.time.source_columns, "value")
+        flags = tuple(spec.flag_column for spec in self.columns.values() if spec.flag_column)
+        return (*station, *self.time.source_columns, *flags)
 
     def known_columns(self) -> frozenset[str]:
         """Columns this mapping names (the rest are ignored or refused)."""

@@ -20,6 +20,7 @@ import io
 import logging
 import tempfile
 import time
+from datetime import UTC, datetime
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
@@ -32,7 +33,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
 
-from opencdms_kernel.bucket import Bucket
+from opencdms_kernel.bucket import Bucket, BucketKeyError, bucket_key_problem
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.db.schema import ingest_ledger
 from opencdms_kernel.errors import OpenCDMSError
@@ -47,10 +48,10 @@ from opencdms_kernel.ingest.load import (
     source_id,
     stage_rows,
 )
-from opencdms_kernel.ingest.mapping import DEFAULT_LONG_MAPPING, Mapping
+from opencdms_kernel.ingest.mapping import DEFAULT_LONG_MAPPING, Layout, Mapping
 from opencdms_kernel.ingest import reader
 from opencdms_kernel.ingest.reader import CsvReading, MalformedRow, Opener, ParsedChunk
-from opencdms_kernel.ingest.validate import REJECT_SCHEMA, load_reference_data, validate_rows
+from opencdms_kernel.ingest.validate import REJECT_SCHEMA, ReferenceData, load_reference_data, validate_rows
 
 REJECTS_PREFIX = "rejects"
 # Rejected rows kept in memory for display; the report in the bucket has them all.
@@ -122,7 +123,9 @@ class IngestRequest:
 
     @classmethod
     def from_bucket(cls, bucket: Bucket, key: str, mapping: Mapping = DEFAULT_LONG_MAPPING) -> "IngestRequest":
-        """An object of the bucket, known by its key."""
+        """An object of the bucket, known by its key (a folder, or a link out of the bucket, is refused)."""
+        if (problem := bucket_key_problem(key)) is not None:
+            raise BucketKeyError(key, problem)
         path = bucket.path(key)
         size = int(bucket.fs.size(path))
         return cls(key, lambda: bucket.fs.open(path, "rb"), size, mapping)
@@ -375,19 +378,20 @@ def _load(
             )
             create_staging(connection)
             staged = StagedKeys()
+            now = datetime.now(UTC)  # "in the future" means the same for every chunk
             # One thread copies chunk k into the staging table while this one reads chunk k + 1.
             with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-copy") as copier:
                 copying: Future[None] | None = None
                 for chunk in reading.chunks():
                     rows_read += chunk.row_count
-                    accepted = _validated(chunk, mapping, reference, rejects)
+                    accepted = _validated(chunk, mapping, reference, rejects, now)
                     if copying is not None:
                         copying.result()
                     staged.add(accepted)
                     copying = copier.submit(stage_rows, connection, accepted)
                 if copying is not None:
                     copying.result()
-            rejects.add(remove_cross_chunk_duplicates(connection, staged))
+            rejects.add(remove_cross_chunk_duplicates(connection, staged, _reject_labels(mapping, reference)))
             counts = merge_staging(connection, series, user, ledger_id)
             report_key = None
             if rejects.count:
@@ -416,14 +420,25 @@ def _ledger_uid(connection: sa.Connection, ledger_id: int) -> str:
     return str(uid)[:8]
 
 
-def _validated(chunk: ParsedChunk, mapping: Mapping, reference: object, rejects: _Rejects) -> pa.Table:
-    validated = validate_rows(chunk.rows, mapping, reference)  # type: ignore[arg-type]
+def _validated(chunk: ParsedChunk, mapping: Mapping, reference: ReferenceData, rejects: _Rejects,
+               now: datetime) -> pa.Table:
+    validated = validate_rows(chunk.rows, mapping, reference, now=now)
     if chunk.malformed:
         rejects.add(pa.concat_tables([_malformed_rejects(chunk.malformed), validated.rejects])
                     .sort_by([("line", "ascending")]))
     else:
         rejects.add(validated.rejects)
     return validated.accepted
+
+
+def _reject_labels(mapping: Mapping, reference: ReferenceData) -> dict[int, tuple[str, str]]:
+    """Element id -> (the file column its values are in, the prefix of reasons): as validation
+    names a row's value, for rejects found only once the chunks are staged."""
+    codes = {info.id: code for code, info in reference.elements.items()}
+    if mapping.layout is Layout.LONG:
+        return {element_id: ("value", "") for element_id in codes}
+    by_code = {spec.element: column for column, spec in mapping.columns.items()}
+    return {element_id: (by_code[code], f"{code}: ") for element_id, code in codes.items() if code in by_code}
 
 
 def ingest_many(
@@ -446,6 +461,8 @@ def ingest_many(
         except OSError as exc:
             result = IngestResult(object_key, IngestStatus.FAILED, None,
                                   error=f"{object_key}: {exc.strerror or exc}")
+        except OpenCDMSError as exc:
+            result = IngestResult(object_key, IngestStatus.FAILED, None, error=str(exc))
         else:
             result = ingest(request, datastore, bucket, user, force=force)
         results.append(result)

@@ -116,8 +116,9 @@ class _CheckedStream(io.RawIOBase):
         super().close()
 
 
-def _header(file: str, open_file: Opener, mapping: Mapping) -> list[str]:
-    """The header's column names; whole-file problems seen in the first block raise."""
+def _lines_to_header(file: str, open_file: Opener, mapping: Mapping) -> list[str]:
+    """The lines up to and including the header line (decoded); whole-file problems seen in the
+    first block raise."""
     with open_file() as raw:
         head = raw.read(BLOCK_BYTES)
     if not head.strip():
@@ -134,17 +135,30 @@ def _header(file: str, open_file: Opener, mapping: Mapping) -> list[str]:
             raise IngestFileError(
                 file, "not a text file: it contains binary data (a NUL byte)", line=head.count(b"\n", 0, at) + 1
             )
-        end = head.find(b"\n")
-        first = (head if end < 0 else head[:end]).rstrip(b"\r")
+        lines = head.split(b"\n", mapping.header_line)[: mapping.header_line]
         try:
-            text = first.decode("utf-8-sig" if _is_utf8(mapping.encoding) else mapping.encoding)
+            text = b"\n".join(lines).decode("utf-8-sig" if _is_utf8(mapping.encoding) else mapping.encoding)
         except UnicodeDecodeError as exc:
             raise _encoding_error(file, open_file, mapping.encoding) from exc
     else:
-        text = head.decode(mapping.encoding, errors="replace").lstrip("\ufeff").splitlines()[0]
-    names = next(csv.reader([text], delimiter=mapping.delimiter), [])
+        text = head.decode(mapping.encoding, errors="replace").lstrip("\ufeff")
+    lines = [line.rstrip("\r") for line in text.split("\n")[: mapping.header_line]]
+    if len(lines) < mapping.header_line:
+        raise IngestFileError(file, f"the file has {len(lines)} line(s); the mapping expects the header on "
+                              f"line {mapping.header_line}")
+    return lines
+
+
+def _fields(line: str, mapping: Mapping) -> list[str]:
+    return next(csv.reader([line], delimiter=mapping.delimiter), [])
+
+
+def _header(file: str, lines: list[str], mapping: Mapping) -> list[str]:
+    """The column names on the mapping's header line."""
+    names = _fields(lines[-1], mapping)
     if not any(name.strip() for name in names):
-        raise IngestFileError(file, "the first line is empty; expected a CSV header row", line=1)
+        where = "the first line" if mapping.header_line == 1 else f"line {mapping.header_line}"
+        raise IngestFileError(file, f"{where} is empty; expected a CSV header row", line=mapping.header_line)
     return names
 
 
@@ -233,15 +247,25 @@ def _constant_label(value: str | None, length: int) -> pa.DictionaryArray:
     )
 
 
-def _file_station(file: str, mapping: Mapping) -> tuple[str | None, str]:
-    """The station a whole file is about (fixed or from its name), and how it was found."""
+def _file_station(file: str, mapping: Mapping, lines: list[str]) -> tuple[str | None, str]:
+    """The station a whole file is about (fixed, from a line before the header or from its name),
+    and how it was found."""
     spec = mapping.station
     if spec.column:
         return None, spec.column
     if spec.fixed:
         return spec.fixed, "(mapping: station.fixed)"
+    if spec.header_line is not None:
+        fields = _fields(lines[spec.header_line - 1], mapping)
+        if spec.header_field >= len(fields) or not fields[spec.header_field].strip():
+            raise IngestFileError(
+                file, f"line {spec.header_line} has no field {spec.header_field + 1} to take the station from "
+                f"(mapping: station.header_line/header_field)", line=spec.header_line)
+        return spec.prefix + fields[spec.header_field].strip(), f"(line {spec.header_line}, field {spec.header_field + 1})"
     name = file.rsplit("/", 1)[-1]
     station = spec.station_from_filename(name)
+    if station is not None:
+        station = spec.prefix + station
     if station is None:
         raise IngestFileError(
             file,
@@ -277,9 +301,10 @@ class CsvReading:
         self.mapping = mapping
         self._open = open_file
         self._chunk_rows = chunk_rows
-        self.columns = _header(file, open_file, mapping)
+        lines = _lines_to_header(file, open_file, mapping)
+        self.columns = _header(file, lines, mapping)
         self.unmapped_columns = tuple(_check_columns(file, self.columns, mapping))
-        self._station, self._station_column = _file_station(file, mapping)
+        self._station, self._station_column = _file_station(file, mapping, lines)
 
     @property
     def warnings(self) -> tuple[str, ...]:
@@ -294,7 +319,7 @@ class CsvReading:
 
     def chunks(self) -> Iterator[ParsedChunk]:
         """The file's rows in the long form, about ``chunk_rows`` file rows at a time."""
-        counter = _LineCounter()
+        counter = _LineCounter(next_line=self.mapping.header_line + 1)
         malformed: list[MalformedRow] = []
 
         def skip_row(row: pacsv.InvalidRow) -> str:
@@ -309,17 +334,7 @@ class CsvReading:
         check_nul = not mapping.encoding.lower().replace("_", "-").startswith("utf-16")
         stream = _CheckedStream(self.file, self._open(), check_nul)
         try:
-            reader = pacsv.open_csv(
-                stream,
-                read_options=pacsv.ReadOptions(
-                    encoding=mapping.encoding, use_threads=False, block_size=BLOCK_BYTES),
-                parse_options=pacsv.ParseOptions(
-                    delimiter=mapping.delimiter, ignore_empty_lines=False, invalid_row_handler=skip_row),
-                # Everything as text: validation decides what is a number or a time.
-                convert_options=pacsv.ConvertOptions(
-                    column_types={name: pa.string() for name in self.columns},
-                    strings_can_be_null=False, quoted_strings_can_be_null=False),
-            )
+            reader = self._open_reader(stream, skip_row)
             pending: list[pa.RecordBatch] = []
             pending_rows = 0
             for batch in self._batches(reader):
@@ -333,6 +348,27 @@ class CsvReading:
         finally:
             stream.close()
 
+    def _open_reader(
+        self, stream: _CheckedStream, skip_row: Callable[[pacsv.InvalidRow], str]
+    ) -> pacsv.CSVStreamingReader:
+        """pyarrow's streaming reader over ``stream`` (it parses the first block at once)."""
+        mapping = self.mapping
+        try:
+            return pacsv.open_csv(
+                stream,
+                read_options=pacsv.ReadOptions(
+                    encoding=mapping.encoding, use_threads=False, block_size=BLOCK_BYTES,
+                    skip_rows=mapping.header_line - 1),
+                parse_options=pacsv.ParseOptions(
+                    delimiter=mapping.delimiter, ignore_empty_lines=False, invalid_row_handler=skip_row),
+                # Everything as text: validation decides what is a number or a time.
+                convert_options=pacsv.ConvertOptions(
+                    column_types={name: pa.string() for name in self.columns},
+                    strings_can_be_null=False, quoted_strings_can_be_null=False),
+            )
+        except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+            raise self._parse_error(exc) from exc
+
     def _batches(self, reader: pacsv.CSVStreamingReader) -> Iterator[pa.RecordBatch]:
         """The parser's batches, with its errors turned into messages that name the line."""
         while True:
@@ -340,16 +376,18 @@ class CsvReading:
                 batch = reader.read_next_batch()
             except StopIteration:
                 return
-            except pa.ArrowInvalid as exc:
-                message = str(exc)
-                if "straddling" in message or "block size" in message:
-                    raise _long_line_error(self.file, self._open) from exc
-                if "utf8" in message.lower() or "utf-8" in message.lower():
-                    raise _encoding_error(self.file, self._open, self.mapping.encoding) from exc
-                raise IngestFileError(self.file, f"not a readable CSV file: {message}") from exc
-            except UnicodeDecodeError as exc:
-                raise _encoding_error(self.file, self._open, self.mapping.encoding) from exc
+            except (pa.ArrowInvalid, UnicodeDecodeError) as exc:
+                raise self._parse_error(exc) from exc
             yield batch
+
+    def _parse_error(self, exc: pa.ArrowInvalid | UnicodeDecodeError) -> IngestFileError:
+        """What a parser error means for the person who sent the file, with the line."""
+        message = str(exc)
+        if isinstance(exc, UnicodeDecodeError) or "utf8" in message.lower() or "utf-8" in message.lower():
+            return _encoding_error(self.file, self._open, self.mapping.encoding)
+        if "straddling" in message or "block size" in message:
+            return _long_line_error(self.file, self._open)
+        return IngestFileError(self.file, f"not a readable CSV file: {message}")
 
     def _chunk(self, batches: list[pa.RecordBatch], counter: _LineCounter,
                malformed: list[MalformedRow]) -> ParsedChunk:
@@ -364,12 +402,19 @@ class CsvReading:
         """``table`` (the file's columns as text) in the normalised long form."""
         mapping = self.mapping
         n = table.num_rows
-        stations = table.column(self._station_column) if self._station is None else _constant(self._station, n)
-        time = table.column(mapping.time.column)
+        if self._station is not None:
+            stations = _constant(self._station, n)
+        elif mapping.station.prefix:
+            stations = pc.binary_join_element_wise(
+                mapping.station.prefix, pc.utf8_trim_whitespace(table.column(self._station_column)), "")
+        else:
+            stations = table.column(self._station_column)
+        time = _time_text(table, mapping)
         if mapping.layout is Layout.LONG:
             flag = table.column("flag") if "flag" in table.column_names else _constant(None, n)
+            value, flag = _coded(table.column("value"), flag, mapping, (), ())
             return pa.table(
-                [lines, stations, table.column("element"), time, table.column("value"), flag,
+                [lines, stations, table.column("element"), time, value, flag,
                  _constant_label(self._station_column, n), _constant_label("value", n),
                  _constant_label(None, n)],
                 schema=NORMALISED,
@@ -377,15 +422,47 @@ class CsvReading:
         parts = []
         for column, spec in mapping.columns.items():
             values = table.column(column)
-            present = pc.not_equal(pc.utf8_trim_whitespace(values), "")
             # In the wide layout an empty cell means "not observed", not a missing observation.
+            present = pc.not_equal(pc.utf8_trim_whitespace(values), "")
+            flag = table.column(spec.flag_column) if spec.flag_column else _constant(None, n)
+            value, flag = _coded(values, flag, mapping, spec.missing_values, spec.trace_values)
             parts.append(pa.table(
-                [lines, stations, _constant(spec.element, n), time, values, _constant(None, n),
+                [lines, stations, _constant(spec.element, n), time, value, flag,
                  _constant_label(self._station_column, n), _constant_label(column, n),
                  _constant_label(spec.units, n)],
                 schema=NORMALISED,
             ).filter(present))
         return pa.concat_tables(parts)
+
+
+TRACE_FLAG = "trace"
+
+
+def _time_text(table: pa.Table, mapping: Mapping) -> pa.ChunkedArray:
+    """The time as one text: its column, or its columns joined by a space."""
+    columns = [table.column(name) for name in mapping.time.source_columns]
+    if len(columns) == 1:
+        return columns[0]
+    return pc.binary_join_element_wise(*columns, " ")
+
+
+def _coded(values: pa.ChunkedArray, flags: pa.ChunkedArray | pa.Array, mapping: Mapping,
+           missing: tuple[str, ...], trace: tuple[str, ...]) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+    """Values with the mapping's codes applied: missing codes become empty (a missing value),
+    trace codes become 0 with the flag ``trace``, a decimal comma becomes a point."""
+    missing_codes = (*mapping.missing_values, *missing)
+    trace_codes = (*mapping.trace_values, *trace)
+    if missing_codes or trace_codes:
+        trimmed = pc.utf8_trim_whitespace(values)
+        if missing_codes:
+            values = pc.if_else(pc.is_in(trimmed, value_set=pa.array(missing_codes, pa.string())), "", values)
+        if trace_codes:
+            is_trace = pc.is_in(trimmed, value_set=pa.array(trace_codes, pa.string()))
+            values = pc.if_else(is_trace, "0", values)
+            flags = pc.if_else(is_trace, TRACE_FLAG, flags)
+    if mapping.decimal == ",":
+        values = pc.replace_substring(values, ",", ".")
+    return values, flags
 
 
 def _not_blank(table: pa.Table) -> pa.Array:

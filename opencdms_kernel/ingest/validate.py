@@ -23,6 +23,7 @@ validated per call (a chunk of a file): repeats across calls are the loader's bu
 
 from __future__ import annotations
 
+import re
 import zoneinfo
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -64,6 +65,9 @@ FORMAT_OFFSET = r"([+-])([0-9]{2}):?([0-9]{2})?[^0-9]*$"
 NO_OFFSET = r"($^)($^)($^)"  # a format without %z: no offset to check
 # Diagnoses of a time that could not be read, to say why rather than only that.
 HOUR_24 = r"[T ]24:00(?::00(?:\.0+)?)?(?:$|\s*[Z+-])"
+# Where a mapping reads hour 24 as the end of the day, 24:00 becomes 23:59 and a minute is added
+# (exact across a DST change, and the text keeps the shape its format expects).
+HOUR_24_CLOCK = r"([T ])24:00"
 FRACTION = r":[0-5][0-9][.,][0-9]*[1-9]"
 # A plain decimal number, as regexp_full_match reads it.
 PLAIN_NUMBER = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
@@ -105,7 +109,9 @@ def load_reference_data(connection: sa.Connection) -> ReferenceData:
     stations = {
         row.wigos_id: StationInfo(row.id, row.opened, row.closed, row.timezone)
         for row in connection.execute(
-            sa.select(station.c.wigos_id, station.c.id, station.c.opened, station.c.closed, station.c.timezone)
+            sa.select(
+                station.c.wigos_id, station.c.id, station.c.opened, station.c.closed, station.c.timezone
+            )
         )
     }
     elements = {
@@ -208,38 +214,37 @@ def _lookup_tables(reference: ReferenceData) -> tuple[pa.Table, pa.Table]:
     return station_table, element_table
 
 
-# Each distinct time text once (a file repeats its times across stations and elements, so this
-# is far fewer parses than rows): its epoch seconds, or why it is not a time.
-TIMES_SQL = """
-CREATE TEMP TABLE times AS
-WITH parsed AS (
-    SELECT time, text, CASE WHEN {gate} THEN {parse} END AS t,
-           regexp_extract(text, $offset_pattern, ['sign', 'hours', 'minutes']) AS utc_offset
-    FROM (SELECT time, trim(time) AS text FROM (SELECT DISTINCT time FROM rows))
-), measured AS (
-    SELECT time, text, CASE WHEN isfinite(t) THEN epoch_us(t) END AS us, utc_offset,
-           CASE WHEN utc_offset.hours <> ''
-                THEN CAST(utc_offset.hours AS INTEGER) * 60
-                     + coalesce(TRY_CAST(utc_offset.minutes AS INTEGER), 0) END AS offset_minutes
-    FROM parsed
-), judged AS (
-    SELECT time, us, CASE
-        WHEN offset_minutes > $max_offset_minutes
-            THEN printf('the UTC offset %s%s:%s is beyond ±14:00', utc_offset.sign, utc_offset.hours,
-                        CASE WHEN utc_offset.minutes = '' THEN '00' ELSE utc_offset.minutes END)
-        WHEN us IS NULL AND regexp_matches(text, $hour_24)
+# The rows of {source} with the epoch seconds of their time, or why the text is no time we store
+# (time_text_problem).  {source} is the rows, or their distinct times when these repeat enough.
+TIMED_SQL = """
+SELECT * EXCLUDE (time_text, end_of_day, t, us),
+       CASE WHEN time_text_problem IS NULL THEN us // 1000000 END AS epoch_seconds
+FROM (
+    SELECT *, CASE
+        WHEN {offset_beyond}
+            THEN 'the UTC offset ' || regexp_extract(time_text, $offset_pattern, 1)
+                 || regexp_extract(time_text, $offset_pattern, 2) || ':'
+                 || coalesce(nullif(regexp_extract(time_text, $offset_pattern, 3), ''), '00')
+                 || ' is beyond ±14:00'
+        WHEN us IS NULL AND regexp_matches(time_text, $hour_24)
             THEN 'hour 24 is not read as the end of the day: write 00:00 of the next day'
-        WHEN us IS NULL AND regexp_matches(text, $fraction)
+        WHEN us IS NULL AND regexp_matches(time_text, $fraction)
             THEN 'fractional seconds: times are stored to the whole second'
         WHEN us IS NULL THEN 'cannot read the time as ' || $time_format
         WHEN us % 1000000 <> 0 THEN 'fractional seconds: times are stored to the whole second'
         WHEN us > $latest_us THEN 'more than a day in the future (now: ' || $now || ')'
-    END AS problem
-    FROM measured
+    END AS time_text_problem
+    FROM (SELECT *, CASE WHEN isfinite(t) THEN epoch_us(t) + CASE WHEN end_of_day THEN 60000000 ELSE 0 END END AS us
+          FROM (SELECT *, CASE WHEN {gate} THEN {parse} END AS t
+                FROM (SELECT *, {time_text} AS time_text, {end_of_day} AS end_of_day FROM {source})))
 )
-SELECT time, CASE WHEN problem IS NULL THEN us // 1000000 END AS epoch_seconds, problem
-FROM judged
 """
+# Minutes of the UTC offset found by $offset_pattern beyond the largest in use (NULL: no offset).
+OFFSET_BEYOND = """(CAST(nullif(regexp_extract(time_text, $offset_pattern, 2), '') AS INTEGER) * 60
+                    + coalesce(CAST(nullif(regexp_extract(time_text, $offset_pattern, 3), '') AS INTEGER), 0)
+                    > $max_offset_minutes)"""
+# Parsing each distinct time once pays (a DISTINCT and a join) when times repeat this much.
+ROWS_PER_DISTINCT_TIME = 4
 
 CHECK_SQL = """
 CREATE TEMP TABLE checked AS
@@ -247,14 +252,13 @@ WITH joined AS (
     SELECT r.rid, r.line, r.station, r.element, r.time, r.value AS written, r.flag, r.station_column,
            r.value_column, s.id AS station_id, s.opened, s.closed, s.observes_from, s.observes_until,
            e.id AS element_id, e.units AS element_units, e.valid_min, e.valid_max, c.scale, c."offset",
-           tm.epoch_seconds, tm.problem AS time_problem,
+           r.epoch_seconds, r.time_text_problem,
            trim(r.value) AS value_text
-    FROM rows AS r
+    FROM {timed_rows} AS r
     LEFT JOIN stations AS s ON s.wigos_id = trim(r.station)
     LEFT JOIN elements AS e ON e.code = trim(r.element)
     LEFT JOIN conversions AS c
            ON c.element = e.code AND c.units IS NOT DISTINCT FROM r.units
-    LEFT JOIN times AS tm ON tm.time = r.time
 ), numbers AS (
     -- Only a plain decimal reaches the cast: DuckDB's own reads '1_0' as 10, and 'nan'.
     SELECT *, CASE WHEN regexp_full_match(value_text, $plain_number)
@@ -270,12 +274,12 @@ WITH joined AS (
            CASE WHEN station_id IS NULL THEN 'unknown station' END AS station_problem,
            CASE WHEN element_id IS NULL THEN 'unknown element' END AS element_problem,
            CASE WHEN epoch_seconds IS NULL
-                    THEN coalesce(time_problem, 'cannot read the time as ' || $time_format)
+                    THEN coalesce(time_text_problem, 'cannot read the time as ' || $time_format)
                 WHEN epoch_seconds < observes_from
                     THEN 'before the station opened on ' || CAST(opened AS VARCHAR)
                 WHEN epoch_seconds >= observes_until
                     THEN 'after the station closed on ' || CAST(closed AS VARCHAR)
-           END AS time_problem_here,
+           END AS time_problem,
            CASE WHEN value_text = '' THEN NULL
                 WHEN raw_value IS NULL THEN 'not a number'
                 WHEN NOT isfinite(v) THEN 'too large a number'
@@ -292,75 +296,77 @@ SELECT rid, line, station_id, element_id, epoch_seconds, v AS value, nullif(trim
        -- The report's columns for refused rows only: accepted rows carry no text.
        CASE WHEN station_problem IS NOT NULL THEN station_column
             WHEN element_problem IS NOT NULL THEN 'element'
-            WHEN time_problem_here IS NOT NULL THEN $time_column
+            WHEN time_problem IS NOT NULL THEN $time_column
             WHEN value_problem IS NOT NULL THEN value_column END AS reject_column,
        CASE WHEN station_problem IS NOT NULL THEN trim(station)
             WHEN element_problem IS NOT NULL THEN trim(element)
-            WHEN time_problem_here IS NOT NULL THEN time
+            WHEN time_problem IS NOT NULL THEN time
             WHEN value_problem IS NOT NULL THEN written END AS reject_value,
        CASE WHEN $name_element THEN trim(element) || ': ' ELSE '' END
-       || coalesce(station_problem, element_problem, time_problem_here, value_problem) AS reason
+       || coalesce(station_problem, element_problem, time_problem, value_problem) AS reason
 FROM judged
 """
 
-# The accepted rows that share a key with another, ordered by (line, rid): rid follows the
-# mapping's column order within a line.  A key whose rows all have one (value, flag) holds
-# duplicates: the first is kept, the others refused.  A key with several has a conflict: every
-# row is refused, naming the first row whose (value, flag) differs from its own.  Linear in the
-# rows, however many share a key.
-DUPLICATES_SQL = """
+# The accepted rows that share a key with another.  A row's place in the file is its line, then
+# its rid (which follows the mapping's column order within a line), as one number: pos.  A key
+# whose rows all have one (value, flag) holds duplicates: the first is kept, the others refused.
+# A key with several has a conflict: every row is refused, naming the first row whose (value,
+# flag) differs from its own.  Aggregates and joins only: linear, however many share a key.
+POS_SCALE = 1 << 32  # above any rid
+REPEATED_SQL = """
 CREATE TEMP TABLE repeated AS
 WITH shared AS (
-    SELECT c.rid, c.line, c.station_id, c.element_id, c.epoch_seconds, c.value, c.flag
+    SELECT c.rid, c.line, c.station_id, c.element_id, c.epoch_seconds, c.value, c.flag,
+           c.line * $pos_scale + c.rid AS pos
     FROM checked AS c
     SEMI JOIN (SELECT station_id, element_id, epoch_seconds FROM checked WHERE reason IS NULL
                GROUP BY ALL HAVING count(*) > 1) AS k
            USING (station_id, element_id, epoch_seconds)
     WHERE c.reason IS NULL
-), written AS (
-    -- The rows' text as the file gave it (checked keeps none for accepted rows).
-    SELECT s.*, trim(r.value) AS value_text, r.value AS written, r.value_column, trim(r.element) AS element
-    FROM shared AS s JOIN rows AS r USING (rid)
-), ordered AS (
-    SELECT *, row_number() OVER (ORDER BY line, rid) AS pos FROM written
 ), variants AS (
-    -- A (value, flag) variant of a key is known by the position of its first row.
-    SELECT *, min(pos) OVER (PARTITION BY station_id, element_id, epoch_seconds, value, flag) AS variant,
-              min(pos) OVER (PARTITION BY station_id, element_id, epoch_seconds) AS first_pos
-    FROM ordered
-), keyed AS (
-    SELECT *, min(CASE WHEN variant <> first_pos THEN variant END)
-                  OVER (PARTITION BY station_id, element_id, epoch_seconds) AS second_variant
-    FROM variants
+    -- A (value, flag) variant of a key, known by the place of its first row.
+    SELECT station_id, element_id, epoch_seconds, value, flag, min(pos) AS variant
+    FROM shared GROUP BY ALL
+), keys AS (
+    SELECT station_id, element_id, epoch_seconds, min(variant, 2) AS firsts
+    FROM variants GROUP BY ALL
+), refused AS (
+    SELECT s.rid, s.line, k.firsts[2] IS NOT NULL AS conflict,
+           CASE WHEN k.firsts[2] IS NULL THEN k.firsts[1]        -- a duplicate: the kept row
+                WHEN v.variant = k.firsts[1] THEN k.firsts[2]    -- a conflict: the first row
+                ELSE k.firsts[1] END AS other                    --   that differs
+    FROM shared AS s
+    JOIN variants AS v
+      ON v.station_id = s.station_id AND v.element_id = s.element_id
+     AND v.epoch_seconds = s.epoch_seconds
+     AND v.value IS NOT DISTINCT FROM s.value AND v.flag IS NOT DISTINCT FROM s.flag
+    JOIN keys AS k
+      ON k.station_id = s.station_id AND k.element_id = s.element_id AND k.epoch_seconds = s.epoch_seconds
+    WHERE k.firsts[2] IS NOT NULL OR s.pos <> k.firsts[1]
 )
-SELECT k.rid, k.value_column, k.written, k.element,
-       CASE WHEN k.second_variant IS NULL THEN 'duplicate of line ' || o.line
-            ELSE 'conflicts with line ' || o.line || ' ('
-                 || CASE WHEN o.value_text = '' THEN 'empty value' ELSE 'value ' || o.value_text END
-                 || CASE WHEN k.flag IS NOT DISTINCT FROM o.flag THEN ''
-                         WHEN o.flag IS NULL THEN ', no flag'
-                         ELSE ', flag ' || o.flag END
-                 || ')'
-       END AS reason
-FROM keyed AS k
-JOIN ordered AS o
-  ON o.pos = CASE WHEN k.second_variant IS NULL THEN k.first_pos       -- duplicate: the kept row
-                  WHEN k.variant = k.first_pos THEN k.second_variant   -- conflict: the first
-                  ELSE k.first_pos END                                 --   differing row
-WHERE k.second_variant IS NOT NULL OR k.pos <> k.first_pos
+SELECT f.rid, f.line, r.value_column AS "column", r.value,
+       CASE WHEN $name_element THEN trim(r.element) || ': ' ELSE '' END
+       || CASE WHEN NOT f.conflict THEN 'duplicate of line ' || (f.other // $pos_scale)
+               ELSE 'conflicts with line ' || o.line || ' ('
+                    || CASE WHEN trim(o.value) = '' THEN 'empty value' ELSE 'value ' || trim(o.value) END
+                    || CASE WHEN nullif(trim(r.flag), '') IS NOT DISTINCT FROM nullif(trim(o.flag), '') THEN ''
+                            WHEN nullif(trim(o.flag), '') IS NULL THEN ', no flag'
+                            ELSE ', flag ' || trim(o.flag) END
+                    || ')' END AS reason
+FROM refused AS f
+JOIN rows AS r ON r.rid = f.rid
+LEFT JOIN rows AS o ON f.conflict AND o.rid = f.other % $pos_scale
 """
 
-MARK_REPEATED_SQL = """
-UPDATE checked
-SET reason = CASE WHEN $name_element THEN d.element || ': ' ELSE '' END || d.reason,
-    reject_column = d.value_column, reject_value = d.written
-FROM repeated AS d
-WHERE checked.rid = d.rid
-"""
+
+def _named(sql: str, parameters: dict[str, object]) -> dict[str, object]:
+    """The ``parameters`` that ``sql`` names ($name): DuckDB refuses any other."""
+    return {name: value for name, value in parameters.items() if re.search(rf"\${name}\b", sql)}
 
 
 def _time_sql(mapping: Mapping, now: datetime) -> tuple[str, dict[str, object]]:
-    """The statement that reads the distinct times under ``mapping``, and its parameters."""
+    """How times are read under ``mapping``: the SELECT that times a {source} of rows (see
+    TIMED_SQL), and its parameters."""
     parameters: dict[str, object] = {
         "max_offset_minutes": MAX_OFFSET_MINUTES,
         "hour_24": HOUR_24,
@@ -370,17 +376,49 @@ def _time_sql(mapping: Mapping, now: datetime) -> tuple[str, dict[str, object]]:
     }
     if mapping.time.format:
         # strptime, too, reads 'epoch' and 'infinity' whatever the format; a time has digits.
-        gate = "regexp_matches(text, '[0-9]')"
-        parse = "CAST(try_strptime(text, $time_format) AS TIMESTAMPTZ)"
+        gate = "regexp_matches(time_text, '[0-9]')"
+        parse = "CAST(try_strptime(time_text, $time_format) AS TIMESTAMPTZ)"
+        with_offset = "%z" in mapping.time.format
         parameters |= {
             "time_format": mapping.time.format,
-            "offset_pattern": FORMAT_OFFSET if "%z" in mapping.time.format else NO_OFFSET,
+            "offset_pattern": FORMAT_OFFSET if with_offset else NO_OFFSET,
         }
+        # strptime reads any offset up to ±99:59, so every time read with one is checked.
+        offset_beyond = OFFSET_BEYOND if with_offset else "false"
     else:
-        gate = "regexp_full_match(text, $iso_time)"
-        parse = "TRY_CAST(text AS TIMESTAMPTZ)"
+        gate = "regexp_full_match(time_text, $iso_time)"
+        parse = "TRY_CAST(time_text AS TIMESTAMPTZ)"
         parameters |= {"time_format": ISO_FORMAT_NAME, "offset_pattern": ISO_OFFSET, "iso_time": ISO_TIME}
-    return TIMES_SQL.format(gate=gate, parse=parse), parameters
+        # ISO_TIME admits no offset beyond ±14:00: only a time it refused can have one.
+        offset_beyond = f"(us IS NULL AND {OFFSET_BEYOND})"
+    if mapping.time.hour_24 == "end_of_day":
+        time_text = "regexp_replace(trim(time), $hour_24_clock, '\\123:59')"
+        end_of_day = "regexp_matches(trim(time), $hour_24)"
+        parameters["hour_24_clock"] = HOUR_24_CLOCK
+    else:
+        time_text, end_of_day = "trim(time)", "false"
+    timed = TIMED_SQL.replace("{offset_beyond}", offset_beyond).replace("{gate}", gate)
+    timed = timed.replace("{time_text}", time_text).replace("{end_of_day}", end_of_day)
+    return timed.replace("{parse}", parse), parameters
+
+
+def _timed_rows(
+    con: duckdb.DuckDBPyConnection, row_count: int, timed_sql: str, parameters: dict[str, object]
+) -> tuple[str, dict[str, object]]:
+    """The registered rows with their times read (a relation for CHECK_SQL), and its parameters.
+
+    When times repeat (a long file's stations and elements share them, a wide file's columns
+    do), each distinct text is read once into the ``times`` table and joined back; otherwise
+    each row's text is read where it stands, which is cheaper than a DISTINCT and a join.
+    """
+    (distinct_times,) = con.execute("SELECT approx_count_distinct(time) FROM rows").fetchone()
+    if distinct_times * ROWS_PER_DISTINCT_TIME > row_count:
+        return "(" + timed_sql.replace("{source}", "rows") + ")", parameters
+    distinct = timed_sql.replace("{source}", "(SELECT DISTINCT time FROM rows)")
+    times_sql = f"CREATE TEMP TABLE times AS {distinct}"
+    con.execute(times_sql, _named(times_sql, parameters))
+    joined = "SELECT rows.*, t.epoch_seconds, t.time_text_problem FROM rows LEFT JOIN times AS t USING (time)"
+    return f"({joined})", {}
 
 
 def validate_rows(
@@ -393,7 +431,7 @@ def validate_rows(
     station_table, element_table = _lookup_tables(reference)
     conversions = _conversions(mapping, reference.elements)
     name_element = mapping.layout is Layout.WIDE
-    times_sql, times_parameters = _time_sql(mapping, (now or datetime.now(UTC)).astimezone(UTC))
+    timed_sql, time_parameters = _time_sql(mapping, (now or datetime.now(UTC)).astimezone(UTC))
     con = duckdb.connect()
     try:
         con.execute("SET TimeZone = ?", [mapping.time.timezone])
@@ -403,31 +441,35 @@ def validate_rows(
             ("conversions", conversions),
         ):
             con.register(name, table)
-        con.execute(times_sql, times_parameters)
+        timed_rows, check_parameters = _timed_rows(con, rows.num_rows, timed_sql, time_parameters)
+        check_sql = CHECK_SQL.replace("{timed_rows}", timed_rows)
         con.execute(
-            CHECK_SQL,
-            {
-                "time_column": mapping.time.column,
-                "time_format": times_parameters["time_format"],
+            check_sql,
+            _named(check_sql, check_parameters | {
+                "time_column": mapping.time.label,
+                "time_format": time_parameters["time_format"],
                 "plain_number": PLAIN_NUMBER,
                 "non_zero_mantissa": NON_ZERO_MANTISSA,
                 "name_element": name_element,
-            },
+            }),
         )
         accepted_count, distinct_keys = con.execute(
             "SELECT count(*), count(DISTINCT (station_id, element_id, epoch_seconds)) "
             "FROM checked WHERE reason IS NULL"
         ).fetchall()[0]
-        if accepted_count != distinct_keys:
-            con.execute(DUPLICATES_SQL)
-            con.execute(MARK_REPEATED_SQL, {"name_element": name_element})
+        repeated = accepted_count != distinct_keys
+        if repeated:
+            con.execute(REPEATED_SQL, {"pos_scale": POS_SCALE, "name_element": name_element})
         accepted = con.sql(
-            "SELECT station_id, element_id, epoch_seconds, value, flag, line FROM checked "
-            "WHERE reason IS NULL ORDER BY station_id, element_id, epoch_seconds"
+            "SELECT station_id, element_id, epoch_seconds, value, flag, line FROM checked AS c "
+            + ("ANTI JOIN repeated USING (rid) " if repeated else "")
+            + "WHERE c.reason IS NULL ORDER BY station_id, element_id, epoch_seconds"
         ).to_arrow_table()
         rejects = con.sql(
             "SELECT line, reject_column AS \"column\", reject_value AS value, reason "
-            "FROM checked WHERE reason IS NOT NULL ORDER BY line, \"column\", reason"
+            "FROM checked WHERE reason IS NOT NULL "
+            + ("UNION ALL SELECT line, \"column\", value, reason FROM repeated " if repeated else "")
+            + "ORDER BY line, \"column\", reason"
         ).to_arrow_table()
     finally:
         con.close()

@@ -23,7 +23,7 @@ from rich.table import Table
 from typer.core import TyperGroup
 
 from opencdms_kernel.bucket import Bucket, open_bucket
-from opencdms_kernel.db.engine import Datastore, DatastoreError
+from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.errors import OpenCDMSError
 from opencdms_kernel.ingest import IngestRequest, IngestResult, IngestStatus, ingest_many
 from opencdms_kernel.settings import Settings
@@ -31,7 +31,8 @@ from opencdms_kernel.settings import Settings
 if TYPE_CHECKING:
     from opencdms_kernel.notebooks import Job
 
-app = typer.Typer(help="OpenCDMS Workbench: climate data management.", no_args_is_help=True)
+app = typer.Typer(help="OpenCDMS Workbench: climate data management.", no_args_is_help=True,
+                  pretty_exceptions_enable=False)
 db_app = typer.Typer(help="Datastore schema.", no_args_is_help=True)
 stations_app = typer.Typer(help="Station metadata.", no_args_is_help=True)
 product_app = typer.Typer(help="Climate products from the Parquet archive.", no_args_is_help=True)
@@ -97,17 +98,23 @@ def log_file(settings: Settings) -> Path:
     return settings.var_dir / "log" / "opencdms.log"
 
 
+_log_path: Path | None = None  # where this command logs, once the settings are known
+
+
 def _log_to_file(settings: Settings) -> None:
     """Warnings and errors (with their tracebacks) go to the log file, never to the user's screen."""
+    global _log_path
     path = log_file(settings)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         handler: logging.Handler = logging.FileHandler(path, encoding="utf-8")
+        _log_path = path
     except OSError:
         handler = logging.StreamHandler(sys.stderr)  # an unwritable var/: better on screen than lost
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("opencdms_kernel")
     root.setLevel(logging.INFO)
+    root.propagate = False  # never to the screen through the root logger
     root.addHandler(handler)
 
 
@@ -124,11 +131,7 @@ def _open(settings: Settings, *, schema: bool = True) -> Iterator[tuple[Datastor
     """
     from opencdms_kernel.db import migrate
 
-    try:
-        datastore = Datastore.open(settings)
-    except DatastoreError as exc:
-        console.print(f"[red]{exc}[/red]")
-        raise typer.Exit(1) from exc
+    datastore = Datastore.open(settings)  # a DatastoreError says what to check (see run())
     try:
         if schema and (current := migrate.current_revision(datastore)) != (head := migrate.head_revision()):
             console.print(
@@ -381,11 +384,7 @@ def backup(ctx: typer.Context, file: Path = typer.Argument(..., dir_okay=False))
     from opencdms_kernel.db.backup import backup as run_backup
 
     with _open(_settings(ctx), schema=False) as (datastore, _):
-        try:
-            run_backup(datastore, file)
-        except DatastoreError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from exc
+        run_backup(datastore, file)
     console.print(f"backup written to {file} ({file.stat().st_size:,} bytes)")
 
 
@@ -395,11 +394,7 @@ def restore(ctx: typer.Context, file: Path = typer.Argument(..., exists=True, di
     from opencdms_kernel.db.backup import restore as run_restore
 
     with _open(_settings(ctx), schema=False) as (datastore, _):
-        try:
-            run_restore(datastore, file)
-        except DatastoreError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from exc
+        run_restore(datastore, file)
     console.print(f"restored from {file}")
 
 
@@ -877,5 +872,27 @@ def kernel_install(
                   soft_wrap=True)
 
 
+def run() -> None:
+    """The ``opencdms`` command: the one place where errors become messages and exit codes.
+
+    A user's error (``OpenCDMSError``) is one whole line and its ``exit_code``; Ctrl-C exits
+    130; anything else is logged with its traceback and reported in one line, without internals.
+    """
+    try:
+        app()
+    except OpenCDMSError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        console.print("[red]stopped (Ctrl-C)[/red]")
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception as exc:  # noqa: BLE001 - the last resort: logged whole, reported in one line
+        log.exception("unexpected failure of: opencdms %s", " ".join(sys.argv[1:]))
+        where = f"; the log has the details: {_log_path}" if _log_path else ""
+        console.print(f"[red]unexpected error ({type(exc).__name__}: {escape(str(exc))}){where}[/red]",
+                      soft_wrap=True)
+        sys.exit(EXIT_FAILED)
+
+
 if __name__ == "__main__":
-    app()
+    run()

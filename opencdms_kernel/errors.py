@@ -1,10 +1,52 @@
-"""Errors that reach people: each names what is at fault (file, line, column, parameter)."""
+"""Errors that reach people: each names what is at fault (file, line, column, parameter).
+
+One error model for every door into the system, after pygeoapi's: an error carries a safe
+message (``str()``), the HTTP status and OGC API exception code the API will answer with, and
+the exit code the command line ends with, so that the CLI maps errors in one place
+(``cli.run``) and the API will map them the same way.  Subclasses set the class attributes.
+Anything that is not an ``OpenCDMSError`` is unexpected: it is logged with its traceback and
+reported without internals.
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar
+
+# OGC API exception codes (OGC API - Common / Processes, as pygeoapi answers them).
+INVALID_PARAMETER_VALUE = "InvalidParameterValue"
+NOT_FOUND = "NotFound"
+NO_APPLICABLE_CODE = "NoApplicableCode"
 
 
 class OpenCDMSError(Exception):
     """Base of the errors the system reports to its users; ``str()`` is a safe user message."""
+
+    http_status: ClassVar[int] = 400
+    ogc_code: ClassVar[str] = INVALID_PARAMETER_VALUE
+    exit_code: ClassVar[int] = 2  # the request was refused before anything was done
+
+
+class NotFoundError(OpenCDMSError):
+    """Something the user named does not exist (a station, a job, a ledger entry…)."""
+
+    http_status = 404
+    ogc_code = NOT_FOUND
+
+
+class ConflictError(OpenCDMSError):
+    """The request is valid, but the state of the data does not allow it now."""
+
+    http_status = 409
+    ogc_code = NO_APPLICABLE_CODE
+    exit_code = 1
+
+
+class ServiceError(OpenCDMSError):
+    """A part of the system (datastore, bucket) cannot be reached or used."""
+
+    http_status = 503
+    ogc_code = NO_APPLICABLE_CODE
+    exit_code = 1
 
 
 class MappingError(OpenCDMSError):
@@ -20,6 +62,8 @@ class MappingError(OpenCDMSError):
 class IngestFileError(OpenCDMSError):
     """A whole file cannot be ingested (not CSV, empty, wrong encoding, missing column…)."""
 
+    exit_code = 1
+
     def __init__(self, file: str, reason: str, line: int | None = None) -> None:
         self.file = file
         self.reason = reason
@@ -28,5 +72,5 @@ class IngestFileError(OpenCDMSError):
         super().__init__(f"{where}: {reason}")
 
 
-class UnknownReferenceError(OpenCDMSError):
+class UnknownReferenceError(NotFoundError):
     """A station, element or source named by the user does not exist."""

@@ -50,7 +50,10 @@ class PostgresServer:
         worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
         self.template = f"opencdms_template_{worker}_{uuid.uuid4().hex[:8]}"
         self._create(self.template)
-        with Datastore.open(Settings(database_url=self.url_of(self.template))) as datastore:
+        # Its own home: the roles' passwords go to a folder of this session, not the project's var/.
+        self.home = Path(tempfile.mkdtemp(prefix="opencdms-test-roles-"))
+        self.settings = Settings(home=self.home, database_url=self.url_of(self.template))
+        with Datastore.open(self.settings) as datastore:
             migrate.upgrade(datastore)
 
     def url_of(self, database: str) -> str:
@@ -72,8 +75,13 @@ class PostgresServer:
         return name
 
     def close(self) -> None:
+        from opencdms_kernel.db import roles
+
+        with Datastore.open(self.settings) as datastore:
+            roles.drop_roles(datastore)
         self.drop(self.template)
         self.admin.dispose()
+        shutil.rmtree(self.home, ignore_errors=True)
 
 
 def outside_pytest_tmp(prefix: str) -> Path:

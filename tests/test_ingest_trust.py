@@ -21,6 +21,7 @@ import sqlalchemy as sa
 
 from opencdms_kernel.bucket import Bucket
 from opencdms_kernel.db.engine import Datastore
+from opencdms_kernel.errors import NotFoundError
 from opencdms_kernel.ingest import (
     IngestRequest,
     IngestStatus,
@@ -197,7 +198,7 @@ def test_revert_is_refused_when_a_later_change_touched_the_same_rows(datastore: 
         revert_load(datastore, loaded.ledger_id, "supervisor")
     assert rows(datastore, "SELECT value, status, version FROM observation ORDER BY phenomenon_time") == before
     assert scalar(datastore, "SELECT status FROM ingest_ledger WHERE id = :i", i=loaded.ledger_id) == "loaded"
-    with pytest.raises(RevertError, match="no such ingest"):
+    with pytest.raises(NotFoundError, match="there is no ingest 999999 in the ledger"):
         revert_load(datastore, 999_999, "supervisor")
 
 

@@ -9,10 +9,11 @@ from types import TracebackType
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine, make_url
 
+from opencdms_kernel.errors import ServiceError
 from opencdms_kernel.settings import Settings
 
 
-class DatastoreError(RuntimeError):
+class DatastoreError(ServiceError, RuntimeError):
     """The datastore could not be reached or prepared; the message says what to check."""
 
 

@@ -14,7 +14,9 @@ Role names are cluster-wide while an installation is one database, so they are d
 the database name (``opencdms_<database>_owner`` …; ``OPENCDMS_DATABASE_ROLE_PREFIX`` overrides
 the prefix) and recorded in the database's ``database_role`` table the first time.  A database
 copied with ``CREATE DATABASE … TEMPLATE`` carries that record with the grants that name the
-same roles, so it keeps working with them and never gets roles of its own.
+same roles, so it keeps working with them and never gets roles of its own.  Roles outlive
+``DROP DATABASE``: when roles are created, those of databases that are gone are dropped
+(:func:`drop_orphaned_roles`).
 
 Passwords are generated (``secrets.token_urlsafe``), kept in
 ``<var_dir>/secrets/database-roles.json`` (mode 0600) and sent to the server only as SCRAM
@@ -34,7 +36,7 @@ import tempfile
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Iterator, Mapping
+from typing import Iterable, Iterator, Mapping
 
 import psycopg
 import sqlalchemy as sa
@@ -141,8 +143,9 @@ def stored_passwords(path: Path) -> dict[str, str]:
     return dict(passwords)
 
 
-def _store_passwords(path: Path, passwords: Mapping[str, str]) -> None:
-    """Merge ``passwords`` into the secrets file: private folder, mode 0600, atomic replace.
+def _store_passwords(path: Path, add: Mapping[str, str], remove: Iterable[str] = ()) -> None:
+    """Merge ``add`` into the secrets file and drop ``remove``: private folder, mode 0600,
+    atomic replace.
 
     Several processes may write at once (tests migrate many databases in parallel), so the
     read-merge-write holds an exclusive lock on a file beside it.
@@ -151,7 +154,9 @@ def _store_passwords(path: Path, passwords: Mapping[str, str]) -> None:
     path.parent.chmod(0o700)
     with open(path.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        merged = stored_passwords(path) | dict(passwords)
+        merged = stored_passwords(path) | dict(add)
+        for name in remove:
+            merged.pop(name, None)
         handle, partial = tempfile.mkstemp(dir=path.parent, prefix=".database-roles-")
         try:
             with os.fdopen(handle, "w", encoding="utf-8") as out:  # mkstemp: mode 0600
@@ -197,6 +202,44 @@ def recorded_roles(connection: Connection) -> InstallationRoles | None:
 def _marker(kind: RoleKind, database: str) -> str:
     """The comment on a role this code created: whose it is."""
     return f"OpenCDMS {kind.value} role of database {database}"
+
+
+_MARKER = re.compile(r"^OpenCDMS (owner|app|readonly) role of database (.+)$")
+
+
+def drop_orphaned_roles(connection: Connection) -> list[str]:
+    """Drop the roles this code created for databases that no longer exist on the server.
+
+    Role names are cluster-wide and outlive ``DROP DATABASE``; test runs create a database
+    (and its roles) per session.  A role is dropped only when its comment marks it as an
+    OpenCDMS role, the database it names is gone, and nothing in any database depends on it
+    (a copy or a renamed database still using it keeps it: PostgreSQL refuses the drop, and
+    the role is skipped).  Returns the names dropped.
+    """
+    databases = set(connection.execute(sa.text("SELECT datname FROM pg_database")).scalars())
+    candidates = [
+        name
+        for name, marker in connection.execute(sa.text(
+            "SELECT rolname, shobj_description(oid, 'pg_authid') FROM pg_roles "
+            "WHERE shobj_description(oid, 'pg_authid') LIKE 'OpenCDMS % role of database %' "
+            "ORDER BY rolname"))
+        if (found := _MARKER.fullmatch(marker)) and found.group(2) not in databases
+    ]
+    dropped = []
+    raw = _raw(connection)
+    for name in candidates:
+        try:
+            with connection.begin_nested():
+                raw.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+        except (
+            psycopg.errors.DependentObjectsStillExist,  # still used somewhere: keep it
+            psycopg.errors.UndefinedObject,  # dropped meanwhile by another session
+            psycopg.errors.InsufficientPrivilege,  # not ours to drop (PostgreSQL 16 ADMIN rules)
+            psycopg.errors.InternalError_,  # "tuple concurrently deleted": the same race
+        ):
+            continue
+        dropped.append(name)
+    return dropped
 
 
 def _existing_role(connection: Connection, name: str) -> sa.Row | None:
@@ -266,9 +309,10 @@ def _adopt_or_create(
             "(or a role with CREATEROLE)"
         )
     new = {name: passwords.get(name) or secrets.token_urlsafe(32) for _, name in missing}
+    # A new installation on this server: first clear away the roles of dropped databases.
     # Stored before the roles exist: if this transaction fails, the next attempt creates them
     # with the same passwords; the reverse order could leave roles nobody can log in as.
-    _store_passwords(path, new)
+    _store_passwords(path, new, remove=drop_orphaned_roles(connection))
     for kind, name in missing:
         _create_role(connection, kind, name, database, new[name])
 
@@ -445,7 +489,7 @@ def reset_passwords(datastore: Datastore) -> InstallationRoles:
     roles = installation_roles(datastore)
     path = secrets_file(_settings_of(datastore))
     new = {name: secrets.token_urlsafe(32) for _, name in roles.items()}
-    _store_passwords(path, new)
+    _store_passwords(path, add=new)
     with datastore.engine.begin() as connection:
         raw = _raw(connection)
         try:
@@ -473,5 +517,5 @@ def drop_roles(datastore: Datastore) -> None:
             raw.execute(sql.SQL("DROP OWNED BY {}").format(sql.SQL(", ").join(names)))
             connection.execute(sa.text("DELETE FROM database_role"))
             raw.execute(sql.SQL("DROP ROLE {}").format(sql.SQL(", ").join(names)))
-        except psycopg.errors.DependentObjectsStillReferenced as exc:
+        except psycopg.errors.DependentObjectsStillExist as exc:
             raise DatabaseRoleError(f"the roles are still used by another database: {exc}") from exc

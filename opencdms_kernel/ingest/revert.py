@@ -16,12 +16,12 @@ from dataclasses import dataclass
 import sqlalchemy as sa
 
 from opencdms_kernel.db.engine import Datastore
-from opencdms_kernel.errors import OpenCDMSError
+from opencdms_kernel.errors import ConflictError, NotFoundError
 from opencdms_kernel.ingest.load import identify_writer, lock_ingest
 
 
-class RevertError(OpenCDMSError):
-    """A load cannot be reverted; says why."""
+class RevertError(ConflictError):
+    """A load cannot be reverted (now); says why."""
 
     def __init__(self, ledger_id: int, reason: str) -> None:
         self.ledger_id = ledger_id
@@ -87,7 +87,7 @@ def revert_load(datastore: Datastore, ledger_id: int, user: str) -> RevertResult
         lock_ingest(connection)
         ledger = connection.execute(_LEDGER_SQL, {"ledger_id": ledger_id}).one_or_none()
         if ledger is None:
-            raise RevertError(ledger_id, "there is no such ingest in the ledger")
+            raise NotFoundError(f"there is no ingest {ledger_id} in the ledger (see opencdms ingest ledger)")
         if ledger.status != "loaded":
             raise RevertError(ledger_id, f"its status is {ledger.status}; only a loaded file can be reverted")
         if ledger.loaded_at is None:

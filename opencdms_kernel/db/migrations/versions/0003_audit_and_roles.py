@@ -238,7 +238,7 @@ CREATE TRIGGER observation_check_update AFTER UPDATE ON observation
     EXECUTE FUNCTION observation_check_new_rows();
 
 -- The other side of the range: an element's range cannot shrink past stored values (a scan
--- of observation; changing a range is rare and deliberate).
+-- of observation, only when the range narrows; changing a range is rare and deliberate).
 CREATE FUNCTION element_range_check_stored() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     outside bigint;
@@ -257,7 +257,9 @@ $$;
 
 CREATE TRIGGER element_range_in_use BEFORE UPDATE OF valid_min, valid_max ON element
     FOR EACH ROW
-    WHEN (NEW.valid_min IS DISTINCT FROM OLD.valid_min OR NEW.valid_max IS DISTINCT FROM OLD.valid_max)
+    WHEN (NEW.valid_min > OLD.valid_min OR NEW.valid_max < OLD.valid_max
+          OR (OLD.valid_min IS NULL AND NEW.valid_min IS NOT NULL)
+          OR (OLD.valid_max IS NULL AND NEW.valid_max IS NOT NULL))
     EXECUTE FUNCTION element_range_check_stored();
 """
 

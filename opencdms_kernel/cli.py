@@ -352,25 +352,30 @@ def demo_data(
 
 @stations_app.command("import")
 def stations_import(ctx: typer.Context, file: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
-    """Insert or update stations from a CSV file (wigos_id,name,latitude,longitude,…)."""
+    """Insert or update stations from a CSV file: ours (wigos_id,name,latitude,longitude,…) or a
+    wis2box station_list.csv (told by its header)."""
     from opencdms_kernel.stations import import_stations
 
     with _open(_settings(ctx)) as (datastore, _):
-        try:
-            count = import_stations(datastore, file)
-        except OpenCDMSError as exc:
-            console.print(f"[red]{exc}[/red]")
-            raise typer.Exit(1) from exc
+        count = import_stations(datastore, file)  # a bad row: IngestFileError, exit 1 (see run())
     console.print(f"{count} stations imported from {file}")
 
 
 @stations_app.command("export")
-def stations_export(ctx: typer.Context, file: Path | None = typer.Argument(None)) -> None:
+def stations_export(
+    ctx: typer.Context,
+    file: Path | None = typer.Argument(None),
+    format: str = typer.Option("opencdms", help="opencdms, or wis2box (its station_list.csv)"),
+) -> None:
     """Write all stations as CSV to FILE (or to standard output)."""
-    from opencdms_kernel.stations import export_stations
+    from opencdms_kernel.stations import StationFormat, export_stations
 
+    try:
+        layout = StationFormat(format)
+    except ValueError:
+        raise typer.BadParameter(f"{format!r}: choose opencdms or wis2box", param_hint="--format") from None
     with _open(_settings(ctx)) as (datastore, _):
-        text = export_stations(datastore)
+        text = export_stations(datastore, layout)
     if file is None:
         sys.stdout.write(text)
     else:

@@ -1,85 +1,90 @@
-"""Station metadata in and out as CSV (one row per WIGOS station)."""
+"""Station metadata in and out as CSV: our own columns, or wis2box's ``station_list.csv``.
+
+Each row becomes a :class:`~opencdms_kernel.vocabulary.Station` (WIGOS id, coordinates, a
+known IANA time zone…); the first bad value stops the import with its line and column, and
+nothing is written.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
-import re
-from datetime import date
+from enum import Enum
 from pathlib import Path
 
 import sqlalchemy as sa
+from pydantic import ValidationError
 from sqlalchemy.dialects.postgresql import insert
 
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.db.schema import station
 from opencdms_kernel.errors import IngestFileError
+from opencdms_kernel.vocabulary import Station, parse_wigos_id
 
-COLUMNS = (
-    "wigos_id", "name", "latitude", "longitude", "elevation", "territory", "wmo_region",
-    "timezone", "status", "opened", "closed",
-)
+COLUMNS = tuple(Station.model_fields)
 REQUIRED = ("wigos_id", "name", "latitude", "longitude")
-# A WIGOS identifier: series-issuer-issue number-local identifier (the station table's check).
-WIGOS_ID = re.compile(r"^([0-9]{1,5})-([0-9]{1,5})-([0-9]{1,5})-([0-9A-Za-z]{1,16})$")
 
 
-def _number(file: str, line: int, field: str, text: str, low: float, high: float) -> float | None:
-    if not text.strip():
-        if field in REQUIRED:
-            raise IngestFileError(file, f"column '{field}' is empty", line=line)
-        return None
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise IngestFileError(file, f"column '{field}': {text!r} is not a number", line=line) from exc
-    if not low <= value <= high:
-        raise IngestFileError(file, f"column '{field}': {value} is outside {low}..{high}", line=line)
-    return value
+class StationFormat(str, Enum):
+    """Column layouts of a station list."""
+
+    OPENCDMS = "opencdms"  # COLUMNS
+    WIS2BOX = "wis2box"  # wis2box's metadata/station/station_list.csv
 
 
-def _date(file: str, line: int, field: str, text: str) -> date | None:
-    if not text.strip():
-        return None
-    try:
-        return date.fromisoformat(text.strip())
-    except ValueError as exc:
-        raise IngestFileError(file, f"column '{field}': {text!r} is not a date (YYYY-MM-DD)", line=line) from exc
+WIS2BOX_COLUMNS = (
+    "station_name", "wigos_station_identifier", "traditional_station_identifier", "facility_type",
+    "latitude", "longitude", "elevation", "barometer_height", "territory_name", "wmo_region",
+)
+# wis2box -> our column; the other wis2box columns have no place in the station table.
+_FROM_WIS2BOX = {
+    "station_name": "name", "wigos_station_identifier": "wigos_id", "latitude": "latitude",
+    "longitude": "longitude", "elevation": "elevation", "territory_name": "territory",
+    "wmo_region": "wmo_region",
+}
+# WMO regional associations as wis2box names them, by Roman numeral.
+WIS2BOX_REGIONS = {
+    "I": "africa", "II": "asia", "III": "south_america", "IV": "north_central_america_caribbean",
+    "V": "south_west_pacific", "VI": "europe",
+}
 
 
-def parse_stations(file: str, text: str) -> list[dict[str, object]]:
-    """Rows of a stations CSV, checked; the first bad value raises an error naming line and column."""
+def _detect(header: list[str]) -> StationFormat:
+    return StationFormat.WIS2BOX if "wigos_station_identifier" in header else StationFormat.OPENCDMS
+
+
+def parse_stations(file: str, text: str) -> list[Station]:
+    """The stations of a CSV in either format (told by its header), checked row by row."""
     reader = csv.DictReader(io.StringIO(text))
-    header = reader.fieldnames or []
-    missing = [name for name in REQUIRED if name not in header]
+    header = [name.strip() for name in reader.fieldnames or []]
+    layout = _detect(header)
+    required = [w for w, ours in _FROM_WIS2BOX.items() if ours in REQUIRED] if layout is StationFormat.WIS2BOX \
+        else list(REQUIRED)
+    missing = [name for name in required if name not in header]
     if missing:
         raise IngestFileError(file, f"missing required column(s) {', '.join(missing)}", line=1)
-    rows = []
+    stations = []
     for line, record in enumerate(reader, start=2):
-        wigos_id = (record.get("wigos_id") or "").strip()
-        if not WIGOS_ID.match(wigos_id):
-            raise IngestFileError(file, f"column 'wigos_id': {wigos_id!r} is not a WIGOS identifier", line=line)
-        if not (record.get("name") or "").strip():
-            raise IngestFileError(file, "column 'name' is empty", line=line)
-        row: dict[str, object] = {
-            "wigos_id": wigos_id,
-            "name": record["name"].strip(),
-            "latitude": _number(file, line, "latitude", record["latitude"] or "", -90, 90),
-            "longitude": _number(file, line, "longitude", record["longitude"] or "", -180, 180),
-            "elevation": _number(file, line, "elevation", record.get("elevation") or "", -500, 9000),
-            "opened": _date(file, line, "opened", record.get("opened") or ""),
-            "closed": _date(file, line, "closed", record.get("closed") or ""),
-        }
-        for name, default in (("territory", None), ("wmo_region", None), ("timezone", "UTC"), ("status", "operational")):
-            row[name] = (record.get(name) or "").strip() or default
-        rows.append(row)
-    return rows
+        if layout is StationFormat.WIS2BOX:
+            fields = {ours: record.get(theirs) or "" for theirs, ours in _FROM_WIS2BOX.items()}
+        else:
+            fields = {name: record.get(name) or "" for name in COLUMNS if name in header}
+        try:
+            stations.append(Station(**fields))
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            field = str(error["loc"][0]) if error["loc"] else "-"
+            if layout is StationFormat.WIS2BOX:
+                field = next((w for w, ours in _FROM_WIS2BOX.items() if ours == field), field)
+            value = record.get(field, "")
+            raise IngestFileError(file, f"column {field!r}: {value!r}: {error['msg']}", line=line) from exc
+    return stations
 
 
 def import_stations(datastore: Datastore, path: Path) -> int:
     """Insert or update the stations of a CSV file (by WIGOS id), all or none; returns the count."""
-    rows = parse_stations(str(path), path.read_text(encoding="utf-8-sig"))
-    if not rows:
+    stations = parse_stations(str(path), path.read_text(encoding="utf-8-sig"))
+    if not stations:
         return 0
     statement = insert(station)
     upsert = statement.on_conflict_do_update(
@@ -90,16 +95,31 @@ def import_stations(datastore: Datastore, path: Path) -> int:
         },
     )
     with datastore.engine.begin() as connection:
-        connection.execute(upsert, rows)
-    return len(rows)
+        connection.execute(upsert, [item.model_dump() for item in stations])
+    return len(stations)
 
 
-def export_stations(datastore: Datastore) -> str:
-    """All stations as CSV text, in the format :func:`import_stations` reads."""
+def export_stations(datastore: Datastore, layout: StationFormat = StationFormat.OPENCDMS) -> str:
+    """All stations as CSV text, in a format :func:`import_stations` reads."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(COLUMNS)
     with datastore.engine.connect() as connection:
-        for row in connection.execute(sa.select(*(station.c[name] for name in COLUMNS)).order_by(station.c.wigos_id)):
+        rows = connection.execute(
+            sa.select(*(station.c[name] for name in COLUMNS)).order_by(station.c.wigos_id)).all()
+    if layout is StationFormat.WIS2BOX:
+        writer.writerow(WIS2BOX_COLUMNS)
+        for row in rows:
+            writer.writerow(_wis2box_row(row))
+    else:
+        writer.writerow(COLUMNS)
+        for row in rows:
             writer.writerow(["" if value is None else value for value in row])
     return buffer.getvalue()
+
+
+def _wis2box_row(row: sa.Row) -> list[object]:
+    """One station as a wis2box station_list.csv line (facility type: a fixed land station)."""
+    traditional = parse_wigos_id(row.wigos_id).local_id
+    region = WIS2BOX_REGIONS.get((row.wmo_region or "").strip().upper(), row.wmo_region or "")
+    return [row.name, row.wigos_id, traditional, "landFixed", row.latitude, row.longitude,
+            "" if row.elevation is None else row.elevation, "", row.territory or "", region]

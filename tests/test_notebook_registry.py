@@ -43,6 +43,7 @@ from opencdms_kernel.notebooks import (
 from opencdms_kernel.notebooks import runner
 from opencdms_kernel.notebooks.kernelspec import KERNEL_NAME, kernel_spec_dir
 from opencdms_kernel.settings import Settings
+from opencdms_kernel.vocabulary import WIGOS_ID_PATTERN
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "notebooks_fixtures"
@@ -83,7 +84,7 @@ def test_discovery_gives_names_titles_descriptions_and_a_typed_schema(registry: 
     assert properties["object_key"]["x-opencdms-prefixes"] == ["incoming/", "uploads/"]
     assert properties["object_key"]["description"] == "the input file"
     assert properties["object_key"]["default"] == "incoming/hello.csv"
-    assert properties["station"]["pattern"].startswith("^[0-9]{1,5}-")
+    assert properties["station"]["pattern"] == WIGOS_ID_PATTERN
     assert properties["count"] == {"type": "integer", "x-opencdms-kind": "int",
                                    "description": "how many greetings", "default": 2}
     assert properties["scale"]["type"] == "number"
@@ -154,7 +155,7 @@ BAD_REQUESTS = [
     ({"object_key": "incoming//x.csv"}, "object_key", "empty path segment"),
     ({"object_key": "archive/observations/x.parquet"}, "object_key", "not under an allowed prefix"),
     ({"object_key": "incomingx/file.csv"}, "object_key", "not under an allowed prefix"),
-    ({"station": "60001"}, "station", "not a WIGOS station id"),
+    ({"station": "60001"}, "station", "is not a WIGOS identifier"),
     ({"element": "T MAX"}, "element", "not an element code"),
     ({"month": "2020-13"}, "month", "not a month"),
     ({"stations": "0-20000-0-60001"}, "stations", "must be a list"),

@@ -65,6 +65,7 @@ from typing import Any, Callable, Mapping, NewType
 
 from opencdms_kernel.bucket import bucket_key_problem
 from opencdms_kernel.notebooks.errors import NotebookDefinitionError, NotebookParameterError
+from opencdms_kernel.vocabulary import WIGOS_ID_PATTERN, wigos_id_problem
 
 BucketKey = NewType("BucketKey", str)
 """A key in the file bucket (annotation for a notebook parameter)."""
@@ -90,9 +91,6 @@ class Kind(str, Enum):
     ANY = "any"
 
 
-# The pattern the station table checks (migration 0001, stations.WIGOS_ID), written out here
-# so that a kernel importing the parameter kinds does not import the datastore (~0.3 s).
-WIGOS_ID_PATTERN = r"^[0-9]{1,5}-[0-9]{1,5}-[0-9]{1,5}-[0-9A-Za-z]{1,16}$"
 ELEMENT_CODE_PATTERN = r"^[A-Z][A-Z0-9_]{0,31}$"
 YEAR_MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
 DEFAULT_MAX_LENGTH = 1000
@@ -264,8 +262,8 @@ class ParameterSpec:
             problem = bucket_key_problem(value, self.prefixes)
             if problem:
                 raise refuse(problem)
-        elif kind is Kind.WIGOS_ID and not re.fullmatch(WIGOS_ID_PATTERN, value):
-            raise refuse(f"{value!r} is not a WIGOS station id like 0-20000-0-60001")
+        elif kind is Kind.WIGOS_ID and (problem := wigos_id_problem(value)) is not None:
+            raise refuse(problem)
         elif kind is Kind.ELEMENT_CODE:
             value = value.strip().upper()
             if not re.fullmatch(ELEMENT_CODE_PATTERN, value):

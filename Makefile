@@ -1,7 +1,16 @@
 # The two commands: `make demo` (run the whole system on the embedded defaults) and `make test`.
 # Each sets up what it needs: a .venv with the project installed (nothing else to install).
 
-PYTHON ?= python3
+# A Python >= 3.12 (pygeoapi 0.22+ needs it; on 3.11 pip would silently fall back to an old
+# pygeoapi): 3.12 first, the version every pin is checked on (the embedded PostgreSQL wheel has
+# no 3.13 build yet), then newer ones. PYTHON=... overrides. pyenv's versions are looked at
+# too, since its shims fail for a version that is installed but not selected.
+PYTHON_CANDIDATES := python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3) \
+	python3.13 python3.14 python3 $(wildcard $(HOME)/.pyenv/versions/3.1[3-9]*/bin/python3)
+PYTHON ?= $(or $(shell for candidate in $(PYTHON_CANDIDATES); do \
+	$$candidate -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null \
+	&& $$candidate -c 'import sys; print(sys.executable)' \
+	&& break; done | head -n 1),$(error no Python >= 3.12 found (tried $(PYTHON_CANDIDATES)); install one or set PYTHON=/path/to/python3.12))
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
@@ -10,6 +19,9 @@ PYTEST_ARGS ?=
 .PHONY: install demo demo-smoke test bench clean
 
 $(STAMP): pyproject.toml
+	@# A venv of another Python (e.g. one made before the move to 3.12) is made anew.
+	@if [ -x $(BIN)/python ] && [ "$$($(BIN)/python -c 'import sys; print(sys.version_info[:2])')" != \
+		"$$($(PYTHON) -c 'import sys; print(sys.version_info[:2])')" ]; then rm -rf $(VENV); fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'

@@ -40,10 +40,10 @@ from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.errors import OpenCDMSError
 from opencdms_kernel.products.model import Element, ProductKind
 from opencdms_kernel.products.store import is_product_name, list_products, product_metadata, read_product
-from opencdms_kernel.settings import PROJECT_FOLDER, Settings
-from opencdms_kernel.stations import WIGOS_ID
+from opencdms_kernel.settings import Settings, shipped_folder
+from opencdms_kernel.vocabulary import wigos_id_problem
 
-CATALOG_PATH = PROJECT_FOLDER / "catalog" / "opencdms.yaml"
+CATALOG_PATH = shipped_folder("catalog") / "opencdms.yaml"
 CONNECTIONS_PARAMETER = "opencdms"  # the catalog-level parameter the readers take it from
 INCOMING_PREFIX = "incoming/"
 _PERIOD = re.compile(r"\d{4}-\d{4}")
@@ -327,8 +327,10 @@ def observation_parameters(entry: str, parameters: Mapping[str, Any]) -> dict[st
     """
     station, element = parameters.get("station"), parameters.get("element")
     if station is not None:
-        if not isinstance(station, str) or not WIGOS_ID.match(station.strip()):
+        if not isinstance(station, str):
             raise CatalogParameterError(entry, "station", f"{station!r} is not a WIGOS identifier (e.g. 0-20000-0-60001)")
+        if (problem := wigos_id_problem(station.strip())) is not None:
+            raise CatalogParameterError(entry, "station", problem)
         station = station.strip()
     if element is not None:
         if not isinstance(element, str) or not element.strip():

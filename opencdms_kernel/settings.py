@@ -7,6 +7,7 @@ variable (e.g. ``OPENCDMS_DATABASE_URL``) and has a default that serves the embe
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -102,7 +103,7 @@ class Settings(BaseSettings):
     def notebook_folder(self) -> Path:
         """The notebooks that are processes: ``notebook_dir`` or the project's ``notebooks/``."""
         if self.notebook_dir is None:
-            return PROJECT_FOLDER / "notebooks"
+            return shipped_folder("notebooks")
         return self.notebook_dir if self.notebook_dir.is_absolute() else self.home / self.notebook_dir
 
     @property
@@ -141,6 +142,21 @@ class Settings(BaseSettings):
                 value = value.get_secret_value()
             environment[f"{self.model_config['env_prefix']}{name.upper()}"] = str(value)
         return environment
+
+
+def shipped_folder(name: str) -> Path:
+    """A folder that ships with the code (``notebooks``, ``catalog``): in the source tree the package
+    runs from, else where ``pip install .`` put it (``<prefix>/share/opencdms/<name>``, the prefix
+    being the one the package is installed under, or this interpreter's)."""
+    in_tree = PROJECT_FOLDER / name
+    if in_tree.is_dir():
+        return in_tree
+    package = Path(__file__).resolve().parent  # <prefix>/lib/pythonX.Y/site-packages/opencdms_kernel
+    for prefix in (package.parents[3], Path(sys.prefix)):
+        installed = prefix / "share" / "opencdms" / name
+        if installed.is_dir():
+            return installed
+    return in_tree
 
 
 def load_settings(**overrides: object) -> Settings:

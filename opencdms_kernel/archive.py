@@ -324,14 +324,19 @@ class Manifest:
             if document["format"] != MANIFEST_FORMAT:
                 raise ValueError(f"format {document['format']!r}, not {MANIFEST_FORMAT}")
             source = document["source"]
+            files = tuple(sorted(
+                PartitionFile(Partition(str(item["element"]), int(item["year"])), str(item["name"]), int(item["rows"]))
+                for item in document["files"]
+            ))
+            for file in files:
+                # A name is a file in its partition's folder, never a path leading elsewhere.
+                if not _PARTITION_FILE.fullmatch(file.name) or not file.name.startswith(file.partition.folder + "/"):
+                    raise ValueError(f"file {file.name!r} is not a file of partition {file.partition.folder}")
             return cls(
                 generation=str(document["generation"]),
                 created_at=datetime.fromisoformat(document["created_at"]),
                 previous=document["previous"],
-                files=tuple(sorted(
-                    PartitionFile(Partition(str(item["element"]), int(item["year"])), str(item["name"]), int(item["rows"]))
-                    for item in document["files"]
-                )),
+                files=files,
                 source=None if source is None else ExportSource(
                     int(source["archive_export_id"]), datetime.fromisoformat(source["watermark"])
                 ),
@@ -390,11 +395,12 @@ class _Snapshot:
         return sum(batch.rows for batch in self.batches)
 
     def touched_partitions(self) -> set[Partition]:
-        """The touched partitions by element code (all of them: None).
+        """The partitions an incremental export touched, by element code.
 
         An element removed since (only its history can still name it) has lost its code;
         its files go at the next full export."""
-        assert self.touched is not None
+        if self.touched is None:
+            raise ValueError("a full export touches every partition")
         return {
             Partition(self.elements[element_id], year)
             for element_id, year in self.touched
@@ -451,15 +457,12 @@ def export_archive(
             for done in range(len(written) + 1, total + 1):  # removing is leaving them out
                 if progress is not None:
                     progress(done, total)
-            if snapshot.touched is not None and current is not None:
-                replaced = snapshot.touched_partitions()
-                files += [file for file in current.files if file.partition not in replaced]
             partitions = tuple(sorted(written + removed))
             draft = Manifest(
                 generation=generation,
                 created_at=_now(),
                 previous=None if current is None else current.generation,
-                files=tuple(sorted(files)),
+                files=tuple(sorted(files + _carried_over(snapshot, current))),
             )
             manifest = _record_and_publish(connection, bucket, draft, watermark, len(partitions), snapshot.rows)
             remove_superseded(bucket, manifest, grace)
@@ -580,7 +583,8 @@ def _record_and_publish(
             export_id = connection.execute(
                 _RECORD_SQL, {"watermark": watermark, "partitions": partitions, "rows": rows}
             ).scalar_one()
-            manifest = replace(draft, source=ExportSource(int(export_id), watermark))
+            # Created (and so superseding the current generation) as it is published.
+            manifest = replace(draft, created_at=_now(), source=ExportSource(int(export_id), watermark))
             publish_generation(bucket, manifest)
     finally:
         if not connection.invalidated:
@@ -872,13 +876,21 @@ def _station_labels(station_ids: np.ndarray, stations: dict[int, str]) -> pa.Dic
 
 
 
+def _carried_over(snapshot: _Snapshot, current: Manifest | None) -> list[PartitionFile]:
+    """The current generation's files of the partitions an incremental export did not touch:
+    the new generation names them again (nothing is copied)."""
+    if snapshot.touched is None or current is None:
+        return []
+    touched = snapshot.touched_partitions()
+    return [file for file in current.files if file.partition not in touched]
+
+
 def _removed_partitions(
     bucket: Bucket, snapshot: _Snapshot, current: Manifest | None, written: set[Partition]
 ) -> list[Partition]:
     """Partitions the new generation leaves out: touched but now empty; after a full export,
     any the archive had that was not written."""
-    if snapshot.touched is not None:
-        assert current is not None  # an incremental export continues from a generation
+    if snapshot.touched is not None and current is not None:
         before = set(current.partitions) & snapshot.touched_partitions()
     elif current is not None:
         before = set(current.partitions)
@@ -971,7 +983,7 @@ def _manifest_key(generation: str) -> str:
 def _read_object(bucket: Bucket, key: str) -> bytes | None:
     """An object's bytes, or None when there is no such object."""
     try:
-        return bytes(bucket.fs.cat_file(bucket.path(key)))
+        return bytes(bucket.read_bytes(key))
     except FileNotFoundError:
         return None
 
@@ -1059,7 +1071,7 @@ def remove_superseded(bucket: Bucket, current: Manifest | None, grace: timedelta
     if doomed:
         bucket.fs.rm(doomed)
         if bucket.protocol == "file":
-            _remove_empty_folders(bucket)
+            _remove_empty_folders(bucket, doomed)
     # Listings cached by the walk would hide files written later from this process's readers.
     bucket.fs.invalidate_cache(folder)
     return len(doomed)
@@ -1077,11 +1089,14 @@ def _removable(name: str, keep: set[str], keep_unmanaged: bool) -> bool:
     return bool(_GENERATION_FILE.fullmatch(match[3])) or not keep_unmanaged
 
 
-def _remove_empty_folders(bucket: Bucket) -> None:
-    """Local partition and element folders left empty go too (S3 has no empty folders)."""
-    for pattern in ("element=*/year=*", "element=*"):
-        for folder in bucket.fs.glob(f"{bucket.path(ARCHIVE_PREFIX)}/{pattern}"):
-            if bucket.fs.isdir(folder) and not bucket.fs.ls(folder):
+def _remove_empty_folders(bucket: Bucket, removed: list[str]) -> None:
+    """Local partition and element folders that ``removed`` left empty go too (S3 has no
+    empty folders)."""
+    archive = bucket.path(ARCHIVE_PREFIX)
+    partitions = {path.rsplit("/", 1)[0] for path in removed}
+    for folders in (partitions, {folder.rsplit("/", 1)[0] for folder in partitions}):
+        for folder in sorted(folders):
+            if folder.startswith(archive + "/element=") and bucket.fs.isdir(folder) and not bucket.fs.ls(folder):
                 bucket.fs.rmdir(folder)
 
 

@@ -395,12 +395,18 @@ def backup(ctx: typer.Context, file: Path = typer.Argument(..., dir_okay=False))
 
 @app.command()
 def restore(ctx: typer.Context, file: Path = typer.Argument(..., exists=True, dir_okay=False)) -> None:
-    """Replace the datastore's contents with the backup FILE (one transaction)."""
+    """Replace the datastore's contents with the backup FILE (one transaction), then rebuild the
+    archive from it, so that DuckDB and PostgreSQL hold the same values again."""
+    from opencdms_kernel.archive import export_archive
     from opencdms_kernel.db.backup import restore as run_restore
 
-    with _open(_settings(ctx), schema=False) as (datastore, _):
+    with _open(_settings(ctx), schema=False) as (datastore, bucket):
         run_restore(datastore, file)
-    console.print(f"restored from {file}")
+        console.print(f"restored from {file}")
+        with _working("archive: rebuilding from the restored datastore"):
+            # The archive's manifest no longer matches the database's exports: a full export.
+            exported = export_archive(datastore, bucket)
+    console.print(f"archive: {exported.rows:,} observations in {len(exported.partitions)} partitions")
 
 
 @contextmanager
@@ -507,7 +513,43 @@ def _store_table_product(bucket: Bucket, product: object) -> None:
     stored = write_product(bucket, product)  # type: ignore[arg-type]
     if stored.rows == 0:
         console.print(f"[yellow]empty product: {stored.metadata.get('note', 'no data')}[/yellow]")
-    console.print(f"{stored.rows:,} rows written to {bucket.url(stored.parquet_key)} (metadata: {stored.metadata_key})")
+    else:
+        console.print(escape(stored.metadata.get("note", "")), soft_wrap=True)
+    console.print(f"{stored.rows:,} rows written to {bucket.url(stored.parquet_key)} (metadata: {stored.metadata_key}), "
+                  f"version {stored.version}", soft_wrap=True)
+    if stored.replaced is not None:
+        console.print(f"[yellow]{escape(stored.replaced.describe())}[/yellow]", soft_wrap=True)
+
+
+def _qc_policy(exclude_suspect: bool):  # type: ignore[no-untyped-def]
+    """The products' QC policy: the default (suspect values count until rejected), or without them."""
+    from opencdms_kernel.products import DEFAULT_QC_POLICY, QcPolicy
+
+    return QcPolicy(("none", "passed")) if exclude_suspect else DEFAULT_QC_POLICY
+
+
+_EXCLUDE_SUSPECT_HELP = "leave out values QC found suspect (by default they count until a reviewer rejects them)"
+
+
+@product_app.command("daily")
+def product_daily(
+    ctx: typer.Context,
+    period: str = typer.Argument(..., help="a year or a range, e.g. 2020 or 2019-2020"),
+    station: list[str] = typer.Option([], help="WIGOS id (repeatable); default: all"),
+    element: list[str] = typer.Option([], help="element code (repeatable); default: TMEAN PRCP RH WSPD PRES"),
+    exclude_suspect: bool = typer.Option(False, help=_EXCLUDE_SUSPECT_HELP),
+) -> None:
+    """Daily summaries of sub-daily (e.g. hourly) values per station-local day."""
+    from opencdms_kernel.products import Period, daily_summaries
+    from opencdms_kernel.products.context import station_timezones
+
+    with _open(_settings(ctx)) as (datastore, bucket), _user_errors():
+        options = {"elements": element} if element else {}
+        with _working("daily summaries"):
+            product = daily_summaries(
+                _archive_connection(bucket), Period.parse(period), stations=station or None,
+                timezones=station_timezones(datastore), qc=_qc_policy(exclude_suspect), **options)
+        _store_table_product(bucket, product)
 
 
 @product_app.command("monthly")
@@ -516,8 +558,10 @@ def product_monthly(
     period: str = typer.Argument(..., help="a year or a range, e.g. 2020 or 1991-2020"),
     station: list[str] = typer.Option([], help="WIGOS id (repeatable); default: all"),
     element: list[str] = typer.Option([], help="element code (repeatable); default: TMAX TMIN PRCP…"),
+    exclude_suspect: bool = typer.Option(False, help=_EXCLUDE_SUSPECT_HELP),
 ) -> None:
-    """Monthly summaries from daily values, with the WMO 3/5 completeness rule."""
+    """Monthly summaries from daily values (days without one made from sub-daily values), with
+    the WMO 3/5 completeness rule."""
     from opencdms_kernel.products import Period, monthly_summaries
     from opencdms_kernel.products.context import station_timezones
 
@@ -526,7 +570,7 @@ def product_monthly(
         with _working("monthly summaries"):
             product = monthly_summaries(
                 _archive_connection(bucket), Period.parse(period), stations=station or None,
-                timezones=station_timezones(datastore), **options)
+                timezones=station_timezones(datastore), qc=_qc_policy(exclude_suspect), **options)
         _store_table_product(bucket, product)
 
 
@@ -536,6 +580,7 @@ def product_normals(
     period: str = typer.Argument("1991-2020", help="the 30-year period"),
     station: list[str] = typer.Option([], help="WIGOS id (repeatable); default: all"),
     element: list[str] = typer.Option([], help="element code (repeatable); default: all"),
+    exclude_suspect: bool = typer.Option(False, help=_EXCLUDE_SUSPECT_HELP),
 ) -> None:
     """Climatological standard normals (WMO-No. 1203: 80 % of years, at most 3 missing in a row)."""
     from opencdms_kernel.products import Period, climate_normals
@@ -544,7 +589,8 @@ def product_normals(
     with _open(_settings(ctx)) as (datastore, bucket), _user_errors():
         with _working("normals"):
             product = climate_normals(_archive_connection(bucket), Period.parse(period), stations=station or None,
-                                      elements=element or None, timezones=station_timezones(datastore))
+                                      elements=element or None, timezones=station_timezones(datastore),
+                                      qc=_qc_policy(exclude_suspect))
         _store_table_product(bucket, product)
 
 
@@ -554,6 +600,7 @@ def product_indices(
     period: str = typer.Argument(..., help="a year or a range, e.g. 1991-2020"),
     station: list[str] = typer.Option([], help="WIGOS id (repeatable); default: all"),
     index: list[str] = typer.Option([], help="ETCCDI index, e.g. TXx (repeatable); default: all"),
+    exclude_suspect: bool = typer.Option(False, help=_EXCLUDE_SUSPECT_HELP),
 ) -> None:
     """ETCCDI climate indices (xclim), annual and monthly."""
     from opencdms_kernel.products import Period, climate_indices
@@ -562,7 +609,8 @@ def product_indices(
     with _open(_settings(ctx)) as (datastore, bucket), _user_errors():
         with _working("climate indices"):
             product = climate_indices(_archive_connection(bucket), Period.parse(period), stations=station or None,
-                                      indices=index or None, timezones=station_timezones(datastore))
+                                      indices=index or None, timezones=station_timezones(datastore),
+                                      qc=_qc_policy(exclude_suspect))
         _store_table_product(bucket, product)
 
 
@@ -571,19 +619,44 @@ def product_climat(
     ctx: typer.Context,
     station: str = typer.Argument(..., help="WIGOS id"),
     month: str = typer.Argument(..., help="YYYY-MM"),
+    normals: str = typer.Option("1991-2020", help="years of the normals in section 2; 'none': no section 2"),
+    bufr: bool = typer.Option(True, help="also write the report as BUFR (sequence 3 07 073)"),
+    exclude_suspect: bool = typer.Option(False, help=_EXCLUDE_SUSPECT_HELP),
 ) -> None:
-    """CLIMAT (FM 71) monthly report text for one station and month."""
+    """CLIMAT (FM 71, sections 1-4) monthly report of one station and month, as text and BUFR."""
+    from opencdms_kernel.products import Period
     from opencdms_kernel.products.climat import produce_climat
+    from opencdms_kernel.products.climat_bufr import climat_station, produce_climat_bufr
+    from opencdms_kernel.products.context import station_timezones
 
-    with _open(_settings(ctx)) as (_, bucket), _user_errors():
+    with _open(_settings(ctx)) as (datastore, bucket), _user_errors():
         year, number = _year_month(month)
+        normals_years = None if normals.strip().lower() == "none" else Period.parse(normals)
+        options = {
+            "normals_period": None if normals_years is None else (normals_years.start_year, normals_years.end_year),
+            "timezones": station_timezones(datastore), "qc": _qc_policy(exclude_suspect),
+        }
         with _working("CLIMAT"):
-            report = produce_climat(_archive_connection(bucket), bucket, station, year, number)
+            connection = _archive_connection(bucket)
+            report = produce_climat(connection, bucket, station, year, number, **options)
+            encoded = (produce_climat_bufr(connection, bucket, station, year, number,
+                                           station=climat_station(datastore, station), **options)
+                       if bufr and report.key is not None else None)
     if report.key is None:
-        console.print(f"[yellow]no report: {report.reason}[/yellow]")
+        console.print(f"[yellow]no report: {escape(report.reason or '')}[/yellow]")
         return
     console.print(report.text, soft_wrap=True)
-    console.print(f"written to {bucket.url(report.key)}")
+    console.print(f"written to {bucket.url(report.key)} (metadata: {report.metadata_key}), version {report.version}",
+                  soft_wrap=True)
+    if report.replaced is not None:
+        console.print(f"[yellow]{escape(report.replaced.describe())}[/yellow]", soft_wrap=True)
+    if encoded is not None and encoded.key is not None:
+        console.print(f"BUFR written to {bucket.url(encoded.key)}, version {encoded.version}", soft_wrap=True)
+        for warning in encoded.bufr.warnings if encoded.bufr else ():
+            console.print(f"[yellow]warning: {escape(warning)}[/yellow]", soft_wrap=True)
+    qc = report.data.qc
+    console.print(f"QC: {sum(qc['suspect_values_used'].values())} suspect values used, "
+                  f"{sum(qc['values_excluded'].values())} values excluded")
 
 
 @product_app.command("daycli")
@@ -591,19 +664,27 @@ def product_daycli(
     ctx: typer.Context,
     station: str = typer.Argument(..., help="WIGOS id"),
     month: str = typer.Argument(..., help="YYYY-MM"),
+    exclude_suspect: bool = typer.Option(False, help=_EXCLUDE_SUSPECT_HELP),
 ) -> None:
-    """DAYCLI daily climate data of one station and month as BUFR (csv2bufr)."""
+    """DAYCLI daily climate data of one station and month as BUFR (csv2bufr), flags from QC."""
+    from opencdms_kernel.products.context import station_timezones
     from opencdms_kernel.products.daycli import produce_daycli, station_metadata
 
     with _open(_settings(ctx)) as (datastore, bucket), _user_errors():
         year, number = _year_month(month)
         with _working("DAYCLI"):
             product = produce_daycli(_archive_connection(bucket), bucket, station, year, number,
-                                     station=station_metadata(datastore, station))
+                                     station=station_metadata(datastore, station),
+                                     timezones=station_timezones(datastore), qc=_qc_policy(exclude_suspect))
     if product.key is None:
-        console.print(f"[yellow]no messages: {product.reason}[/yellow]")
+        console.print(f"[yellow]no messages: {escape(product.reason or '')}[/yellow]")
         return
-    console.print(f"{len(product.days)} days encoded, written to {bucket.url(product.key)}")
+    console.print(f"{len(product.days)} days encoded, written to {bucket.url(product.key)}, version {product.version}",
+                  soft_wrap=True)
+    if product.replaced is not None:
+        console.print(f"[yellow]{escape(product.replaced.describe())}[/yellow]", soft_wrap=True)
+    for warning in product.bufr.warnings if product.bufr else ():
+        console.print(f"[yellow]warning: {escape(warning)}[/yellow]", soft_wrap=True)
 
 
 def _year_month(text: str) -> tuple[int, int]:

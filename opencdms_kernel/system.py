@@ -10,7 +10,7 @@ from typing import Callable
 import duckdb
 import sqlalchemy as sa
 
-from opencdms_kernel.archive import connect_archive
+from opencdms_kernel.archive import ArchiveError, connect_archive
 from opencdms_kernel.bucket import Bucket, BucketKeyError
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.db.migrate import current_revision, head_revision
@@ -178,7 +178,7 @@ def check_archive(bucket: Bucket) -> PartCheck:
     location = bucket.url("archive/observations")
     try:
         ok, detail = _timed(probe)
-    except (OSError, duckdb.Error) as exc:
+    except (OSError, duckdb.Error, ArchiveError) as exc:  # ArchiveError: an unreadable pointer or manifest
         return PartCheck("archive", False, str(exc), location)
     return PartCheck("archive", ok, detail, location)
 

@@ -4,8 +4,8 @@ on the same data, measured in the same run.
 
 Data: the demo network (daily TMAX, TMIN, PRCP with its injected errors) sized to --rows,
 ingested through the normal pipeline, exported to the Parquet archive, vacuumed (as
-autovacuum would be after the load), with station/month range thresholds derived from it (as
-an operator would) and the network defaults of migration 0002 for step and persistence.
+autovacuum would be after the load), with station/month range, step and persistence
+thresholds derived from it (as an operator would; the network defaults where none is).
 
 Measured (medians of --repeat runs):
 - opencdms run_qc, first run: archive refresh (nothing to export), read, the four checks,
@@ -14,7 +14,11 @@ Measured (medians of --repeat runs):
   the archive re-exported (not timed), so each repeat is a first run.
 - opencdms run_qc again with nothing changed (the flagged rows are compared, none written).
 - baseline: pandas reads the same archive and computes the same flags with groupby/shift/
-  merge.  It writes nothing back, so the comparison favours the baseline.
+  merge: station/month limits where derived, else the network's; spikes, steps and the step
+  back from a block; runs of equal values judged per run, and for the runs longer than their
+  limit the series' resolution, the station's other elements during the run and the series'
+  own run-length tail (qc/persistence.py).  It writes nothing back, so the comparison favours
+  the baseline.  (The variance floor, min_spread, is in no rule here and not in the baseline.)
 
 Usage: python bench/qc.py [--rows 10000000] [--repeat 3]
 Runs on the embedded PostgreSQL unless OPENCDMS_DATABASE_URL names a server.
@@ -43,7 +47,7 @@ from opencdms_kernel.archive import ARCHIVE_PREFIX, archive_files, export_archiv
 from opencdms_kernel.bucket import Bucket, open_bucket  # noqa: E402
 from opencdms_kernel.db.engine import Datastore  # noqa: E402
 from opencdms_kernel.ingest import IngestRequest, IngestStatus, ingest  # noqa: E402
-from opencdms_kernel.qc import QcRunResult, QcTest, derive_and_store_range_thresholds, run_qc  # noqa: E402
+from opencdms_kernel.qc import QcRunResult, QcTest, derive_and_store_thresholds, run_qc  # noqa: E402
 from opencdms_kernel.stations import import_stations  # noqa: E402
 
 TESTS = (QcTest.RANGE, QcTest.STEP, QcTest.PERSISTENCE, QcTest.CONSISTENCY)
@@ -119,27 +123,45 @@ def pandas_qc(bucket: Bucket, rules: dict[str, pd.DataFrame]) -> int:
     df = df.merge(rules["elements"], on="element", how="left")
     range_flag = (df.value < df.low) | (df.value > df.high) | (df.value < df.valid_min) | (df.value > df.valid_max)
 
-    # Step and persistence: network rules per element and duration.
-    network = thresholds[thresholds.station_id.isna() & thresholds.month.isna()]
-    step = network[network.test == "step"][["element", "duration_seconds", "max_change"]]
-    persistence = network[network.test == "persistence"][["element", "duration_seconds", "max_run", "exclude_value"]]
-    df = df.merge(step.astype({"duration_seconds": "int32"}), on=["element", "duration_seconds"], how="left")
-    df = df.merge(persistence.astype({"duration_seconds": "int32"}), on=["element", "duration_seconds"], how="left")
-    grouped = df.groupby(series, sort=False)
-    gap = pd.to_timedelta(df["duration_seconds"], unit="s")
-    linked = (df["phenomenon_time"] - grouped["phenomenon_time"].shift(1)) <= gap
-    before = (df["value"] - grouped["value"].shift(1)).where(linked)
-    after = before.groupby([df[c] for c in series], sort=False).shift(-1)
-    jump_in = before.abs() > df["max_change"]
-    jump_out = after.abs() > df["max_change"]
-    spike = jump_in & jump_out & (np.sign(before) != np.sign(after))
-    spike_before = spike.groupby([df[c] for c in series], sort=False).shift(1, fill_value=False)
-    step_flag = spike | (jump_in & ~spike & ~spike_before)
+    # Step and persistence: the station/month rule where derived, else the network's.
+    df["pos"] = np.arange(len(df))
+    df["series_id"] = df.groupby(series, sort=False).ngroup()
+    df = _with_rule(df, thresholds, "step", ["max_change", "max_gap_seconds"])
+    df = _with_rule(df, thresholds, "persistence", ["max_run", "exclude_value", "max_gap_seconds", "resolution"])
+    grouped = df.groupby("series_id", sort=False)
+    since = df["phenomenon_time"] - grouped["phenomenon_time"].shift(1)
+    previous = grouped["value"].shift(1)
 
-    same = linked & (df["value"] == grouped["value"].shift(1))
-    run = (~same).cumsum()
-    length = df.groupby(run)["value"].transform("size")
-    persistence_flag = (length > df["max_run"]) & (df["value"] != df["exclude_value"])
+    gap = pd.to_timedelta(df["step_max_gap_seconds"].fillna(df["duration_seconds"]), unit="s")
+    change = (df["value"] - previous).where(since <= gap)
+    jump = change.abs() > df["step_max_change"]
+    spike = jump & jump.shift(-1, fill_value=False) & (change * change.shift(-1) < 0)
+    steps = jump & ~spike & ~spike.shift(1, fill_value=False)
+    # A step back to the level before the step just before it (same series, within a block
+    # of 31 values, the other way, the two adding up to no more than the limit) is not flagged.
+    found = df.loc[steps, ["pos", "series_id", "step_max_change"]].assign(change=change[steps])
+    back = ((found["series_id"] == found["series_id"].shift(1)) & (found["pos"] - found["pos"].shift(1) <= 31)
+            & (found["change"] * found["change"].shift(1) < 0)
+            & ((found["change"] + found["change"].shift(1)).abs() <= found["step_max_change"]))
+    step_flag = spike.copy()
+    step_flag[found.index[~back.to_numpy()]] = True
+
+    gap = pd.to_timedelta(df["persistence_max_gap_seconds"].fillna(df["duration_seconds"]), unit="s")
+    same = (since <= gap) & (df["value"] == previous)
+    df["run"] = (~same).cumsum()
+    runs = df.groupby("run", sort=False).agg(
+        first=("pos", "first"), last=("pos", "last"), length=("value", "size"), value=("value", "first"),
+        series_id=("series_id", "first"), limit=("persistence_max_run", "first"),
+        exclude=("persistence_exclude_value", "first"), rule_resolution=("persistence_resolution", "first"),
+        begin=("phenomenon_time", "first"), end=("phenomenon_time", "last"))
+    runs = runs[runs["value"] != runs["exclude"]]  # NaN: nothing excluded
+    longer = runs[runs["length"] > runs["limit"]]
+    persistence_flag = pd.Series(False, index=df.index)
+    if len(longer):
+        limit = _run_limits(df, same, longer)
+        flagged = longer[longer["length"] > limit]
+        for first, last in zip(flagged["first"].tolist(), flagged["last"].tolist()):  # a few runs
+            persistence_flag.iloc[first:last + 1] = True
 
     # Consistency: element pairs of the same station and time, and constants.
     consistency_flag = pd.Series(False, index=df.index)
@@ -158,6 +180,87 @@ def pandas_qc(bucket: Bucket, rules: dict[str, pd.DataFrame]) -> int:
         consistency_flag[pairs.loc[broken, "index_left"]] = True
         consistency_flag[pairs.loc[broken, "index_right"]] = True
     return int((range_flag | step_flag | persistence_flag | consistency_flag).sum())
+
+
+def _with_rule(df: pd.DataFrame, thresholds: pd.DataFrame, test: str, columns: list[str]) -> pd.DataFrame:
+    """``<test>_<column>`` of the rule of each row: the station/month rule, else the network's."""
+    rules = thresholds[thresholds.test == test]
+    keys = {"station_id": "int32", "month": "int32", "duration_seconds": "int32"}
+    station = rules[rules.station_id.notna() & rules.month.notna()][["element", *keys, *columns]].astype(keys)
+    network = rules[rules.station_id.isna() & rules.month.isna()][["element", "duration_seconds", *columns]]
+    station = station.assign(has_station=True).rename(columns={c: f"s_{c}" for c in columns})
+    network = network.astype({"duration_seconds": "int32"}).rename(columns={c: f"n_{c}" for c in columns})
+    df = df.merge(station, on=["element", *keys], how="left").merge(network, on=["element", "duration_seconds"], how="left")
+    has_station = df.pop("has_station").fillna(False).astype(bool)
+    for c in columns:
+        df[f"{test}_{c}"] = df.pop(f"s_{c}").where(has_station, df[f"n_{c}"])
+        df.pop(f"n_{c}")
+    return df
+
+
+def _run_limits(df: pd.DataFrame, same: pd.Series, longer: pd.DataFrame) -> pd.Series:
+    """The limit each run longer than its rule's is held to (qc/persistence.py, judge_runs)."""
+    candidates = longer["series_id"].unique()
+    # Each candidate series' neighbourhood: 2000 values either side of its long runs.
+    ends = df[df["series_id"].isin(candidates)].groupby("series_id")["pos"].agg(["min", "max"])
+    window = longer.groupby("series_id").agg(low=("first", "min"), high=("last", "max"))
+    window["low"] = np.maximum(window["low"] - 2000, ends["min"])
+    window["high"] = np.minimum(window["high"] + 2000, ends["max"])
+    rows = df.iloc[np.concatenate([np.arange(low, high + 1) for low, high in window.itertuples(index=False)])]
+    # The resolution: the smallest change at least 1 % of the non-zero changes reach.
+    moved = rows["value"].diff().abs().round(5)
+    moved = moved[(rows["series_id"] == rows["series_id"].shift(1)) & (moved > 0)]
+    by_series = moved.groupby(rows.loc[moved.index, "series_id"])
+    resolution = by_series.quantile(0.01, interpolation="lower").where(by_series.size() >= 20)
+    ratio = longer["series_id"].map(resolution) / longer["rule_resolution"]
+    coarser = ratio > 1.5
+    # What the station's other elements did during the run.
+    station_of = df.groupby("series_id", sort=False)[["station_id", "duration_seconds", "level", "source_id"]].first()
+    pairs = longer[["series_id", "begin", "end", "length"]].reset_index().merge(
+        station_of.loc[candidates].reset_index(), on="series_id").merge(
+        station_of.reset_index().rename(columns={"series_id": "other"}),
+        on=["station_id", "duration_seconds", "level", "source_id"])
+    pairs = pairs[pairs["other"] != pairs["series_id"]]
+    others = df[df["series_id"].isin(pairs["other"].unique())]
+    changed = (others["series_id"] == others["series_id"].shift(1)) & (others["value"] != others["value"].shift(1))
+    during = pairs.merge(others[["series_id", "phenomenon_time"]].assign(changed=changed),
+                         left_on="other", right_on="series_id", suffixes=("", "_other"))
+    during = during[(during["phenomenon_time"] > during["begin"]) & (during["phenomenon_time"] <= during["end"])]
+    most = during.groupby(["run", "other"])["changed"].sum().groupby("run").max().reindex(longer.index)
+    present = most.notna()
+    changing = present & (most.fillna(0) >= 0.5 * np.maximum(longer["length"] - 1, 1))
+    allowed = changing | (~present & coarser)
+    # The series' own runs there: how long they are ordinary at 1e-5 (1e-7 while the others change).
+    continues = same.loc[rows.index] & (rows["pos"] == rows["pos"].shift(1) + 1)
+    own_runs = rows.groupby((~continues).cumsum()).agg(
+        series_id=("series_id", "first"), length=("value", "size"), value=("value", "first"),
+        exclude=("persistence_exclude_value", "first"))
+    own = own_runs[own_runs["value"] != own_runs["exclude"]].groupby("series_id")["length"]
+    usual, rarer, counted = own.apply(_run_limit, k=3.0), own.apply(_run_limit, k=5.0), own.size()
+    limit = longer["limit"]
+    scaled = np.ceil(limit * ratio.where(coarser, 1.0))
+    allowance = longer["series_id"].map(rarer).where(changing, longer["series_id"].map(usual))
+    allowance = allowance.where(longer["series_id"].map(counted) >= 100, scaled)
+    return limit.where(~allowed, np.fmax(limit, allowance))
+
+
+def _run_limit(lengths: pd.Series, k: float) -> float:
+    """The longest run still ordinary by a series' own runs (qc/series.py, run_length_limits)."""
+    ordered = np.sort(lengths.to_numpy())
+    n = ordered.size
+
+    def percentile(share: float) -> int:
+        return int(ordered[max(int(np.ceil(share * n - 1e-9)), 1) - 1])
+
+    first = percentile(0.90) + 1
+    second = max(percentile(0.99) + 1, first + 1)
+    at_first, at_second = float((ordered > first - 1).sum()), max(float((ordered > second - 1).sum()), 0.5)
+    if at_first == 0:
+        first, at_first = 1, float(n)
+    ratio = min(max((at_second / at_first) ** (1.0 / (second - first)), 1e-9), 0.999)
+    share, target = at_second / n, 10.0 ** -(2.0 + k)
+    more = np.ceil(np.log(target / share) / np.log(ratio) - 1e-9) if share > target else 0
+    return second + more - 1
 
 
 def _broken(operator: str, left: pd.Series, right: pd.Series | float, tolerance: float) -> pd.Series:
@@ -191,9 +294,10 @@ def main() -> None:
             raise SystemExit(f"ingest failed: {loaded.error}")
         exported = export_archive(datastore, bucket, full=True)
         vacuum(datastore)
-        derived = derive_and_store_range_thresholds(datastore, bucket, user="bench")
+        derived = derive_and_store_thresholds(datastore, bucket, user="bench")
         print(f"setup: {loaded.inserted:,} observations ingested, {exported.rows:,} archived, "
-              f"{derived.stored:,} station/month thresholds, in {time.perf_counter() - started:.1f} s", flush=True)
+              f"{derived.stored:,} station/month thresholds (range, step, persistence), "
+              f"in {time.perf_counter() - started:.1f} s", flush=True)
         checked = exported.rows
 
         ours = Measurement("opencdms run_qc (4 tests, flags written back)", checked)

@@ -37,6 +37,34 @@ affected *value* (never one per event), sorted by station, element, time::
 * ``unit_mistake`` -- a whole station-month of TMAX and TMIN keyed in degrees
   Fahrenheit (rounded to 0.1); one entry per value, all <= 60 so that they
   pass the physical range check of ``elements.csv``.
+* ``spatial_outlier`` -- one TMAX or TMIN value off by 4.5-7.5 K (either way),
+  unremarkable in its own series (within the network's 8 K step limit and an
+  ordinary day-to-day change at a mid-latitude station; TMIN stays at least 0.5 K
+  below TMAX) but unlike its neighbours' values that day: the error a buddy check
+  is for.  Injected only at stations of the dense
+  cluster (below), where every station has neighbours within 150 km; a network
+  without such a cluster has none of this kind.
+
+The dense cluster
+-----------------
+The first :data:`CLUSTER_SIZE` daily stations that are not highland ones (indices
+1-9 and 11-13) stand within 50 km of :data:`CLUSTER_CENTRE`, as the stations of a
+capital region do, so that each has a dozen neighbours within the buddy check's
+150 km.  Their weather is shared as it is over such distances: most of the
+day-to-day temperature variance and of the diurnal range's, and the chance of a
+wet day, come from regional series drawn once for the cluster (its own stream);
+the rest is each station's own.  Stations elsewhere keep independent weather.
+
+Real-data-like series
+---------------------
+:func:`generate_airport_data` writes a different kind of record: one mid-latitude
+airport station (fictional, UTC-6) whose daily TMAX/TMIN are in whole degrees
+Fahrenheit and precipitation in hundredths of an inch, and whose hourly file has
+whole-degree Fahrenheit temperature and dew point, whole-percent humidity,
+whole-knot wind, wind direction in tens of degrees and pressure in whole hPa.
+The weather has a continental seasonal cycle, cold fronts (a sharp fall after a
+warm sector, a pressure trough, a wind shift) and calm anticyclonic spells.  It
+holds no injected errors: every value QC flags there is a false positive.
 
 Errors never overlap each other or a missing value, and are separated from
 other errors by at least :data:`ERROR_MARGIN_DAYS` days.  ``true_value`` is
@@ -70,6 +98,12 @@ __all__ = [
     "aws_series",
     "ar1",
     "format_scaled",
+    "cluster_indices",
+    "regional_weather",
+    "AirportSpec",
+    "AirportDataset",
+    "airport_weather",
+    "generate_airport_data",
 ]
 
 # --------------------------------------------------------------------------- constants
@@ -129,7 +163,8 @@ PRCP_LIMITS_TENTHS = (0, 20000)
 FAHRENHEIT_MAX_TENTHS = 600
 
 # Error counts for the reference network (50 stations x 30 years); scaled with
-# station-years but never below one, so even a tiny spec holds every kind.
+# station-years but never below one, so even a tiny spec holds every kind (but spatial
+# outliers, which need the dense cluster's neighbours).
 # Chosen so that ~0.1 % of the daily values are erroneous.
 REFERENCE_STATION_YEARS = 50 * 30
 BASE_ERROR_COUNTS = {
@@ -139,14 +174,32 @@ BASE_ERROR_COUNTS = {
     "temperature_spike": 48,
     "precipitation_spike": 12,
 }
+# Spatial outliers scale with the cluster's station-years (reference: 12 stations x 30 years).
+REFERENCE_CLUSTER_STATION_YEARS = 12 * 30
+SPATIAL_OUTLIERS = 72
+SPATIAL_OUTLIER_KELVIN = (4.5, 7.5)
 ERROR_MARGIN_DAYS = 3  # clean days kept between two errors, so each error is isolated
 FLAT_LINE_DAYS = (7, 15)
 SPIKE_KELVIN = (12.0, 20.0)
 RAIN_SPIKE_MM = (200.0, 500.0)
 
-# First element of every SeedSequence spawn key: one independent stream per purpose.
+# The dense cluster (see the module docstring).
+CLUSTER_SIZE = 12
+CLUSTER_CENTRE = (-1.6, 38.3)  # latitude, longitude: east of the massif, on the plateau
+CLUSTER_RADIUS_DEG = 0.45  # about 50 km: any two cluster stations are within 100 km
+CLUSTER_MIN_STATIONS = 4  # each then has at least 3 neighbours, the buddy check's minimum
+# Shares of variance that are regional (the same at every cluster station).
+CLUSTER_TEMPERATURE_SHARE = 0.9
+CLUSTER_DTR_SHARE = 0.7
+CLUSTER_RAIN_SHARE = 0.75
+# The logistic curve 1 / (1 + exp(-1.702 z)) is within 0.01 of the normal CDF (as in gridded.py).
+_LOGISTIC_NORMAL = 1.702
+
+# First element of every SeedSequence spawn key: one independent stream per purpose
+# (gridded.py uses 6, the cluster's regional weather 7, the airport 8).
 _STREAM_NETWORK, _STREAM_DAILY, _STREAM_AWS, _STREAM_MISSING, _STREAM_ERRORS = 1, 2, 3, 4, 5
-_COMPONENT_PRECIP, _COMPONENT_TEMP, _COMPONENT_HOURLY = 0, 1, 2
+_STREAM_CLUSTER, _STREAM_AIRPORT = 7, 8
+_COMPONENT_PRECIP, _COMPONENT_TEMP, _COMPONENT_HOURLY, _COMPONENT_DTR = 0, 1, 2, 3
 _AWS_INDEX_OFFSET = 100_000  # keeps AWS network keys apart from daily station keys
 
 _SYLLABLES = (
@@ -207,6 +260,18 @@ class Station:
     wetness: float  # multiplier on the wet-day probability
     temp_offset: float  # K, local anomaly (exposure, cold-air pooling, ...)
     wind_factor: float  # multiplier on the mean wind speed
+    cluster: bool = False  # one of the dense cluster's stations (shares its regional weather)
+
+
+@dataclass(frozen=True)
+class RegionalWeather:
+    """The cluster's shared weather, one value per day: standard normal series for the
+    wet-day draw (``rain``), and unit-variance AR(1) series for the mean temperature's and
+    the diurnal range's day-to-day anomalies (``temperature``, ``dtr``)."""
+
+    rain: np.ndarray
+    temperature: np.ndarray
+    dtr: np.ndarray
 
 
 class InjectedError(NamedTuple):
@@ -332,10 +397,19 @@ def _station_name(rng: np.random.Generator, taken: set[str]) -> str:
             return name
 
 
-def _make_station(seed: int, key: int, number: int, highland: bool, taken: set[str], suffix: str) -> Station:
+def _make_station(
+    seed: int, key: int, number: int, highland: bool, taken: set[str], suffix: str, cluster: bool = False
+) -> Station:
     """Draw one station's location, altitude and climate knobs from its own stream."""
     rng = _rng(seed, _STREAM_NETWORK, key)
-    if highland:
+    if cluster:
+        # Uniform over a disc around the cluster's centre (radius * sqrt(u): uniform in area).
+        radius = CLUSTER_RADIUS_DEG * float(np.sqrt(rng.random()))
+        angle = 2 * np.pi * float(rng.random())
+        lat = CLUSTER_CENTRE[0] + radius * float(np.sin(angle))
+        lon = CLUSTER_CENTRE[1] + radius * float(np.cos(angle))
+        elevation = float(np.clip(_terrain_elevation(lat, lon) * rng.lognormal(0.0, 0.15), 2.0, 2700.0))
+    elif highland:
         # On the massif, high enough for cool months with Fahrenheit TMAX <= 60.
         lat = float(np.clip(-0.4 + rng.normal(0, 0.5), -5, 5))
         lon = float(np.clip(36.9 + rng.normal(0, 0.5), 34, 42))
@@ -358,14 +432,24 @@ def _make_station(seed: int, key: int, number: int, highland: bool, taken: set[s
         wetness=wetness,
         temp_offset=temp_offset,
         wind_factor=wind_factor,
+        cluster=cluster,
     )
 
 
+def cluster_indices(stations: int) -> tuple[int, ...]:
+    """Indices of the dense cluster's daily stations: the first :data:`CLUSTER_SIZE` that are
+    neither station 0 nor a highland one."""
+    candidates = [i for i in range(1, stations) if i % HIGHLAND_EVERY != 0]
+    return tuple(candidates[:CLUSTER_SIZE])
+
+
 def station_network(spec: DemoSpec) -> tuple[tuple[Station, ...], tuple[Station, ...]]:
-    """Daily and AWS stations of the demo network (every 10th daily station is a highland one)."""
+    """Daily and AWS stations of the demo network (every 10th daily station is a highland one,
+    and the first dozen others form the dense cluster)."""
     taken: set[str] = set()
+    cluster = set(cluster_indices(spec.stations))
     daily = tuple(
-        _make_station(spec.seed, i, DAILY_FIRST_ID + i, i % HIGHLAND_EVERY == 0, taken, "")
+        _make_station(spec.seed, i, DAILY_FIRST_ID + i, i % HIGHLAND_EVERY == 0, taken, "", i in cluster)
         for i in range(spec.stations)
     )
     aws = tuple(
@@ -391,13 +475,17 @@ def wet_probability(doy: np.ndarray, wetness: float) -> np.ndarray:
     return np.clip((0.07 + 0.50 * rainy_season(doy)) * wetness, 0.01, 0.9)
 
 
-def precipitation_series(doy: np.ndarray, wetness: float, rng: np.random.Generator) -> np.ndarray:
+def precipitation_series(
+    doy: np.ndarray, wetness: float, rng: np.random.Generator, regional: np.ndarray | None = None
+) -> np.ndarray:
     """Daily precipitation in tenths of mm from a wet/dry Markov chain with gamma amounts.
 
     The chain ``P(wet | dry) = p01``, ``P(wet | wet) = p11`` (p01 <= p11, stationary
     probability ``p``) is vectorised: a uniform below p01 forces a wet day, one at or
     above p11 a dry day, and in between the day repeats the previous state -- a
-    forward fill.
+    forward fill.  ``regional`` (standard normal, one per day): a cluster station's
+    uniforms share :data:`CLUSTER_RAIN_SHARE` of their variance with it (a Gaussian
+    copula), so its neighbours tend to be wet on the same days.
     """
     n = doy.size
     p = wet_probability(doy, wetness)
@@ -405,6 +493,11 @@ def precipitation_series(doy: np.ndarray, wetness: float, rng: np.random.Generat
     p01 = p * (1.0 - persistence)
     p11 = p + (1.0 - p) * persistence
     u = rng.random(n)
+    if regional is not None:
+        own = np.clip(u, 1e-12, 1.0 - 1e-12)
+        own = np.log(own / (1.0 - own)) / _LOGISTIC_NORMAL  # the same draw, as a normal deviate
+        mixed = np.sqrt(CLUSTER_RAIN_SHARE) * regional + np.sqrt(1.0 - CLUSTER_RAIN_SHARE) * own
+        u = 1.0 / (1.0 + np.exp(-_LOGISTIC_NORMAL * mixed))
     initial_wet = rng.random() < p[0]
     # Amounts are drawn for every day (then masked) so the wet pattern does not shift the stream.
     mean_amount = 5.0 + 7.0 * rainy_season(doy)  # mm per wet day; heavier falls in the rainy seasons
@@ -420,30 +513,52 @@ def precipitation_series(doy: np.ndarray, wetness: float, rng: np.random.Generat
 
 
 def temperature_series(
-    station: Station, dates: np.ndarray, start_year: int, wet: np.ndarray, rng: np.random.Generator
+    station: Station, dates: np.ndarray, start_year: int, wet: np.ndarray, rng: np.random.Generator,
+    regional: RegionalWeather | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Daily TMAX and TMIN (degC, unrounded) for one station.
 
     Mean = sea-level mean - lapse rate x altitude + seasonal cycle (warm Feb-Mar, cool
     Jul-Aug) + warming trend + AR(1) weather noise; wet days are cooler.  The diurnal
-    range (~8-14 K) is wider in the dry seasons and narrower under rain cloud.
+    range (~8-14 K) is wider in the dry seasons and narrower under rain cloud.  With
+    ``regional`` (a cluster station), the weather noise is mostly the cluster's.
     """
     doy = _day_of_year(dates).astype(np.float64)
     n = doy.size
     angle = 2 * np.pi * (doy - 65.0) / 365.25
     seasonal = 1.6 * np.cos(angle) + 0.4 * np.cos(2 * angle)
+    weather = _stationary_ar1(rng, n, phi=0.75, sd=1.1)
+    dtr_noise = _stationary_ar1(rng, n, phi=0.5, sd=0.9)
+    if regional is not None:
+        weather = _shared(weather, 1.1 * regional.temperature, CLUSTER_TEMPERATURE_SHARE)
+        dtr_noise = _shared(dtr_noise, 0.9 * regional.dtr, CLUSTER_DTR_SHARE)
     mean = (
         SEA_LEVEL_MEAN_TEMP
         - LAPSE_RATE * station.elevation / 1000.0
         + station.temp_offset
         + seasonal
         + WARMING_TREND / 10.0 * _years_since(dates, start_year)
-        + _stationary_ar1(rng, n, phi=0.75, sd=1.1)
+        + weather
         - 0.6 * wet
     )
-    dtr = 13.5 - 5.0 * wet_probability(doy, 1.0) - 2.5 * wet + _stationary_ar1(rng, n, phi=0.5, sd=0.9)
+    dtr = 13.5 - 5.0 * wet_probability(doy, 1.0) - 2.5 * wet + dtr_noise
     dtr = np.clip(dtr, 4.0, 18.0)  # keeps tmax well above tmin on every genuine day
     return mean + dtr / 2.0, mean - dtr / 2.0
+
+
+def _shared(own: np.ndarray, regional: np.ndarray, share: float) -> np.ndarray:
+    """``share`` of the variance from the regional series, the rest from the station's own
+    (both of the same variance, so the mix keeps it)."""
+    return np.sqrt(share) * regional + np.sqrt(1.0 - share) * own
+
+
+def regional_weather(spec: DemoSpec, dates: np.ndarray) -> RegionalWeather:
+    """The cluster's shared weather series for ``dates`` (its own stream, drawn once)."""
+    n = dates.size
+    rain = _rng(spec.seed, _STREAM_CLUSTER, 0, _COMPONENT_PRECIP).normal(0.0, 1.0, n)
+    temperature = _stationary_ar1(_rng(spec.seed, _STREAM_CLUSTER, 0, _COMPONENT_TEMP), n, phi=0.75, sd=1.0)
+    dtr = _stationary_ar1(_rng(spec.seed, _STREAM_CLUSTER, 0, _COMPONENT_DTR), n, phi=0.5, sd=1.0)
+    return RegionalWeather(rain=rain, temperature=temperature, dtr=dtr)
 
 
 def _hourly_temperature(tmax: np.ndarray, tmin: np.ndarray) -> np.ndarray:
@@ -545,12 +660,21 @@ def _missing_mask(n_days: int, seed: int, station: int) -> np.ndarray:
     return mask
 
 
-def daily_station_values(station: Station, index: int, dates: np.ndarray, spec: DemoSpec) -> np.ndarray:
-    """True daily values in integer tenths, shape (elements, days) in DAILY_ELEMENTS order."""
+def daily_station_values(
+    station: Station, index: int, dates: np.ndarray, spec: DemoSpec, regional: RegionalWeather | None = None
+) -> np.ndarray:
+    """True daily values in integer tenths, shape (elements, days) in DAILY_ELEMENTS order.
+
+    A cluster station shares ``regional`` weather (:func:`regional_weather`; drawn here when
+    not given)."""
     doy = _day_of_year(dates)
-    prcp = precipitation_series(doy, station.wetness, _rng(spec.seed, _STREAM_DAILY, index, _COMPONENT_PRECIP))
+    if station.cluster and regional is None:
+        regional = regional_weather(spec, dates)
+    shared = regional if station.cluster else None
+    prcp = precipitation_series(doy, station.wetness, _rng(spec.seed, _STREAM_DAILY, index, _COMPONENT_PRECIP),
+                                shared.rain if shared is not None else None)
     tmax, tmin = temperature_series(
-        station, dates, spec.start_year, prcp > 0, _rng(spec.seed, _STREAM_DAILY, index, _COMPONENT_TEMP)
+        station, dates, spec.start_year, prcp > 0, _rng(spec.seed, _STREAM_DAILY, index, _COMPONENT_TEMP), shared
     )
     return np.stack([prcp, _scale(tmax, 1), _scale(tmin, 1)])
 
@@ -559,9 +683,17 @@ def daily_station_values(station: Station, index: int, dates: np.ndarray, spec: 
 
 
 def error_counts(spec: DemoSpec) -> dict[str, int]:
-    """Target number of events per error kind, scaled with station-years (>= 1 each)."""
+    """Target number of events per error kind, scaled with station-years (>= 1 each); spatial
+    outliers with the cluster's station-years (none without a cluster of at least
+    :data:`CLUSTER_MIN_STATIONS`)."""
     scale = spec.stations * spec.years / REFERENCE_STATION_YEARS
-    return {kind: max(1, round(base * scale)) for kind, base in BASE_ERROR_COUNTS.items()}
+    counts = {kind: max(1, round(base * scale)) for kind, base in BASE_ERROR_COUNTS.items()}
+    cluster = len(cluster_indices(spec.stations))
+    counts["spatial_outlier"] = (
+        max(1, round(SPATIAL_OUTLIERS * cluster * spec.years / REFERENCE_CLUSTER_STATION_YEARS))
+        if cluster >= CLUSTER_MIN_STATIONS else 0
+    )
+    return counts
 
 
 def _is_free(busy: np.ndarray, station: int, first: int, stop: int) -> bool:
@@ -701,6 +833,32 @@ def pick_precipitation_spikes(
     return errors
 
 
+def pick_spatial_outliers(
+    values: np.ndarray, busy: np.ndarray, stations: tuple[int, ...], count: int, rng: np.random.Generator
+) -> list[InjectedError]:
+    """Single TMAX or TMIN values of cluster ``stations`` moved by 4.5-7.5 K (either way),
+    keeping TMIN below TMAX by at least 0.5 K and inside the limits."""
+    _, _, n_days = values.shape
+    errors: list[InjectedError] = []
+    for _ in range(200 * count):
+        if count == 0 or not stations:
+            break
+        s, d = stations[int(rng.integers(len(stations)))], int(rng.integers(n_days))
+        e = TMAX if rng.random() < 0.5 else TMIN
+        shift = int(np.rint(rng.uniform(*SPATIAL_OUTLIER_KELVIN) * 10)) * (1 if rng.random() < 0.5 else -1)
+        true = int(values[s, e, d])
+        recorded = true + shift
+        partner = int(values[s, TMIN if e == TMAX else TMAX, d])
+        apart = recorded - partner if e == TMAX else partner - recorded
+        if (not _is_free(busy, s, d, d + 1) or apart < 5
+                or not TEMP_LIMITS_TENTHS[0] <= recorded <= TEMP_LIMITS_TENTHS[1]):
+            continue
+        _reserve(busy, s, d, d + 1)
+        errors.append(InjectedError(s, e, d, "spatial_outlier", true, recorded))
+        count -= 1
+    return errors
+
+
 def inject_errors(values: np.ndarray, missing: np.ndarray, dates: np.ndarray, spec: DemoSpec) -> list[InjectedError]:
     """Choose all injected errors for the network (values untouched).
 
@@ -720,6 +878,8 @@ def inject_errors(values: np.ndarray, missing: np.ndarray, dates: np.ndarray, sp
     errors += pick_swaps(values, busy_temp, counts["tmin_gt_tmax"], _rng(seed, _STREAM_ERRORS, 2))
     errors += pick_temperature_spikes(values, busy_temp, counts["temperature_spike"], _rng(seed, _STREAM_ERRORS, 3))
     errors += pick_precipitation_spikes(values, busy_prcp, counts["precipitation_spike"], _rng(seed, _STREAM_ERRORS, 4))
+    errors += pick_spatial_outliers(values, busy_temp, cluster_indices(spec.stations), counts["spatial_outlier"],
+                                    _rng(seed, _STREAM_ERRORS, 5))
     return sorted(errors, key=lambda x: (x.station, x.element, x.day))
 
 
@@ -814,7 +974,8 @@ def generate_demo_data(
 
     # All true daily values in memory (50 x 3 x 11k int64 is ~13 MB) because error
     # placement needs the whole network at once.
-    values = np.stack([daily_station_values(st, i, dates, spec) for i, st in enumerate(daily_stations)])
+    regional = regional_weather(spec, dates)
+    values = np.stack([daily_station_values(st, i, dates, spec, regional) for i, st in enumerate(daily_stations)])
     missing = np.stack([_missing_mask(n_days, spec.seed, i) for i in range(len(daily_stations))])
     errors = inject_errors(values, missing, dates, spec)
     recorded = apply_errors(values, errors)
@@ -864,3 +1025,264 @@ def generate_demo_data(
     layout.manifest.write_bytes(_manifest_json(spec, observation_count, entries))
     tick()
     return replace(layout, observation_count=observation_count)
+
+
+# --------------------------------------------------------------------------- real-data-like airport record
+
+AIRPORT_TIMEZONE = "Etc/GMT+6"  # local standard time (UTC-6), the climatological day of the daily record
+AIRPORT_ID = "0-20000-0-72001"
+AIRPORT_ELEVATION = 190.0  # m
+AIRPORT_DAILY_HEADER = ("station", "element", "time", "value")
+AIRPORT_HOURLY_HEADER = ("datetime", "temp_f", "dewpoint_f", "rh", "wind_kt", "wind_dir", "pressure_hpa")
+# Hours without a report (logger or link outages) and days without a daily value.
+AIRPORT_OUTAGES_PER_YEAR = 12
+AIRPORT_MISSING_DAYS_RATE = 0.003
+
+AIRPORT_DAILY_MAPPING_YAML = r"""layout: long
+source: airport-daily
+time: {column: time, format: "%Y-%m-%d", timezone: Etc/GMT+6}
+duration: P1D
+units: {TMAX: degF, TMIN: degF, PRCP: in}
+"""
+
+AIRPORT_HOURLY_MAPPING_YAML = r"""layout: wide
+source: airport-hourly
+time: {column: datetime, format: "%Y-%m-%d %H:%M", timezone: UTC}
+duration: PT1H
+station: {filename_pattern: "^(?P<station>[0-9]+-[0-9]+-[0-9]+-[0-9A-Za-z]+)_hourly\\.csv$"}
+unmapped_columns: refuse
+columns:
+  temp_f: {element: TMEAN, units: degF}
+  dewpoint_f: {element: TDEW, units: degF}
+  rh: {element: RH, units: "%"}
+  wind_kt: {element: WSPD, units: knot}
+  wind_dir: {element: WDIR, units: degree}
+  pressure_hpa: {element: PRES, units: hPa}
+"""
+
+
+@dataclass(frozen=True)
+class AirportSpec:
+    """Length and seed of the real-data-like airport record: ``years`` of daily values,
+    the last ``hourly_years`` of them also hourly."""
+
+    start_year: int = 1991
+    years: int = 30
+    hourly_years: int = 3
+    seed: int = 20261203
+
+    def __post_init__(self) -> None:
+        """Reject records that cannot be made."""
+        if self.years < 1 or not 0 <= self.hourly_years <= self.years:
+            raise ValueError("need at least one year, and 0 <= hourly_years <= years")
+
+
+@dataclass(frozen=True)
+class AirportDataset:
+    """Paths of the files written by :func:`generate_airport_data`, and their value counts."""
+
+    folder: Path
+    stations_csv: Path  # folder/stations.csv
+    daily_file: Path  # folder/daily/<wigos_id>.csv (long form, degF and inches)
+    daily_mapping: Path  # folder/daily/mapping.yaml
+    hourly_file: Path | None  # folder/hourly/<wigos_id>_hourly.csv (wide form)
+    hourly_mapping: Path | None  # folder/hourly/mapping.yaml
+    daily_values: int
+    hourly_values: int
+
+
+def _smooth_ar(rng: np.random.Generator, n: int, hours: float, sd: np.ndarray | float) -> np.ndarray:
+    """A smooth hourly anomaly: an AR(1) series filtered once more by the same AR(1) (so its
+    hour-to-hour changes are small, as a synoptic field's are), scaled to standard deviation
+    ``sd`` (which may vary with the season)."""
+    phi = float(np.exp(-1.0 / hours))
+    series = ar1(ar1(rng.normal(0.0, 1.0, n), phi), phi)
+    return series / series.std() * sd
+
+
+def _diurnal_shape(hour: np.ndarray) -> np.ndarray:
+    """-1 at 06:00 local, +1 at 15:00, cosine ramps between (a faster rise than fall)."""
+    rising = (hour >= 6) & (hour < 15)
+    since_peak = (hour - 15) % 24
+    return np.where(rising, -np.cos(np.pi * (hour - 6) / 9.0), np.cos(np.pi * since_peak / 15.0))
+
+
+def _fronts(rng: np.random.Generator, n_hours: int, winter: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Cold-front passages: their hours and temperature falls (K).
+
+    About one every four days in winter and one a week in summer; the fall is gamma
+    distributed, 2-3 K typically and over 10 K a few times a year (winter and spring)."""
+    rate = (0.14 + 0.12 * winter) / 24.0  # per hour
+    hours = np.flatnonzero(rng.random(n_hours) < rate)
+    size = rng.gamma(2.2, 0.9 + 1.0 * winter[hours])
+    return hours, size
+
+
+def _front_effects(n_hours: int, hours: np.ndarray, size: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Hour-by-hour temperature change (warm sector ahead, sharp fall at the front), the
+    pressure trough and a 0..1 "near a front" weight (cloud, rain, wind), for every hour."""
+    change = np.zeros(n_hours)
+    pressure = np.zeros(n_hours)
+    near = np.zeros(n_hours)
+    # The warm sector: a rise of 60 % of the coming fall over the 30 hours before the front.
+    ahead = np.arange(-30, 0)
+    rise = np.full(ahead.size, 0.6 / ahead.size)
+    fall_hours = np.arange(0, 5)
+    fall = np.array([0.1, 0.25, 0.3, 0.2, 0.15])
+    trough_hours = np.arange(-36, 37)
+    trough = -np.exp(-0.5 * (trough_hours / 12.0) ** 2)
+    weight_hours = np.arange(-12, 13)
+    weight = np.exp(-0.5 * (weight_hours / 6.0) ** 2)
+    for offsets, shape, target, scale in (
+        (ahead, rise, change, size), (fall_hours, -fall, change, size),
+        (trough_hours, trough, pressure, 1.4 * size), (weight_hours, weight, near, np.ones_like(size)),
+    ):  # four shapes, each spread over all fronts at once
+        at = hours[:, None] + offsets[None, :]
+        inside = (at >= 0) & (at < n_hours)
+        np.add.at(target, at[inside], (scale[:, None] * shape[None, :])[inside])
+    return change, pressure, np.clip(near, 0.0, 1.0)
+
+
+def airport_weather(spec: AirportSpec) -> dict[str, np.ndarray]:
+    """The airport's true hourly weather (local standard time hours from ``start_year``-01-01):
+    ``temperature`` and ``dew_point`` (degC), ``humidity`` (%), ``wind_speed`` (m/s),
+    ``wind_direction`` (degrees), ``pressure`` (hPa), ``rain`` (mm per local day), and the
+    local dates of the days."""
+    rng = _rng(spec.seed, _STREAM_AIRPORT, 0, _COMPONENT_HOURLY)
+    dates = daily_dates(spec.start_year, spec.years)
+    n_days = dates.size
+    n = 24 * n_days
+    hour = np.tile(np.arange(24.0), n_days)
+    doy = np.repeat(_day_of_year(dates), 24).astype(np.float64) + hour / 24.0
+    # 1 in late January, 0 in late July: the strength of winter's synoptic activity.
+    winter = 0.5 + 0.5 * np.cos(2 * np.pi * (doy - 22.0) / 365.25)
+
+    front_hours, front_size = _fronts(rng, n, winter)
+    front_change, trough, near = _front_effects(n, front_hours, front_size)
+    relax = float(np.exp(-1.0 / 60.0))  # air-mass anomalies relax over about 2.5 days
+    air_mass = ar1(front_change - front_change.mean(), relax)
+    air_mass += _smooth_ar(rng, n, 20.0, 2.4 + 1.2 * winter)
+    cloud = np.clip(0.45 + _smooth_ar(rng, n, 10.0, 0.3) + 0.5 * near, 0.0, 1.0)
+    cloud_day = np.repeat(cloud.reshape(n_days, 24).mean(axis=1), 24)
+    amplitude = (5.5 - 1.5 * winter) * (1.0 - 0.6 * cloud_day)
+    seasonal = 10.5 - 13.5 * np.cos(2 * np.pi * (doy - 22.0) / 365.25)
+    temperature = (seasonal + air_mass - air_mass.mean() + amplitude * _diurnal_shape(hour)
+                   + _smooth_ar(rng, n, 1.5, 0.35))
+
+    # Dew point: a small depression under cloud and at night, a large one on clear
+    # afternoons and in the dry air behind a front.
+    dry_air = np.clip(-(air_mass - air_mass.mean()), 0.0, None) * 0.35 + np.abs(_smooth_ar(rng, n, 48.0, 2.0))
+    depression = np.clip(1.0 + 5.0 * (1.0 - cloud) * (1.0 + np.clip(_diurnal_shape(hour), 0.0, None)) + dry_air,
+                         0.3, 30.0)
+    dew_point = temperature - depression
+    a, b = 17.62, 243.12  # Magnus coefficients over water
+    humidity = np.clip(100.0 * np.exp(a * dew_point / (b + dew_point) - a * temperature / (b + temperature)), 3, 100)
+
+    base = 1013.25 * (1.0 - 2.25577e-5 * AIRPORT_ELEVATION) ** 5.25588
+    pressure = (base + _smooth_ar(rng, n, 30.0, 4.0 + 4.5 * winter) + trough - trough.mean()
+                + 0.5 * np.cos(4 * np.pi * (hour - 10.0) / 24.0) + rng.normal(0.0, 0.08, n))
+
+    mixing = 0.7 + 0.5 * np.clip(np.sin(np.pi * (hour - 8.0) / 12.0), 0.0, None)  # afternoon mixing
+    wind_speed = ((3.5 + 1.5 * winter) * np.exp(_smooth_ar(rng, n, 8.0, 0.35)) * mixing * (1.0 + 0.6 * near)
+                  * rng.gamma(25.0, 1.0 / 25.0, n))
+    wind_speed = 22.0 * np.tanh(wind_speed / 22.0)  # hourly means of an inland airport stay below gale
+    # South-westerlies veering north-westerly behind fronts, wandering hour to hour.
+    behind = np.zeros(n)
+    at = front_hours[:, None] + np.arange(0, 36)[None, :]
+    inside = at < n
+    np.add.at(behind, at[inside], 1.0)
+    wind_direction = (225.0 + 80.0 * np.clip(behind, 0.0, 1.0) + _smooth_ar(rng, n, 6.0, 35.0)
+                      + rng.normal(0.0, 12.0, n)) % 360.0
+
+    # Rain: likely on days with a front or thick cloud; gamma amounts, heavier in summer.
+    near_day = near.reshape(n_days, 24).max(axis=1)
+    cloud_daily = cloud.reshape(n_days, 24).mean(axis=1)
+    chance = np.clip(0.06 + 0.55 * near_day + 0.35 * np.clip(cloud_daily - 0.6, 0.0, None), 0.0, 0.9)
+    summer_day = 1.0 - winter.reshape(n_days, 24)[:, 0]
+    amounts = rng.gamma(0.7, (6.0 + 6.0 * summer_day) / 0.7)
+    rain = np.where(rng.random(n_days) < chance, amounts, 0.0)
+    return {"temperature": temperature, "dew_point": dew_point, "humidity": humidity,
+            "wind_speed": wind_speed, "wind_direction": wind_direction, "pressure": pressure,
+            "rain": rain, "dates": dates}
+
+
+def _outages(rng: np.random.Generator, n: int, per_year: float, longest: int) -> np.ndarray:
+    """Hours lost to outages (True), in blocks of 1..``longest`` hours."""
+    lost = np.zeros(n, dtype=bool)
+    starts = np.flatnonzero(rng.random(n) < per_year / 8766.0)
+    for start, length in zip(starts.tolist(), rng.integers(1, longest + 1, starts.size).tolist()):  # a dozen a year
+        lost[start:start + length] = True
+    return lost
+
+
+def generate_airport_data(folder: Path, spec: AirportSpec = AirportSpec()) -> AirportDataset:
+    """Write the real-data-like airport record into ``folder`` (see the module docstring):
+    ``stations.csv``, ``daily/<wigos_id>.csv`` with ``daily/mapping.yaml`` and, when
+    ``spec.hourly_years``, ``hourly/<wigos_id>_hourly.csv`` with ``hourly/mapping.yaml``."""
+    folder = Path(folder)
+    (folder / "daily").mkdir(parents=True, exist_ok=True)
+    weather = airport_weather(spec)
+    dates = weather["dates"]
+    n_days = dates.size
+    stations_csv = folder / "stations.csv"
+    stations_csv.write_text(
+        ",".join(STATIONS_HEADER) + "\n"
+        + ",".join([AIRPORT_ID, "Prairie Field Airport", "41.80000", "-92.10000", f"{AIRPORT_ELEVATION:.1f}",
+                    "XMA", "IV", AIRPORT_TIMEZONE, STATUS, str(dates[0]), ""]) + "\n",
+        encoding="utf-8",
+    )
+    rng = _rng(spec.seed, _STREAM_AIRPORT, 0, _COMPONENT_PRECIP)
+    by_day = weather["temperature"].reshape(n_days, 24)
+    # Max/min thermometers catch the peaks between the hours.
+    tmax = by_day.max(axis=1) + np.abs(rng.normal(0.0, 0.4, n_days))
+    tmin = by_day.min(axis=1) - np.abs(rng.normal(0.0, 0.4, n_days))
+    fahrenheit = {"TMAX": np.rint(tmax * 1.8 + 32.0), "TMIN": np.rint(tmin * 1.8 + 32.0)}
+    inches = np.rint(weather["rain"] / 25.4 * 100.0)  # hundredths of an inch
+    columns: dict[str, list[pa.Array]] = {name: [] for name in AIRPORT_DAILY_HEADER}
+    daily_values = 0
+    for element in ("PRCP", "TMAX", "TMIN"):
+        missing = rng.random(n_days) < AIRPORT_MISSING_DAYS_RATE
+        text = (format_scaled(inches.astype(np.int64), 2, missing) if element == "PRCP"
+                else format_scaled(fahrenheit[element].astype(np.int64), 0, missing))
+        columns["station"].append(pa.array(np.full(n_days, AIRPORT_ID)))
+        columns["element"].append(pa.array(np.full(n_days, element)))
+        columns["time"].append(pa.array(np.datetime_as_string(dates, unit="D")))
+        columns["value"].append(text)
+        daily_values += int((~missing).sum())
+    daily_file = folder / "daily" / f"{AIRPORT_ID}.csv"
+    _write_csv(daily_file, {name: pa.concat_arrays(parts) for name, parts in columns.items()})
+    daily_mapping = folder / "daily" / "mapping.yaml"
+    daily_mapping.write_text(AIRPORT_DAILY_MAPPING_YAML, encoding="utf-8")
+
+    hourly_file = hourly_mapping = None
+    hourly_values = 0
+    if spec.hourly_years:
+        (folder / "hourly").mkdir(parents=True, exist_ok=True)
+        first = 24 * (n_days - daily_dates(spec.start_year + spec.years - spec.hourly_years, spec.hourly_years).size)
+        part = slice(first, None)
+        # Local standard time is UTC-6: the hour h of a local day is h + 6 in UTC.
+        local = np.arange(dates[0].astype("datetime64[h]"), (dates[-1] + 1).astype("datetime64[h]"))[part]
+        times = local + np.timedelta64(6, "h")
+        kept = ~_outages(rng, times.size, AIRPORT_OUTAGES_PER_YEAR, 6)
+        speed_kt = np.rint(weather["wind_speed"][part] / KNOT_IN_M_S)
+        direction = np.rint(weather["wind_direction"][part] / 10.0) * 10.0
+        direction = np.where(speed_kt == 0, 0.0, np.where(direction == 0, 360.0, direction))  # calm: 0
+        recorded = {
+            "temp_f": np.rint(weather["temperature"][part] * 1.8 + 32.0),
+            "dewpoint_f": np.rint(weather["dew_point"][part] * 1.8 + 32.0),
+            "rh": np.rint(weather["humidity"][part]),
+            "wind_kt": speed_kt,
+            "wind_dir": direction,
+            "pressure_hpa": np.rint(weather["pressure"][part]),
+        }
+        hourly = {"datetime": pc.replace_substring(
+            pa.array(np.datetime_as_string(times[kept].astype("datetime64[m]"), unit="m")), "T", " ")}
+        for name, values in recorded.items():
+            hourly[name] = format_scaled(values[kept].astype(np.int64), 0)
+        hourly_file = folder / "hourly" / f"{AIRPORT_ID}_hourly.csv"
+        _write_csv(hourly_file, hourly)
+        hourly_mapping = folder / "hourly" / "mapping.yaml"
+        hourly_mapping.write_text(AIRPORT_HOURLY_MAPPING_YAML, encoding="utf-8")
+        hourly_values = int(kept.sum()) * len(recorded)
+    return AirportDataset(folder, stations_csv, daily_file, daily_mapping, hourly_file, hourly_mapping,
+                          daily_values, hourly_values)

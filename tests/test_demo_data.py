@@ -13,10 +13,22 @@ import pytest
 import yaml
 
 from opencdms_kernel import demo_data
-from opencdms_kernel.demo_data import DemoDataset, DemoSpec, generate_demo_data, read_demo_dataset
+from opencdms_kernel.demo_data import (
+    AirportSpec,
+    DemoDataset,
+    DemoSpec,
+    cluster_indices,
+    generate_airport_data,
+    generate_demo_data,
+    read_demo_dataset,
+    station_network,
+)
 
 SMALL = DemoSpec(stations=4, start_year=2001, years=3, aws_stations=1, aws_years=1, seed=7)
+# Enough stations for the dense cluster (stations 1-9 and 11-13).
+CLUSTERED = DemoSpec(stations=16, start_year=2001, years=4, aws_stations=0, aws_years=0, seed=7)
 ELEMENTS_CSV = Path(demo_data.__file__).parent / "db" / "elements.csv"
+# A network too small for the dense cluster has no spatial outliers (they need neighbours).
 KINDS = {"spike", "flat_line", "tmin_gt_tmax", "unit_mistake"}
 AWS_TO_ELEMENT = {  # column -> (element, factor to the element's canonical unit)
     "air_temp": ("TMEAN", 1.0),
@@ -394,3 +406,102 @@ def test_default_network(tmp_path: Path) -> None:
     assert 10 <= errors[errors.kind == "unit_mistake"].groupby([errors.station, errors.time.str[:7]]).ngroups <= 25
     assert (errors[errors.kind == "unit_mistake"].recorded_value <= 60).all()
     assert len(ds.daily_files) == 50 and len(ds.aws_files) == 3
+
+
+# ----------------------------------------------------------------------------- the dense cluster
+
+
+def _km(a: tuple[float, float], b: tuple[float, float]) -> float:
+    lat1, lon1, lat2, lon2 = map(np.radians, (*a, *b))
+    h = np.sin((lat2 - lat1) / 2) ** 2 + np.cos(lat1) * np.cos(lat2) * np.sin((lon2 - lon1) / 2) ** 2
+    return float(2 * 6371.0 * np.arcsin(np.sqrt(h)))
+
+
+@pytest.fixture(scope="module")
+def clustered(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoDataset, pd.DataFrame, dict]:
+    ds = generate_demo_data(tmp_path_factory.mktemp("clustered"), CLUSTERED)
+    daily = pd.concat([pd.read_csv(f, dtype={"value": float}) for f in ds.daily_files], ignore_index=True)
+    return ds, daily, json.loads(ds.manifest.read_text())
+
+
+def test_the_dense_cluster_gives_every_member_neighbours_with_shared_weather(clustered: tuple) -> None:
+    _, daily, manifest = clustered
+    stations, _ = station_network(CLUSTERED)
+    members = cluster_indices(CLUSTERED.stations)
+    assert members == (1, 2, 3, 4, 5, 6, 7, 8, 9, 11, 12, 13)
+    assert [s.cluster for s in stations] == [i in members for i in range(CLUSTERED.stations)]
+    where = [(s.latitude, s.longitude) for s in stations]
+    assert max(_km(where[a], where[b]) for a in members for b in members) <= 100.0  # all within 150 km
+    # Day-to-day weather is shared within the cluster, and not between the other stations.
+    wide = daily[daily.element == "TMAX"].pivot(index="time", columns="station", values="value")
+    anomaly = wide - wide.groupby(wide.index.str[5:7]).transform("mean")
+    correlation = anomaly.corr().to_numpy()
+    ids = list(wide.columns)
+    inside = [ids.index(stations[i].wigos_id) for i in members]
+    outside = [ids.index(s.wigos_id) for i, s in enumerate(stations) if i not in members]
+    pairs_in = [correlation[a, b] for a in inside for b in inside if a < b]
+    pairs_out = [correlation[a, b] for a in outside for b in outside if a < b]
+    assert np.mean(pairs_in) > 0.7 and np.mean(pairs_out) < 0.2
+    # Wet days come together too.
+    wet = daily[daily.element == "PRCP"].pivot(index="time", columns="station", values="value") > 0
+    both = (wet[stations[1].wigos_id] & wet[stations[2].wigos_id]).mean()
+    assert both > 2 * wet[stations[1].wigos_id].mean() * wet[stations[2].wigos_id].mean()
+
+
+def test_spatial_outliers_sit_at_cluster_stations_and_look_ordinary_in_their_own_series(clustered: tuple) -> None:
+    _, daily, manifest = clustered
+    stations, _ = station_network(CLUSTERED)
+    members = {stations[i].wigos_id for i in cluster_indices(CLUSTERED.stations)}
+    errors = pd.DataFrame(manifest["errors"])
+    outliers = errors[errors.kind == "spatial_outlier"]
+    expected = round(demo_data.SPATIAL_OUTLIERS * 12 * CLUSTERED.years / demo_data.REFERENCE_CLUSTER_STATION_YEARS)
+    assert len(outliers) == expected > 0
+    assert set(outliers.station) <= members and set(outliers.element) <= {"TMAX", "TMIN"}
+    assert (outliers.recorded_value - outliers.true_value).abs().between(4.5, 7.5).all()
+    wide = daily.pivot(index=["station", "time"], columns="element", values="value")
+    for _, e in outliers.iterrows():  # TMIN stays below TMAX: not a swap in disguise
+        day = wide.loc[(e.station, e.time)]
+        assert day.TMAX - day.TMIN >= 0.5
+
+
+# ----------------------------------------------------------------------------- the airport record
+
+
+@pytest.fixture(scope="module")
+def airport(tmp_path_factory: pytest.TempPathFactory):
+    spec = AirportSpec(years=10, hourly_years=1)
+    return spec, generate_airport_data(tmp_path_factory.mktemp("airport"), spec)
+
+
+def test_the_airport_record_is_mid_latitude_weather_in_coarse_units(airport: tuple, tmp_path: Path) -> None:
+    spec, ds = airport
+    daily = pd.read_csv(ds.daily_file, dtype={"value": float})
+    assert list(daily.columns) == ["station", "element", "time", "value"]
+    assert yaml.safe_load(ds.daily_mapping.read_text())["units"] == {"TMAX": "degF", "TMIN": "degF", "PRCP": "in"}
+    temperatures = daily[daily.element != "PRCP"].value.dropna()
+    assert (temperatures == temperatures.round()).all()  # whole degrees Fahrenheit
+    wide = daily.pivot(index="time", columns="element", values="value")
+    tmax = (wide.TMAX - 32) * 5 / 9
+    assert (wide.TMIN <= wide.TMAX)[wide.TMIN.notna() & wide.TMAX.notna()].all()
+    # A continental seasonal cycle, and fronts: day-to-day changes of 8-11 K a few times a year.
+    month = pd.to_datetime(wide.index).month
+    assert tmax[month == 7].mean() - tmax[month == 1].mean() > 20
+    change = tmax.diff().abs()
+    per_year = {k: (change >= k).sum() / spec.years for k in (8, 11, 16)}
+    assert 2 <= per_year[8] <= 8 and 0.2 <= per_year[11] <= 2 and per_year[16] <= 0.3
+    assert change[month == 1].std() > 1.3 * change[month == 7].std()
+    rain = wide.PRCP.dropna()
+    assert 0.15 <= (rain > 0).mean() <= 0.35
+    text = pd.read_csv(ds.daily_file, dtype=str, keep_default_na=False)
+    amounts = text[(text.element == "PRCP") & (text.value != "")].value
+    assert amounts.str.fullmatch(r"\d+\.\d\d").all()  # hundredths of an inch
+    hourly = pd.read_csv(ds.hourly_file)
+    assert list(hourly.columns) == ["datetime", "temp_f", "dewpoint_f", "rh", "wind_kt", "wind_dir", "pressure_hpa"]
+    assert (hourly.drop(columns="datetime") % 1 == 0).all().all() and (hourly.wind_dir % 10 == 0).all()
+    assert (hourly.dewpoint_f <= hourly.temp_f).all() and ((hourly.wind_kt == 0) == (hourly.wind_dir == 0)).all()
+    assert ds.hourly_values == hourly.shape[0] * 6 and 0.99 * 8760 <= hourly.shape[0] < 8784
+    # Whole hPa: runs of equal pressures of 9-17 hours are ordinary.
+    pressure = hourly.pressure_hpa.to_numpy()
+    runs = np.diff(np.flatnonzero(np.r_[True, pressure[1:] != pressure[:-1], True]))
+    assert ((runs >= 9) & (runs <= 17)).sum() >= 50
+    assert generate_airport_data(tmp_path, spec).daily_file.read_bytes() == ds.daily_file.read_bytes()

@@ -32,9 +32,12 @@ from opencdms_kernel.qc import (
     add_relations,
     add_thresholds,
     DerivationMethod,
+    PersistenceMethod,
+    StepMethod,
     current_thresholds,
     decide,
     derive_and_store_range_thresholds,
+    derive_and_store_thresholds,
     run_qc,
 )
 from opencdms_kernel.settings import Settings
@@ -102,7 +105,7 @@ def test_rules_are_versioned_and_findings_name_rule_and_version(datastore: Datas
     first = run_qc(datastore, bucket, user=USER, tests=["range"])
     quality, status, flag = entry(datastore, A, "TMAX", OUTLIER_DAY)
     assert quality["range"] == {"result": "suspect", "flag": "above_range", "rule": f"qc_threshold:{rule['id']}",
-                                "version": 1, "run": first.run_id, "low": 15.0, "high": 25.0}
+                                "version": 1, "run": first.run_id, "low": 15.0, "high": 25.0, "threshold": "station"}
     assert (status, flag) == ("suspect", "suspect")
 
     # Never edited in place: the database refuses it, whoever asks.
@@ -142,6 +145,13 @@ def test_network_defaults_and_relations_are_seeded_and_versioned(datastore: Data
     assert seeded[("persistence", "PRCP", 86400)]["exclude_value"] == 0.0
     assert seeded[("spatial", "TMIN", 86400)]["min_neighbours"] == 3
     assert all(t["method"].startswith("seed") for t in seeded.values())
+    # Migration 0005 stated, as new versions, the resolution the run limits assume and the
+    # spatial check's minimum difference.
+    assert (seeded[("persistence", "PRES", 3600)]["resolution"], seeded[("persistence", "RH", 3600)]["resolution"]) \
+        == (0.1, 1.0)
+    assert seeded[("persistence", "PRES", 3600)]["version"] == 2 and seeded[("persistence", "PRES", 3600)]["max_run"] == 8
+    assert seeded[("spatial", "TMAX", 86400)]["min_difference"] == 3.0 and seeded[("spatial", "TMAX", 86400)]["version"] == 2
+    assert seeded[("step", "TMAX", 86400)]["version"] == 1 and seeded[("step", "TMAX", 86400)]["resolution"] is None
     relation = Relation("TMIN", "<=", "TMAX", tolerance=0.5, severity=Severity.FAILED)
     assert add_relations(datastore, [relation], user="climatologist", reason="allow rounding") == 1
     assert add_relations(datastore, [relation], user="climatologist", reason="again") == 0
@@ -170,6 +180,50 @@ def test_derived_thresholds_are_stored_as_new_versions_for_the_scope_asked(datas
     assert all(t["method"].startswith("derived") and t["low"] < 20.0 < t["high"] for t in stored)
     with pytest.raises(UnknownReferenceError, match="stations"):
         derive_and_store_range_thresholds(datastore, bucket, user="c", stations=["0-9-9-9"])
+
+
+@pytest.mark.usefixtures("network")
+def test_the_threshold_level_and_why_a_fallback_applied_are_recorded(datastore: Datastore, bucket: Bucket) -> None:
+    # Sixty days of history: too short for the default derivation (120 values of a month).
+    derived = derive_and_store_thresholds(datastore, bucket, user="climatologist", tests=["step", "persistence"])
+    assert derived.derived == 0 and derived.too_short == 2 * 2 * 2 * 2  # tests, stations, elements, months
+    first = run_qc(datastore, bucket, user=USER, tests=["step"])
+    quality, _, _ = entry(datastore, B, "TMAX", 10)  # B's swapped day: 9.0 between days of 20-ish
+    assert quality["step"]["flag"] == "spike" and quality["step"]["threshold"] == "network"
+    assert quality["step"]["fallback"] == "station history too short: 31 values of January, 120 needed"
+    assert first.counts[QcTest.STEP].thresholds == {"network": 4 * DAYS}
+    with datastore.engine.connect() as connection:
+        run = connection.execute(sa.text("SELECT counts, fallbacks FROM qc_run WHERE id = :id"),
+                                 {"id": first.run_id}).one()
+    assert run.counts["step"]["thresholds"] == {"network": 4 * DAYS}
+    fallbacks = {(f["station"], f["element"]): f for f in run.fallbacks}
+    assert set(fallbacks) == {(A, "TMAX"), (A, "TMIN"), (B, "TMAX"), (B, "TMIN")}
+    assert fallbacks[(B, "TMAX")] == {
+        "test": "step", "station": B, "element": "TMAX", "duration_seconds": 86400, "threshold": "network",
+        "values": DAYS, "months": ["January", "February"], "reason": "station history too short",
+        "detail": ["station history too short: 31 values of January, 120 needed",
+                   "station history too short: 29 values of February, 120 needed"]}
+
+    # With a derivation that asks less, each station gets its own: versioned, with its history.
+    derived = derive_and_store_thresholds(
+        datastore, bucket, user="climatologist", tests=["step", "persistence"],
+        step_methods={"TMAX": StepMethod(min_values=20), "TMIN": StepMethod(min_values=20)},
+        persistence_methods={"TMAX": PersistenceMethod(min_values=20)})
+    assert (derived.derived, derived.stored) == (2 * 2 * 2 + 2 * 2, 12)
+    steps = [t for t in current_thresholds(datastore, QcTest.STEP) if t["station"] == B and t["element"] == "TMAX"]
+    assert [(t["month"], t["history_values"], t["version"]) for t in steps] == [(1, 31, 1), (2, 29, 1)]
+    assert all(t["method"].startswith("derived: q99 + k*(q99 - q90)") for t in steps)
+    runs = [t for t in current_thresholds(datastore, QcTest.PERSISTENCE) if t["station"] == A]
+    assert {(t["element"], t["resolution"]) for t in runs} == {("TMAX", 0.3)}  # steps of 0.3 K
+    second = run_qc(datastore, bucket, user=USER, tests=["step"])
+    assert second.counts[QcTest.STEP].thresholds == {"station": 4 * DAYS}
+    # Why the default asks for 120 values: in 31, B's two jumps of 11 K are 3 % of its changes,
+    # its own 99th percentile, and the threshold learnt from them lets the spike pass.
+    quality, _, _ = entry(datastore, B, "TMAX", 10)
+    assert "step" not in quality and steps[0]["max_change"] > 11
+    with datastore.engine.connect() as connection:
+        assert connection.execute(sa.text("SELECT fallbacks FROM qc_run WHERE id = :id"),
+                                  {"id": second.run_id}).scalar_one() == []
 
 
 @pytest.mark.usefixtures("network")

@@ -8,7 +8,8 @@ the run itself (:mod:`.run`).  The design of flags, derived status and the spars
 is in :mod:`.flags`; why the checks run on sorted numpy columns is in :mod:`.frame`.
 
 Entry points: :func:`run_qc` (what ``opencdms qc`` calls), :func:`decide` (a person's
-decision), :func:`derive_and_store_range_thresholds`, :func:`add_thresholds` and
+decision), :func:`derive_and_store_thresholds` (station/month range, step and persistence
+thresholds from each station's own record), :func:`add_thresholds` and
 :func:`add_relations` (rules, versioned).
 """
 
@@ -34,15 +35,24 @@ from opencdms_kernel.qc.rules import Relation, Threshold, add_relations, add_thr
 from opencdms_kernel.qc.run import STAGES, run_qc
 from opencdms_kernel.qc.thresholds import (
     DEFAULT_METHODS,
+    DEFAULT_PERSISTENCE_METHODS,
+    DEFAULT_STEP_METHODS,
     DerivationMethod,
     DerivedThresholds,
+    PersistenceMethod,
+    StepMethod,
     derive_and_store_range_thresholds,
+    derive_and_store_thresholds,
+    derive_persistence_thresholds,
     derive_range_thresholds,
+    derive_step_thresholds,
 )
 
 __all__ = [
     "ALL_TESTS",
     "DEFAULT_METHODS",
+    "DEFAULT_PERSISTENCE_METHODS",
+    "DEFAULT_STEP_METHODS",
     "Decision",
     "DecisionResult",
     "DerivationMethod",
@@ -50,6 +60,7 @@ __all__ = [
     "FinalFlag",
     "ObservationKey",
     "ObservationNotFoundError",
+    "PersistenceMethod",
     "QcParameterError",
     "QcRunResult",
     "QcStatus",
@@ -59,6 +70,7 @@ __all__ = [
     "Severity",
     "SkippedCheck",
     "SourceChange",
+    "StepMethod",
     "TestCounts",
     "Threshold",
     "UnknownQcReferenceError",
@@ -68,7 +80,10 @@ __all__ = [
     "current_thresholds",
     "decide",
     "derive_and_store_range_thresholds",
+    "derive_and_store_thresholds",
+    "derive_persistence_thresholds",
     "derive_range_thresholds",
+    "derive_step_thresholds",
     "run_qc",
     "source_changes",
 ]

@@ -44,7 +44,7 @@ def check_consistency(frame: Frame, relations: tuple[RelationRule, ...]) -> Find
     """Values of broken relations (both sides of an element-element relation)."""
     position = {element.id: index for index, element in enumerate(frame.elements)}
     codes = {element.id: element.code for element in frame.elements}
-    partner = _partner_ids(frame)
+    partner = frame.partner_ids
     compared = np.zeros(frame.rows, bool)
     found_rows: list[np.ndarray] = []
     found_relation: list[np.ndarray] = []
@@ -100,18 +100,6 @@ def check_consistency(frame: Frame, relations: tuple[RelationRule, ...]) -> Find
         details={"other": pa.array(other, pa.float64(), from_pandas=True)},
         tested=tested,
     )
-
-
-def _partner_ids(frame: Frame) -> np.ndarray:
-    """Per series: one id shared by the series of all elements with the same station,
-    duration, level and source."""
-    if not frame.series_count:
-        return np.empty(0, np.int64)
-    keys = np.rec.fromarrays(
-        [frame.series_station, frame.series_duration, frame.series_level, frame.series_source],
-        names="station,duration,level,source",
-    )
-    return np.unique(keys, return_inverse=True)[1].astype(np.int64).ravel()
 
 
 def _match(frame: Frame, partner: np.ndarray, left_series: np.ndarray, right_series: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

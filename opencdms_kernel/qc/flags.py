@@ -5,8 +5,11 @@
 * ``ingest``: the file's own flag (written by ingest, never by QC);
 * one entry per automatic test that raised something, e.g.
   ``{"range": {"result": "suspect", "flag": "above_range", "rule": "qc_threshold:12",
-  "version": 3, "run": 7, "low": 8.1, "high": 21.4}}`` — a test that passes leaves no entry;
-  ``run`` is the run that first raised the entry as it stands;
+  "version": 3, "run": 7, "threshold": "station", "low": 8.1, "high": 21.4}}`` — a test that
+  passes leaves no entry; ``run`` is the run that first raised the entry as it stands;
+  ``threshold`` the level of the rule that judged the value (``station``, ``network``,
+  ``global``) and, where it is not the station's own, ``fallback`` says why (e.g. "station
+  history too short: 45 values of July, 120 needed");
 * ``manual``: a person's decision (see :mod:`opencdms_kernel.qc.manual`), never touched by QC.
 
 ``qc_status`` and ``final_flag`` are derived from these by the SQL functions
@@ -77,7 +80,8 @@ class Findings:
         details: Mapping[str, pa.Array], tested: int, **counts: object,
     ) -> "Findings":
         """Findings of a test governed by ``qc_threshold`` rows: each flagged row (ascending)
-        takes the severity, rule and version of the threshold in force for its cell."""
+        takes the severity, rule, version and level of the threshold in force for its cell,
+        and the reason a network or global threshold stood in for the station's own."""
         cell = frame.cell[rows]
         return Findings(
             test=test,
@@ -86,7 +90,7 @@ class Findings:
             flag=flag,
             rule=rule_labels("qc_threshold", resolved.rule_id[cell]),
             version=versions(resolved.version[cell]),
-            details=details,
+            details={**details, "threshold": resolved.level_names(cell), "fallback": resolved.fallback_reasons(cell)},
             tested=tested,
             **counts,  # type: ignore[arg-type]
         )

@@ -21,13 +21,19 @@ the local date's month, as threshold tables expect.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
-from typing import Callable
+from typing import Callable, Iterator
 
 import duckdb
 import numpy as np
+import sqlalchemy as sa
+
+from opencdms_kernel.archive import archive_files, connect_archive, read_manifest
+from opencdms_kernel.bucket import Bucket
+from opencdms_kernel.db.engine import Datastore
 
 US_PER_SECOND = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -66,6 +72,7 @@ class FrameRequest:
     start: datetime | None
     end: datetime | None
     margin_seconds: int
+    without_rejected: bool = False  # leave out values a person rejected (thresholds from history)
 
 
 @dataclass(frozen=True, eq=False)
@@ -117,6 +124,18 @@ class Frame:
     def row_series(self) -> np.ndarray:
         """Series of every row."""
         return np.repeat(np.arange(self.series_count, dtype=np.int32), np.diff(self.bounds))
+
+    @cached_property
+    def partner_ids(self) -> np.ndarray:
+        """Per series: one id shared by the series of all elements with the same station,
+        duration, level and source (a station's elements observed together)."""
+        if not self.series_count:
+            return np.empty(0, np.int64)
+        keys = np.rec.fromarrays(
+            [self.series_station, self.series_duration, self.series_level, self.series_source],
+            names="station,duration,level,source",
+        )
+        return np.unique(keys, return_inverse=True)[1].astype(np.int64).ravel()
 
     @cached_property
     def scope_counts(self) -> np.ndarray:
@@ -180,6 +199,28 @@ def epoch_us(moment: datetime) -> int:
     return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
+@contextmanager
+def reading_archive(
+    datastore: Datastore, bucket: Bucket
+) -> Iterator[tuple[duckdb.DuckDBPyConnection, Callable[[str], list[str]]]]:
+    """The archive open for reading (DuckDB, UTC), and a function giving an element's Parquet
+    files in the generation read, while the archive exporters' advisory lock is held, so that
+    no export replaces partition files under the reader (exports wait; reads take seconds)."""
+    with datastore.engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        connection.execute(sa.text("SELECT pg_advisory_lock(hashtext('opencdms.archive'))"))
+        try:
+            manifest = read_manifest(bucket)
+            archive = connect_archive(bucket, manifest)
+            try:
+                archive.execute("SET TimeZone = 'UTC'")
+                yield archive, lambda code: archive_files(bucket, manifest, code)
+            finally:
+                archive.close()
+        finally:
+            connection.execute(sa.text("SELECT pg_advisory_unlock(hashtext('opencdms.archive'))"))
+
+
 # --------------------------------------------------------------------------- reading
 
 _SUMMARY_SQL = """
@@ -222,6 +263,8 @@ def _filters(request: FrameRequest) -> tuple[str, dict[str, object]]:
     if request.read_station_ids is not None:
         sql += " AND list_contains($stations, station_id)"
         params["stations"] = sorted(request.read_station_ids)
+    if request.without_rejected:
+        sql += " AND final_flag IS DISTINCT FROM 'rejected'"
     return sql, params
 
 

@@ -111,13 +111,16 @@ class TestCounts:
     """What one test did in one run, over the observations in scope.
 
     ``tested``: values a rule of the test applied to; ``skipped``: values it could not check
-    (e.g. too few neighbours), with the reasons in :attr:`QcRunResult.skipped`.
+    (e.g. too few neighbours), with the reasons in :attr:`QcRunResult.skipped`;
+    ``thresholds``: for tests governed by thresholds, the values in scope per level of the
+    threshold that judged them (``station``, ``network``, ``global``).
     """
 
     tested: int = 0
     suspect: int = 0
     failed: int = 0
     skipped: int = 0
+    thresholds: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

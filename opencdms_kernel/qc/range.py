@@ -3,7 +3,8 @@
 Thresholds per station, element and calendar month fall back station -> network (see
 :mod:`opencdms_kernel.qc.rules` for the order); a value outside its threshold gets the rule's
 severity (usually suspect).  The global fallback, the element's physical range
-(``element.valid_min/valid_max``), always applies: a value outside it has failed.
+(``element.valid_min/valid_max``), always applies: a value outside it has failed, and its
+entry's ``threshold`` is ``global``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pyarrow.compute as pc
 from opencdms_kernel.qc.flags import Findings, versions
 from opencdms_kernel.qc.frame import Frame
 from opencdms_kernel.qc.model import QcTest
-from opencdms_kernel.qc.rules import Resolved, rule_labels
+from opencdms_kernel.qc.rules import GLOBAL, LEVELS, Resolved, rule_labels
 from opencdms_kernel.qc.series import expand
 
 
@@ -56,6 +57,9 @@ def check_range(frame: Frame, resolved: Resolved) -> Findings:
         details={
             "low": pa.array(np.where(physical, physical_min[cell], low[cell]), pa.float64(), from_pandas=True),
             "high": pa.array(np.where(physical, physical_max[cell], high[cell]), pa.float64(), from_pandas=True),
+            "threshold": pa.array(np.array(LEVELS, dtype=object)[np.where(physical, GLOBAL, resolved.level[cell])]
+                                  .tolist(), pa.string()),
+            "fallback": resolved.fallback_reasons(cell),
         },
         tested=tested,
     )

@@ -8,13 +8,17 @@ rule rows, which each finding names (``"rule": "qc_threshold:12", "version": 3``
 
 Which threshold applies to a value: the most specific active rule of the test for the value's
 element — station before network, then calendar month, then duration.  The range test's last
-fallback is the element's physical range (``element.valid_min/valid_max``).
+fallback is the element's physical range (``element.valid_min/valid_max``).  Each cell
+(series and calendar month) records the *level* of the rule in force: ``station`` (a rule of
+that station, usually derived from its own history), ``network`` (a rule for every station,
+for the series' duration) or ``global`` (a rule for every station and duration); each finding
+names it, and why a station's own threshold did not apply (:func:`with_fallback_reasons`).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import duckdb
@@ -41,11 +45,15 @@ PARAMETERS: dict[QcTest, tuple[tuple[str, bool], ...]] = {
     QcTest.RANGE: (("low", False), ("high", False)),
     QcTest.STEP: (("max_change", True), ("max_gap_seconds", False)),
     QcTest.PERSISTENCE: (("max_run", True), ("exclude_value", False), ("min_spread", False),
-                         ("max_gap_seconds", False)),
-    QcTest.SPATIAL: (("radius_km", True), ("min_neighbours", True), ("max_z", True)),
+                         ("max_gap_seconds", False), ("resolution", False)),
+    QcTest.SPATIAL: (("radius_km", True), ("min_neighbours", True), ("max_z", True), ("min_difference", False)),
 }
 PARAMETER_COLUMNS = ("low", "high", "max_change", "max_gap_seconds", "max_run", "min_spread",
-                     "exclude_value", "radius_km", "min_neighbours", "max_z")
+                     "exclude_value", "radius_km", "min_neighbours", "max_z", "resolution", "min_difference")
+# The level of a cell's rule (Resolved.level): no rule, the station's own, the network's
+# (every station, one duration), global (every station and duration).
+LEVELS = ("none", "station", "network", "global")
+NO_RULE, STATION, NETWORK, GLOBAL = range(4)
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,11 @@ class Threshold:
 
     Scope: ``station`` (WIGOS id; None: the whole network), ``month`` (1..12; None: every
     month), ``duration_seconds`` (None: any).  ``active=False`` withdraws the rule of that scope.
+    ``resolution`` (persistence): how finely the values the rule was made for are recorded
+    (a run of equal values is longer, normally, in coarser values).  ``min_difference``
+    (spatial): a value closer than this to its neighbours is never an outlier.  ``history_values``:
+    how many values of the station's history a derived rule came from (provenance only: a
+    rule that differs in nothing else is not a new version).
     """
 
     test: QcTest
@@ -73,6 +86,9 @@ class Threshold:
     radius_km: float | None = None
     min_neighbours: int | None = None
     max_z: float | None = None
+    resolution: float | None = None
+    history_values: int | None = None
+    min_difference: float | None = None
 
 
 @dataclass(frozen=True)
@@ -122,16 +138,31 @@ class Resolved:
     """The rule of one test in force for every cell (series * 12 + month) of a frame.
 
     ``rule_id`` 0: no rule.  ``params``: float64 arrays, NaN where the rule has no value.
+    ``level``: an index into :data:`LEVELS`.  ``fallback``: per cell, why the station's own
+    threshold does not apply where a network or global one does (None: not known, or a
+    station rule applies); see :func:`with_fallback_reasons`.
     """
 
     rule_id: np.ndarray  # int64
     version: np.ndarray  # int32
     failed: np.ndarray  # bool: severity 'failed'
     params: dict[str, np.ndarray]
+    level: np.ndarray  # int8
+    fallback: np.ndarray | None = None  # object (str or None)
 
     @property
     def any(self) -> bool:
         return bool((self.rule_id > 0).any())
+
+    def level_names(self, cells: np.ndarray) -> pa.Array:
+        """The level of the rule of each of ``cells`` (for the few flagged values)."""
+        return pa.array(np.array(LEVELS, dtype=object)[self.level[cells]].tolist(), pa.string())
+
+    def fallback_reasons(self, cells: np.ndarray) -> pa.Array:
+        """Why each of ``cells`` is judged by a network or global rule (null elsewhere)."""
+        if self.fallback is None:
+            return pa.nulls(cells.size, pa.string())
+        return pa.array(self.fallback[cells].tolist(), pa.string())
 
 
 # --------------------------------------------------------------------------- reading
@@ -166,6 +197,7 @@ _THRESHOLD_SCHEMA = pa.schema([
     ("month", pa.int16()), ("duration_seconds", pa.int32()), ("version", pa.int32()),
     ("severity", pa.string()),
     *((name, pa.float64()) for name in PARAMETER_COLUMNS),
+    ("history_values", pa.int64()),
 ])
 
 
@@ -206,6 +238,7 @@ def resolve(rules: RuleSet, test: QcTest, frame: Frame) -> Resolved:
         version=np.zeros(cells, np.int32),
         failed=np.zeros(cells, bool),
         params={name: np.full(cells, np.nan) for name in PARAMETER_COLUMNS},
+        level=np.zeros(cells, np.int8),
     )
     table = rules.for_test(test)
     if not table.num_rows or not cells:
@@ -240,7 +273,35 @@ def resolve(rules: RuleSet, test: QcTest, frame: Frame) -> Resolved:
     resolved.failed[at] = chosen.column("severity").to_numpy(zero_copy_only=False) == Severity.FAILED.value
     for name in PARAMETER_COLUMNS:
         resolved.params[name][at] = chosen.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+    has_station = chosen.column("station_id").is_valid().to_numpy(zero_copy_only=False)
+    has_duration = chosen.column("duration_seconds").is_valid().to_numpy(zero_copy_only=False)
+    resolved.level[at] = np.where(has_station, STATION, np.where(has_duration, NETWORK, GLOBAL))
     return resolved
+
+
+MONTH_NAMES = ("January", "February", "March", "April", "May", "June", "July", "August",
+               "September", "October", "November", "December")
+
+
+def with_fallback_reasons(resolved: Resolved, history: np.ndarray, needed: np.ndarray) -> Resolved:
+    """``resolved`` with the reason, per cell judged by a network or global rule, why no
+    station threshold applies: ``history`` holds the station's values of that calendar month
+    (its whole record, not only the period checked; -1: not counted), ``needed`` how many a
+    derivation needs (0: the element has no derivation method for the test)."""
+    fallback = np.full(resolved.level.size, None, dtype=object)
+    cells = np.flatnonzero((resolved.level == NETWORK) | (resolved.level == GLOBAL))
+    for cell in cells.tolist():  # one per series and month judged by a fallback, not per value
+        month = MONTH_NAMES[cell % 12]
+        have, need = int(history[cell]), int(needed[cell])
+        if need <= 0:
+            fallback[cell] = "no station threshold: none is derived for this element and test"
+        elif have < 0:
+            fallback[cell] = "no station threshold in force"
+        elif have < need:
+            fallback[cell] = f"station history too short: {have} values of {month}, {need} needed"
+        else:
+            fallback[cell] = f"no station threshold derived yet ({have} values of {month} available)"
+    return replace(resolved, fallback=fallback)
 
 
 def rule_labels(table: str, ids: np.ndarray) -> pa.Array:
@@ -287,6 +348,8 @@ def _validate_threshold(index: int, threshold: Threshold) -> None:
             raise QcParameterError(f"{where}.{name}", f"is not a parameter of the {test.value} test")
         if not math.isfinite(value):
             raise QcParameterError(f"{where}.{name}", f"{value} is not a finite number")
+    if threshold.history_values is not None and threshold.history_values < 0:
+        raise QcParameterError(f"{where}.history_values", "must be >= 0")
     if not threshold.active:
         return
     for name, required in PARAMETERS[test]:
@@ -297,7 +360,8 @@ def _validate_threshold(index: int, threshold: Threshold) -> None:
             raise QcParameterError(f"{where}.low", "a range rule needs low, high or both")
         if threshold.low is not None and threshold.high is not None and threshold.low > threshold.high:
             raise QcParameterError(f"{where}.low", f"{threshold.low} is above high ({threshold.high})")
-    for name in ("max_change", "max_gap_seconds", "max_run", "min_spread", "radius_km", "min_neighbours", "max_z"):
+    for name in ("max_change", "max_gap_seconds", "max_run", "min_spread", "radius_km", "min_neighbours", "max_z",
+                 "resolution", "min_difference"):
         value = getattr(threshold, name)
         if value is not None and value <= 0:
             raise QcParameterError(f"{where}.{name}", f"must be positive, not {value}")
@@ -312,10 +376,11 @@ _INSERT_THRESHOLDS_SQL = sa.text(
             CAST(:severity AS text[]), CAST(:low AS float8[]), CAST(:high AS float8[]),
             CAST(:max_change AS float8[]), CAST(:max_gap_seconds AS integer[]), CAST(:max_run AS integer[]),
             CAST(:min_spread AS float8[]), CAST(:exclude_value AS float8[]), CAST(:radius_km AS float8[]),
-            CAST(:min_neighbours AS integer[]), CAST(:max_z AS float8[]))
+            CAST(:min_neighbours AS integer[]), CAST(:max_z AS float8[]), CAST(:resolution AS float8[]),
+            CAST(:min_difference AS float8[]), CAST(:history_values AS integer[]))
         AS n (test, element_id, station_id, month, duration_seconds, active, severity, low, high,
               max_change, max_gap_seconds, max_run, min_spread, exclude_value, radius_km,
-              min_neighbours, max_z)
+              min_neighbours, max_z, resolution, min_difference, history_values)
     ), current AS (
         SELECT DISTINCT ON (test, element_id, station_id, month, duration_seconds) q.*
         FROM qc_threshold AS q
@@ -324,11 +389,12 @@ _INSERT_THRESHOLDS_SQL = sa.text(
     )
     INSERT INTO qc_threshold (test, element_id, station_id, month, duration_seconds, version, active,
                               severity, low, high, max_change, max_gap_seconds, max_run, min_spread,
-                              exclude_value, radius_km, min_neighbours, max_z, method, reason)
+                              exclude_value, radius_km, min_neighbours, max_z, resolution,
+                              min_difference, history_values, method, reason)
     SELECT n.test, n.element_id, n.station_id, n.month, n.duration_seconds,
            coalesce(c.version, 0) + 1, n.active, n.severity, n.low, n.high, n.max_change,
            n.max_gap_seconds, n.max_run, n.min_spread, n.exclude_value, n.radius_km,
-           n.min_neighbours, n.max_z, :method, :reason
+           n.min_neighbours, n.max_z, n.resolution, n.min_difference, n.history_values, :method, :reason
     FROM new AS n
     LEFT JOIN current AS c
       ON c.test = n.test AND c.element_id = n.element_id
@@ -337,10 +403,12 @@ _INSERT_THRESHOLDS_SQL = sa.text(
      AND coalesce(c.duration_seconds, -1) = coalesce(n.duration_seconds, -1)
     WHERE CASE WHEN c.id IS NULL THEN n.active
                ELSE (c.active, c.severity, c.low, c.high, c.max_change, c.max_gap_seconds, c.max_run,
-                     c.min_spread, c.exclude_value, c.radius_km, c.min_neighbours, c.max_z)
+                     c.min_spread, c.exclude_value, c.radius_km, c.min_neighbours, c.max_z, c.resolution,
+                     c.min_difference)
                     IS DISTINCT FROM
                     (n.active, n.severity, n.low, n.high, n.max_change, n.max_gap_seconds, n.max_run,
-                     n.min_spread, n.exclude_value, n.radius_km, n.min_neighbours, n.max_z) END
+                     n.min_spread, n.exclude_value, n.radius_km, n.min_neighbours, n.max_z, n.resolution,
+                     n.min_difference) END
     """
 )
 
@@ -378,7 +446,7 @@ def add_thresholds(
             "active": [t.active for t in thresholds],
             "severity": [Severity(t.severity).value for t in thresholds],
         }
-        for name in PARAMETER_COLUMNS:
+        for name in (*PARAMETER_COLUMNS, "history_values"):
             columns[name] = [getattr(t, name) for t in thresholds]
         result = connection.execute(_INSERT_THRESHOLDS_SQL, {**columns, "method": method, "reason": reason})
         return result.rowcount
@@ -446,7 +514,8 @@ def current_thresholds(datastore: Datastore, test: QcTest | None = None) -> list
         SELECT t.id, t.version, t.test, e.code AS element, s.wigos_id AS station, t.month,
                t.duration_seconds, t.severity, t.low, t.high, t.max_change, t.max_gap_seconds,
                t.max_run, t.min_spread, t.exclude_value, t.radius_km, t.min_neighbours, t.max_z,
-               t.method, t.reason, t.created_at, t.created_by
+               t.resolution, t.min_difference, t.history_values, t.method, t.reason, t.created_at,
+               t.created_by
         FROM (SELECT DISTINCT ON (test, element_id, station_id, month, duration_seconds) q.*
               FROM qc_threshold AS q
               ORDER BY test, element_id, station_id, month, duration_seconds, version DESC) AS t

@@ -5,34 +5,41 @@
 2. The Parquet archive is brought up to date (``export_archive`` rewrites only partitions
    changed since the last export) and its watermark becomes the run's ``data_as_of``.
 3. The values in scope — plus context: a time margin for consecutive-value checks, the
-   partner elements of relations, the neighbours of the stations for the spatial check — are
-   read from the archive into sorted columns (:mod:`.frame`).
-4. Each test computes its findings over whole columns (:mod:`.range`, :mod:`.step`,
+   partner elements of relations, the station's other elements for the persistence check,
+   the neighbours of the stations for the spatial check — are read from the archive into
+   sorted columns (:mod:`.frame`).
+4. The rule of each test in force for every series and calendar month is resolved, with its
+   level (station, network, global); where a network or global rule stands in for the
+   station's own, the station's record of that calendar month is counted in the archive, so
+   that findings and the run can say why (too short, or not derived yet).
+5. Each test computes its findings over whole columns (:mod:`.range`, :mod:`.step`,
    :mod:`.persistence`, :mod:`.consistency`, :mod:`.spatial`).
-5. Findings and previously flagged values are staged and merged into PostgreSQL in one
-   transaction (:mod:`.flags`), which also marks the run ``finished`` with its counts: the
-   flags and the coverage record become visible together.
+6. Findings and previously flagged values are staged and merged into PostgreSQL in one
+   transaction (:mod:`.flags`), which also marks the run ``finished`` with its counts (values
+   tested per threshold level) and its fallbacks: the flags and the coverage record become
+   visible together.
 """
 
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
 from datetime import date, datetime
 from types import MappingProxyType
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
+import duckdb
 import numpy as np
 import sqlalchemy as sa
 
-from opencdms_kernel.archive import Manifest, archive_files, connect_archive, export_archive, read_manifest
+from opencdms_kernel.archive import export_archive
 from opencdms_kernel.bucket import Bucket
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.ingest.load import identify_writer, lock_ingest
 from opencdms_kernel.qc.consistency import check_consistency
 from opencdms_kernel.qc.flags import Findings, staged_rows, write_back
-from opencdms_kernel.qc.frame import ElementInfo, Frame, FrameRequest, load_frame
+from opencdms_kernel.qc.frame import ElementInfo, Frame, FrameRequest, load_frame, reading_archive
 from opencdms_kernel.qc.model import (
+    THRESHOLD_TESTS,
     QcParameterError,
     QcRunResult,
     QcStatus,
@@ -41,11 +48,23 @@ from opencdms_kernel.qc.model import (
 )
 from opencdms_kernel.qc.persistence import check_persistence
 from opencdms_kernel.qc.range import check_range
-from opencdms_kernel.qc.rules import RuleSet, load_rules, resolve
+from opencdms_kernel.qc.rules import (
+    GLOBAL,
+    LEVELS,
+    MONTH_NAMES,
+    NETWORK,
+    NO_RULE,
+    Resolved,
+    RuleSet,
+    load_rules,
+    resolve,
+    with_fallback_reasons,
+)
 from opencdms_kernel.qc.scope import Scope, resolve_scope
 from opencdms_kernel.qc.spatial import check_spatial
 from opencdms_kernel.qc.step import check_step
 from opencdms_kernel.qc.tables import qc_run
+from opencdms_kernel.qc.thresholds import DERIVED_TESTS, min_values_needed
 
 Progress = Callable[[str, int, int], None]
 
@@ -119,23 +138,22 @@ def _run(
     done("archive")
     with datastore.engine.connect() as connection:
         rules = load_rules(connection)
-    with _archive_read_lock(datastore):
-        manifest = read_manifest(bucket)
-        archive = connect_archive(bucket, manifest)
-        try:
-            archive.execute("SET TimeZone = 'UTC'")
-            frame = load_frame(archive, _frame_request(scope, rules), _archive_files(bucket, manifest))
-        finally:
-            archive.close()
+    with reading_archive(datastore, bucket) as (archive, files):
+        frame = load_frame(archive, _frame_request(scope, rules), files)
+        resolved = {test: resolve(rules, test, frame) for test in THRESHOLD_TESTS if test in scope.tests}
+        if QcTest.RANGE in resolved:  # where no range rule applies, the physical range does
+            resolved[QcTest.RANGE].level[resolved[QcTest.RANGE].level == NO_RULE] = GLOBAL
+        resolved = _explain_fallbacks(archive, frame, resolved, whole_record=scope.start is None and scope.end is None)
     done("read")
     findings: list[Findings] = []
     for test in QcTest:
         if test in scope.tests:
-            findings.append(_check(test, frame, rules, scope))
+            findings.append(_check(test, frame, rules, resolved, scope))
         done(test.value)
     staged = staged_rows(frame, findings, run_id)
-    counts, status_counts, checked = _counts(frame, findings)
+    counts, status_counts, checked = _counts(frame, findings, resolved)
     skipped = tuple(entry for found in findings for entry in found.skipped)
+    fallbacks = _fallbacks(frame, resolved, scope)
     with datastore.engine.begin() as connection:
         identify_writer(connection, user, f"quality control run {run_id}")
         lock_ingest(connection)  # merges and QC write-backs touch the same rows one at a time
@@ -151,6 +169,7 @@ def _run(
                 stale=stale,
                 counts={test.value: vars(c) for test, c in counts.items()},
                 skipped=[{**vars(s), "test": s.test.value} for s in skipped],
+                fallbacks=fallbacks,
                 seconds=time.perf_counter() - started,
                 finished_at=sa.func.clock_timestamp(),
             )
@@ -171,32 +190,13 @@ def _run(
     )
 
 
-@contextmanager
-def _archive_read_lock(datastore: Datastore) -> Iterator[None]:
-    """Hold the archive exporters' advisory lock while reading, so that no export replaces
-    partition files under the reader (exports wait; reads take about a second)."""
-    with datastore.engine.connect() as connection:
-        connection.execution_options(isolation_level="AUTOCOMMIT")
-        connection.execute(sa.text("SELECT pg_advisory_lock(hashtext('opencdms.archive'))"))
-        try:
-            yield
-        finally:
-            connection.execute(sa.text("SELECT pg_advisory_unlock(hashtext('opencdms.archive'))"))
-
-
-def _archive_files(bucket: Bucket, manifest: Manifest | None) -> Callable[[str], list[str]]:
-    """The Parquet files of one element in the archive generation read, as DuckDB names them."""
-
-    def files(code: str) -> list[str]:
-        return archive_files(bucket, manifest, code)
-
-    return files
-
-
 def _frame_request(scope: Scope, rules: RuleSet) -> FrameRequest:
-    """What to read: the scope, plus partner elements of relations and the neighbours of
-    the stations in scope, and a time margin covering the longest consecutive-value rule."""
+    """What to read: the scope, plus partner elements of relations, the station's other
+    elements (persistence asks whether they changed during a run) and the neighbours of the
+    stations in scope, and a time margin covering the longest consecutive-value rule."""
     wanted = set(scope.element_ids)
+    if QcTest.PERSISTENCE in scope.tests:
+        wanted = {e.id for e in scope.all_elements}
     if QcTest.CONSISTENCY in scope.tests:
         for relation in rules.relations:
             sides = {relation.left_element_id, relation.right_element_id} - {None}
@@ -246,24 +246,109 @@ def _with_neighbours(scope: Scope, rules: RuleSet) -> frozenset[int]:
     return frozenset(ids[near].tolist()) | scope.station_ids
 
 
-def _check(test: QcTest, frame: Frame, rules: RuleSet, scope: Scope) -> Findings:
+_HISTORY_SQL = """
+SELECT station_id, element, duration_seconds,
+       CAST(month(make_timestamp(epoch_us(phenomenon_time) + CAST(duration_seconds AS BIGINT) * 500000)) - 1
+            AS INTEGER) AS month,
+       count(*) AS n
+FROM observations
+WHERE value IS NOT NULL AND list_contains($stations, station_id) AND list_contains($elements, element)
+GROUP BY ALL
+"""
+
+
+def _explain_fallbacks(
+    archive: duckdb.DuckDBPyConnection, frame: Frame, resolved: dict[QcTest, Resolved], whole_record: bool
+) -> dict[QcTest, Resolved]:
+    """The resolved rules of the tests whose thresholds are derived, with the reason why a
+    network or global rule applies where it does: the station's record of that calendar
+    month, against what the default derivation needs.  ``whole_record``: the frame holds
+    every value of its series, so it is counted there; otherwise the archive is."""
+    derived = [test for test in resolved if test in DERIVED_TESTS]
+    fallback = np.zeros(frame.series_count * 12, bool)
+    for test in derived:
+        fallback |= resolved[test].level >= NETWORK
+    if not fallback.any():
+        return resolved
+    if whole_record:
+        history = np.bincount(frame.cell, minlength=frame.series_count * 12).astype(np.int64)
+    else:
+        history = _archived_history(archive, frame, np.unique(np.flatnonzero(fallback) // 12))
+    explained = dict(resolved)
+    for test in derived:
+        per_element = np.array([min_values_needed(test, e.code) for e in frame.elements], np.int64)
+        needed = np.repeat(per_element[frame.series_element], 12)
+        explained[test] = with_fallback_reasons(resolved[test], history, needed)
+    return explained
+
+
+def _archived_history(archive: duckdb.DuckDBPyConnection, frame: Frame, series: np.ndarray) -> np.ndarray:
+    """Per cell of ``series``: the station's values of that calendar month in the whole
+    archive (-1 for the cells of other series)."""
+    codes = sorted({frame.elements[int(frame.series_element[s])].code for s in series})
+    counted = archive.sql(_HISTORY_SQL, params={
+        "stations": sorted(set(frame.series_station[series].tolist())), "elements": codes,
+    }).fetchall()
+    by_key = {(station, element, duration, month): n for station, element, duration, month, n in counted}
+    history = np.full(frame.series_count * 12, -1, np.int64)
+    for s in series.tolist():  # one per series judged by a fallback somewhere
+        key = (int(frame.series_station[s]), frame.elements[int(frame.series_element[s])].code,
+               int(frame.series_duration[s]))
+        history[s * 12:(s + 1) * 12] = [by_key.get((*key, month), 0) for month in range(12)]
+    return history
+
+
+def _fallbacks(frame: Frame, resolved: dict[QcTest, Resolved], scope: Scope) -> list[dict[str, object]]:
+    """For the qc_run row: per test, series and reason, the values in scope judged by a
+    network or global threshold instead of the station's own, and in which months."""
+    entries: list[dict[str, object]] = []
+    for test, rules in resolved.items():
+        if test not in DERIVED_TESTS or rules.fallback is None:
+            continue
+        cells = np.flatnonzero((rules.level >= NETWORK) & (frame.scope_counts > 0))
+        grouped: dict[tuple[int, int, str], list[int]] = {}
+        for cell in cells.tolist():  # one per series and month judged by a fallback
+            reason = str(rules.fallback[cell])
+            # The reason without its month and counts: one entry per kind of reason.
+            kind = reason.split(":")[0].split(" (")[0]
+            grouped.setdefault((cell // 12, int(rules.level[cell]), kind), []).append(cell)
+        for (series, level, kind), group in grouped.items():
+            station = scope.stations.get(int(frame.series_station[series]))
+            entries.append({
+                "test": test.value,
+                "station": station.wigos_id if station else str(frame.series_station[series]),
+                "element": frame.elements[int(frame.series_element[series])].code,
+                "duration_seconds": int(frame.series_duration[series]),
+                "threshold": LEVELS[level],
+                "values": int(frame.scope_counts[group].sum()),
+                "months": [MONTH_NAMES[cell % 12] for cell in group],
+                "reason": kind,
+                "detail": [str(rules.fallback[cell]) for cell in group],
+            })
+    return entries
+
+
+def _check(test: QcTest, frame: Frame, rules: RuleSet, resolved: dict[QcTest, Resolved], scope: Scope) -> Findings:
     if test is QcTest.RANGE:
-        return check_range(frame, resolve(rules, test, frame))
+        return check_range(frame, resolved[test])
     if test is QcTest.STEP:
-        return check_step(frame, resolve(rules, test, frame))
+        return check_step(frame, resolved[test])
     if test is QcTest.PERSISTENCE:
-        return check_persistence(frame, resolve(rules, test, frame))
+        return check_persistence(frame, resolved[test])
     if test is QcTest.CONSISTENCY:
         return check_consistency(frame, rules.relations)
-    return check_spatial(frame, resolve(rules, test, frame), scope.stations)
+    return check_spatial(frame, resolved[test], scope.stations)
 
 
-def _counts(frame: Frame, findings: list[Findings]) -> tuple[dict[QcTest, TestCounts], dict[QcStatus, int], int]:
-    """Per test (tested, suspect, failed, skipped), and the automatic status of the values
-    checked: the worst result of any test, passed where none raised anything."""
+def _counts(
+    frame: Frame, findings: list[Findings], resolved: dict[QcTest, Resolved]
+) -> tuple[dict[QcTest, TestCounts], dict[QcStatus, int], int]:
+    """Per test (tested, suspect, failed, skipped, and for threshold tests the values tested
+    per level of threshold), and the automatic status of the values checked: the worst
+    result of any test, passed where none raised anything."""
     counts = {
         found.test: TestCounts(tested=found.tested, suspect=found.suspect_count, failed=found.failed_count,
-                               skipped=found.skipped_values)
+                               skipped=found.skipped_values, thresholds=_by_level(frame, resolved.get(found.test)))
         for found in findings
     }
     checked = int(frame.in_scope.sum())
@@ -276,3 +361,11 @@ def _counts(frame: Frame, findings: list[Findings]) -> tuple[dict[QcTest, TestCo
         QcStatus.FAILED: int(failed_rows.size),
     }
     return counts, status_counts, checked
+
+
+def _by_level(frame: Frame, rules: Resolved | None) -> dict[str, int]:
+    """Values in scope per level of the threshold that judged them (none for relations)."""
+    if rules is None:
+        return {}
+    per_level = np.bincount(rules.level, weights=frame.scope_counts, minlength=len(LEVELS))
+    return {LEVELS[level]: int(n) for level, n in enumerate(per_level.tolist()) if level != NO_RULE and n}

@@ -5,7 +5,11 @@ Rules (``qc_threshold`` test ``spatial``) per element and duration: ``radius_km`
 (the value minus its series' median for the calendar month), so that stations at different
 altitudes compare.  The difference between a value's anomaly and the median anomaly of its
 neighbours is turned into a robust z-score with the median and MAD of that station's
-differences; beyond ``max_z`` the value is flagged ``outlier``.  Where fewer than
+differences in the same calendar month (the spread of such differences follows the seasons:
+where showers are local, a wet season's days differ more between neighbours than a dry
+season's); beyond ``max_z`` — and at least ``min_difference`` away, where the rule sets one
+(a local shower takes 2 K off one station's maximum, which is many spreads where neighbours
+agree within a few tenths) — the value is flagged ``outlier``.  Where fewer than
 ``min_neighbours`` neighbours have a value, the value is skipped, and the run records how
 many values of which series were skipped and why.  All of it is one DuckDB query.
 """
@@ -23,7 +27,8 @@ from opencdms_kernel.qc.frame import Frame, StationInfo
 from opencdms_kernel.qc.model import QcTest, SkippedCheck
 from opencdms_kernel.qc.rules import Resolved
 
-# Values a series needs (with enough neighbours) before its spread can be estimated.
+# Values a series needs in a calendar month (with enough neighbours) before its spread there
+# can be estimated.
 MIN_VALUES_FOR_SPREAD = 10
 # Smallest spread used (in the element's units): identical neighbours do not give infinite z.
 MIN_SPREAD = 0.05
@@ -40,7 +45,7 @@ WITH anomaly AS (
     FROM stations AS a, stations AS b
     WHERE a.id <> b.id
 ), target AS (
-    SELECT a.*, c.radius_km, c.min_neighbours, c.max_z
+    SELECT a.*, c.radius_km, c.min_neighbours, c.max_z, c.min_difference
     FROM anomaly AS a JOIN cells AS c ON c.cell = a.cell
     WHERE a.in_scope
 ), buddies AS (
@@ -52,19 +57,20 @@ WITH anomaly AS (
                      AND n.duration = t.duration AND n.time = t.time
     GROUP BY t.frame_row
 ), scored AS (
-    SELECT t.frame_row, t.series, t.cell, t.max_z, t.min_neighbours, t.radius_km,
+    SELECT t.frame_row, t.series, t.month, t.cell, t.max_z, t.min_difference, t.min_neighbours, t.radius_km,
            coalesce(b.neighbours, 0) AS neighbours,
            t.anomaly - b.neighbour_anomaly AS difference
     FROM target AS t LEFT JOIN buddies AS b ON b.frame_row = t.frame_row
 ), scale AS (
-    SELECT series, median(difference) AS centre, 1.4826 * mad(difference) AS spread, count(*) AS n
+    SELECT series, month, median(difference) AS centre, 1.4826 * mad(difference) AS spread, count(*) AS n
     FROM scored WHERE neighbours >= min_neighbours
-    GROUP BY series
+    GROUP BY series, month
 )
 SELECT s.frame_row, s.series, s.cell, s.neighbours, s.min_neighbours, s.radius_km, s.max_z,
-       coalesce(c.n, 0) AS series_values,
+       s.min_difference, coalesce(c.n, 0) AS series_values,
+       s.difference - c.centre AS departure,
        (s.difference - c.centre) / greatest(c.spread, {MIN_SPREAD}) AS z
-FROM scored AS s LEFT JOIN scale AS c ON c.series = s.series
+FROM scored AS s LEFT JOIN scale AS c ON c.series = s.series AND c.month = s.month
 """
 
 
@@ -95,6 +101,7 @@ def check_spatial(frame: Frame, resolved: Resolved, stations: Mapping[int, Stati
         "radius_km": resolved.params["radius_km"][used_cells],
         "min_neighbours": resolved.params["min_neighbours"][used_cells],
         "max_z": resolved.params["max_z"][used_cells],
+        "min_difference": np.nan_to_num(resolved.params["min_difference"][used_cells]),  # NaN: no floor
     })
     known = [stations[i] for i in np.unique(frame.series_station).tolist() if i in stations]
     station_table = pa.table({
@@ -112,11 +119,13 @@ def check_spatial(frame: Frame, resolved: Resolved, stations: Mapping[int, Stati
     min_neighbours = scored.column("min_neighbours").to_numpy()
     series_values = scored.column("series_values").to_numpy()
     z = scored.column("z").to_numpy(zero_copy_only=False).astype(np.float64)
+    departure = scored.column("departure").to_numpy(zero_copy_only=False).astype(np.float64)
     too_few_neighbours = neighbours < min_neighbours
     too_few_values = ~too_few_neighbours & (series_values < MIN_VALUES_FOR_SPREAD)
     skipped_mask = too_few_neighbours | too_few_values
     with np.errstate(invalid="ignore"):
-        outlier = ~skipped_mask & (np.abs(z) > scored.column("max_z").to_numpy())
+        outlier = (~skipped_mask & (np.abs(z) > scored.column("max_z").to_numpy())
+                   & (np.abs(departure) >= scored.column("min_difference").to_numpy()))
     skipped = _skipped(frame, scored, too_few_neighbours, too_few_values, stations)
     tested = int((~skipped_mask).sum())
     rows = frame_row[outlier]
@@ -128,7 +137,8 @@ def check_spatial(frame: Frame, resolved: Resolved, stations: Mapping[int, Stati
     return Findings.of_thresholds(
         QcTest.SPATIAL, rows, frame, resolved,
         flag=pa.array(np.full(rows.size, "outlier")),
-        details={"z": pa.array(z[outlier][order]), "neighbours": pa.array(neighbours[outlier][order].astype(np.int64))},
+        details={"z": pa.array(z[outlier][order]), "difference": pa.array(departure[outlier][order]),
+                 "neighbours": pa.array(neighbours[outlier][order].astype(np.int64))},
         tested=tested,
         skipped_values=int(skipped_mask.sum()),
         skipped=skipped,
@@ -145,8 +155,8 @@ def _skipped(
     needed = scored.column("min_neighbours").to_numpy()
     entries = []
     for mask, reason in ((too_few_neighbours, "fewer than {needed:g} neighbours with a value within {radius:g} km"),
-                         (too_few_values, f"fewer than {MIN_VALUES_FOR_SPREAD} values with enough neighbours "
-                                          "to estimate the spread")):
+                         (too_few_values, f"fewer than {MIN_VALUES_FOR_SPREAD} values of the calendar month "
+                                          "with enough neighbours to estimate the spread")):
         if not mask.any():
             continue
         keys, first, counts = np.unique(series[mask], return_index=True, return_counts=True)

@@ -1,10 +1,15 @@
 """Step check: the largest allowed change between consecutive values of a series.
 
-Rules (``qc_threshold`` test ``step``) are per element and duration (``max_change``, and
-``max_gap_seconds``: values further apart are not consecutive).  A value that jumps away by
+Rules (``qc_threshold`` test ``step``) are per element and duration, or per station and
+calendar month where derived from the station's own record (:mod:`.thresholds`: a change
+that is ordinary weather at a mid-latitude airport is a gross error on the equator):
+``max_change``, and ``max_gap_seconds`` (values further apart are not consecutive).  A value that jumps away by
 more than the limit and comes back by more than the limit is a ``spike`` (only that value is
 flagged, not its neighbours); a jump that does not come back flags the value after it
-(``step``), unless the jump is the way back from a spike.
+(``step``), unless the jump is the way back from a spike — or from a block: a step that
+returns to about the level before an opposite step at most :data:`MAX_BLOCK_VALUES` values
+earlier (a month keyed in Fahrenheit, a sensor off its calibration for a while) ends the
+block, and the value it lands on is the first good one again.
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from opencdms_kernel.qc.frame import Frame
 from opencdms_kernel.qc.model import QcTest
 from opencdms_kernel.qc.rules import Resolved
 from opencdms_kernel.qc.series import max_gap_us
+
+# The longest block (values) a step and the step back may enclose: a month of daily values.
+MAX_BLOCK_VALUES = 31
 
 
 def check_step(frame: Frame, resolved: Resolved) -> Findings:
@@ -35,6 +43,7 @@ def check_step(frame: Frame, resolved: Resolved) -> Findings:
     pair = (jumps[1:] == jumps[:-1] + 1) & (change[1:] * change[:-1] < 0)
     spikes = jumps[:-1][pair]
     steps = np.setdiff1d(jumps, np.concatenate([spikes, spikes + 1]))
+    steps = steps[~_returns(frame, steps, limit_per_cell)]
     rows = np.union1d(spikes, steps).astype(np.int64)
     rows = rows[frame.in_scope[rows]]
     if not rows.size:
@@ -46,3 +55,20 @@ def check_step(frame: Frame, resolved: Resolved) -> Findings:
                  "limit": pa.array(limit_per_cell[frame.cell[rows]])},
         tested=tested,
     )
+
+
+def _returns(frame: Frame, steps: np.ndarray, limit_per_cell: np.ndarray) -> np.ndarray:
+    """Which ``steps`` (rows, ascending) go back to about the level before the step just
+    before them: in the same series, at most :data:`MAX_BLOCK_VALUES` values later, the
+    other way, the two changes adding up to no more than the limit."""
+    back = np.zeros(steps.size, bool)
+    if steps.size < 2:
+        return back
+    change = frame.value[steps] - frame.value[steps - 1]
+    earlier, later = steps[:-1], steps[1:]
+    with np.errstate(invalid="ignore"):
+        back[1:] = ((frame.series_of(earlier) == frame.series_of(later))
+                    & (later - earlier <= MAX_BLOCK_VALUES)
+                    & (change[:-1] * change[1:] < 0)
+                    & (np.abs(change[:-1] + change[1:]) <= limit_per_cell[frame.cell[later]]))
+    return back

@@ -49,6 +49,9 @@ qc_threshold = sa.Table(
     sa.Column("radius_km", sa.Double),
     sa.Column("min_neighbours", sa.Integer),
     sa.Column("max_z", sa.Double),
+    sa.Column("resolution", sa.Double),
+    sa.Column("min_difference", sa.Double),
+    sa.Column("history_values", sa.Integer),
     *_provenance_columns(),
     sa.UniqueConstraint(
         "test", "element_id", "station_id", "month", "duration_seconds", "version",
@@ -92,6 +95,7 @@ qc_run = sa.Table(
     sa.Column("stale", sa.BigInteger),
     sa.Column("counts", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     sa.Column("skipped", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
+    sa.Column("fallbacks", JSONB, nullable=False, server_default=sa.text("'[]'::jsonb")),
     sa.Column("error", sa.Text),
     sa.Column("seconds", sa.Double),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),

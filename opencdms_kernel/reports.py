@@ -6,10 +6,11 @@ need and what is not a climate computation of its own (those live in :mod:`.prod
 
 - reading the parameters people type (``"2020-07"``, ``"1991-2020"``, ``"2020-01-31"``) with
   errors that name the parameter;
-- small read-only tables for display: a station's daily values, station labels and time
-  zones (from the catalog's station table), counts of flagged values, the flagged values of
-  a QC scope, the monthly data availability (from
-  :func:`~opencdms_kernel.products.monthly_summaries`, counting every value present);
+- small read-only tables for display: a station's days (the products' own, so a report shows
+  what its figures are made of), station labels and time zones (from the catalog's station
+  table), counts of flagged values, the flagged values of a QC scope, the monthly data
+  availability (from :func:`~opencdms_kernel.products.monthly_summaries`, counting every
+  value present);
 - plots made with matplotlib's object API (:class:`~matplotlib.figure.Figure`, never pyplot),
   so no global state or GUI backend is involved and the same figure serves the notebook and
   the report (matplotlib is imported on the first plot only);
@@ -35,8 +36,14 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from opencdms_kernel.archive import QC_STATUSES
-from opencdms_kernel.products.model import Period, ProductParameterError, statistic_of
+from opencdms_kernel.products.model import (
+    DEFAULT_QC_POLICY,
+    Period,
+    ProductParameterError,
+    QcPolicy,
+    figure,
+    statistic_of,
+)
 
 if TYPE_CHECKING:
     import duckdb
@@ -121,21 +128,6 @@ def station_timezones_of(stations: pd.DataFrame) -> dict[str, str]:
     }
 
 
-_DAILY_SQL = """
-SELECT CAST(timezone($zone, phenomenon_time + INTERVAL 12 HOUR) AS DATE) AS day,
-       element, value, qc_status, final_flag
-FROM observations
-WHERE wigos_id = $wigos_id
-  AND list_contains($elements, element)
-  AND year BETWEEN $first_year AND $last_year
-  AND duration_seconds = 86400
--- One value per day and element (several sources or levels): the one changed last, as the
--- products choose it.
-QUALIFY row_number() OVER (PARTITION BY element, day ORDER BY changed_at DESC, source_id, level) = 1
-ORDER BY day, element
-"""
-
-
 def daily_values(
     connection: "duckdb.DuckDBPyConnection",
     wigos_id: str,
@@ -143,34 +135,41 @@ def daily_values(
     last_day: date,
     elements: Sequence[str] = ("TMAX", "TMIN", "PRCP"),
     timezone_name: str = "UTC",
+    qc: QcPolicy = DEFAULT_QC_POLICY,
 ) -> pd.DataFrame:
-    """A station's daily values from the archive: ``day, element, value, qc_status, final_flag``.
+    """A station's days from the archive: ``day, element, value, qc_status, final_flag, counted``.
 
-    The day is the station-local day of the middle of the value's period (as the products take
-    it).  Every value is listed, whatever its QC status, so a report can show what was flagged.
+    The products' days (:func:`~opencdms_kernel.products.station_days`: the station-local day,
+    the rule for choosing between sources, days made from sub-daily values), so the table of a
+    report shows the values its monthly figures are made of.  A day whose values the QC policy
+    excludes is listed with the excluded value and ``counted`` false, so a report can show what
+    was left out.
     """
-    frame = connection.execute(
-        _DAILY_SQL,
-        {
-            "zone": timezone_name or "UTC",
-            "wigos_id": wigos_id,
-            "elements": list(elements),
-            # UTC partition years around the local days asked for.
-            "first_year": first_day.year - 1,
-            "last_year": last_day.year + 1,
-        },
-    ).df()
-    frame["day"] = pd.to_datetime(frame["day"]).dt.date
-    return frame[(frame["day"] >= first_day) & (frame["day"] <= last_day)].reset_index(drop=True)
+    from opencdms_kernel.products import Period, station_days  # noqa: PLC0415 - reports import products lazily
+    from opencdms_kernel.products.sql import select  # noqa: PLC0415
+
+    selection = select(connection, Period(first_day.year, last_day.year), list(elements), [wigos_id], qc,
+                       {wigos_id: timezone_name or "UTC"})
+    days = station_days(connection, selection).to_pandas()
+    days = days[(days["day"] >= first_day) & (days["day"] <= last_day)]
+    frame = pd.DataFrame({
+        "day": days["day"], "element": days["element"],
+        "value": days["value"].where(days["counted"], days["excluded_value"]),
+        "qc_status": days["qc_status"], "final_flag": days["final_flag"], "counted": days["counted"],
+    })
+    return frame.sort_values(["day", "element"]).reset_index(drop=True)
 
 
 def daily_table(daily: pd.DataFrame) -> pd.DataFrame:
-    """Days as rows, elements as columns; a flagged value is followed by its QC status."""
+    """Days as rows, elements as columns; a flagged value is followed by its QC status, and a
+    value the QC policy excluded says so."""
     if daily.empty:
         return pd.DataFrame(columns=["day"])
 
     def shown(row: pd.Series) -> str:
-        text = "" if pd.isna(row["value"]) else f"{row['value']:.1f}"
+        text = "" if pd.isna(row["value"]) else format(figure(row["value"], 1), "f")
+        if "counted" in row and not row["counted"]:
+            return f"{text} ({row['qc_status']}, excluded)"
         return f"{text} ({row['qc_status']})" if row["qc_status"] in FLAG_COLOURS else text
 
     cells = daily.assign(shown=daily.apply(shown, axis=1))
@@ -191,13 +190,14 @@ def availability(
 
     Columns ``wigos_id, element, year, month, days_in_month, value_days, fraction,
     meets_rule`` (the WMO 3/5 rule for a monthly value) ``, complete``.  Computed by
-    :func:`~opencdms_kernel.products.monthly_summaries` with every QC status counting: the
-    question here is whether a value was received, not whether it is usable.
+    :func:`~opencdms_kernel.products.monthly_summaries` with every QC status counting
+    (:data:`~opencdms_kernel.products.EVERY_VALUE`): the question here is whether a value was
+    received, not whether it is usable.
     """
-    from opencdms_kernel.products import monthly_summaries
+    from opencdms_kernel.products import EVERY_VALUE, monthly_summaries
 
     product = monthly_summaries(
-        connection, period, elements=list(elements), stations=stations, usable_qc=QC_STATUSES,
+        connection, period, elements=list(elements), stations=stations, qc=EVERY_VALUE,
         thresholds=(), timezones=timezones,
     )
     frame = product.table.select(
@@ -326,8 +326,9 @@ def month_overview(monthly: pd.DataFrame, labels: Mapping[str, str] | None = Non
     """One row per station for one month of monthly summaries: the network at a glance.
 
     Per element its monthly statistic (``TMAX mean``, ``PRCP total`` …), the highest TMAX,
-    the lowest TMIN, days of precipitation >= 1 mm and the missing days.  A statistic the
-    month does not qualify for (WMO completeness rule) is empty.
+    the lowest TMIN, days of precipitation >= 1 mm, the missing days, and what quality control
+    did to the month: the suspect values it used and the values the QC policy excluded.  A
+    statistic the month does not qualify for (WMO completeness rule) is empty.
     """
     table = pd.DataFrame({"wigos_id": sorted(monthly["wigos_id"].unique())})
     for code, rows in monthly.groupby("element", sort=True):
@@ -341,6 +342,9 @@ def month_overview(monthly: pd.DataFrame, labels: Mapping[str, str] | None = Non
         if code == "PRCP" and "days_PRCP_ge_1" in rows:
             table["PRCP days >= 1 mm"] = table["wigos_id"].map(rows["days_PRCP_ge_1"])
         table[f"{code} missing days"] = table["wigos_id"].map(rows["missing_days"])
+        if "suspect_values" in rows:
+            table[f"{code} suspect used"] = table["wigos_id"].map(rows["suspect_values"])
+            table[f"{code} excluded"] = table["wigos_id"].map(rows["excluded_values"])
     table.insert(0, "station", table["wigos_id"].map(lambda wigos_id: (labels or {}).get(wigos_id, wigos_id)))
     return table.drop(columns="wigos_id")
 
@@ -684,7 +688,9 @@ class Report:
         """Add ``frame`` as a table (numbers rounded to ``decimals``); returns it for display."""
         rendered = frame.to_html(
             index=index, na_rep="", border=0, classes="data", escape=True,
-            float_format=lambda value: f"{value:.{decimals}f}",
+            # Rounded as CLIMAT and the BUFR messages round (half away from zero), so a figure
+            # of the report is the figure of the messages to the last digit.
+            float_format=lambda value: format(figure(value, decimals), "f"),
         )
         if caption:
             rendered = rendered.replace(">", f"><caption>{html.escape(caption)}</caption>", 1)

@@ -7,9 +7,11 @@ the GTS (Byrd AWS, July 2023, published by the AMRDC), which fixes the layout of
 
 from __future__ import annotations
 
+import json
 from datetime import date, datetime, timezone
 from pathlib import Path
 
+import eccodes
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -19,6 +21,7 @@ from opencdms_kernel.bucket import Bucket, open_bucket
 from opencdms_kernel.errors import UnknownReferenceError
 from opencdms_kernel.products.climat import (
     CLIMAT_RULE,
+    ClimatExtreme,
     ClimatMonthly,
     ClimatNormals,
     NormalsRule,
@@ -29,6 +32,7 @@ from opencdms_kernel.products.climat import (
     produce_climat,
     station_index,
 )
+from opencdms_kernel.products.climat_bufr import ClimatStation, produce_climat_bufr
 from opencdms_kernel.settings import Settings
 
 NAIROBI = "0-20000-0-63740"
@@ -132,6 +136,38 @@ def test_partly_missing_groups_get_solidi_and_the_sign_follows_rounding() -> Non
     assert format_climat(monthly) == expected
 
 
+def test_sections_3_and_4_match_the_hand_written_report() -> None:
+    monthly = ClimatMonthly(
+        wigos_id=NAIROBI, year=2024, month=1,
+        mean_max_temperature=-2.35, mean_min_temperature=-11.0,
+        # Section 3: Tx >= 25/30/35/40 none; Tn < 0 on 31 days, Tx < 0 on 19; rain >= 1 on 4,
+        # >= 5 on 2, >= 10 unknown (left as solidi), the rest unknown; snow on every day, > 10 cm
+        # on 12, > 50 cm on none.
+        days_max_ge_25=0, days_max_ge_30=0, days_max_ge_35=0, days_max_ge_40=0,
+        days_min_below_0=31, days_max_below_0=19,
+        days_precipitation_ge_1=4, days_precipitation_ge_5=2,
+        days_snow_above_0=31, days_snow_above_1=31, days_snow_above_10=12, days_snow_above_50=0,
+        # Section 4: the highest daily mean -0.04 on the 3rd (rounds to 0.0: sign 0); the lowest
+        # -18.25 first on the 17th and again later (17 + 50 = 67); the highest Tx 4.1 on the 2nd;
+        # the lowest Tn -24.6 on the 18th; the highest daily rain 7.35 mm on the 9th (74 tenths).
+        highest_daily_mean_temperature=ClimatExtreme(-0.04, 3),
+        lowest_daily_mean_temperature=ClimatExtreme(-18.25, 17, several_days=True),
+        highest_temperature=ClimatExtreme(4.1, 2),
+        lowest_temperature=ClimatExtreme(-24.6, 18),
+        highest_daily_precipitation=ClimatExtreme(7.35, 9),
+    )
+    expected = "\n".join([
+        "CLIMAT 01024 63740",
+        "111 410241110",  # Tx -2.35 -> -2.4 (half away from zero): 1024; Tn -11.0: 1110
+        # 0T25T25T30T30 | 1T35T35T40T40 | 2Tn0Tn0Tx0Tx0 | 3R01R01R05R05 | 4R10..R50: unknown, left out
+        # | 5R100..R150: unknown, left out | 6s00s00s01s01 | 7s10s10s50s50
+        "333 00000 10000 23119 30402 63131 71200",
+        # 0sTxdTxdTxdyxyx | 1sTndTndTndynyn (+50: more than one day) | 2sTax..yax | 3sTan..yan | 4RxRxRxRxyryr
+        "444 0000003 1118367 2004102 3124618 4007409=",
+    ])
+    assert format_climat(monthly) == expected
+
+
 def test_a_month_without_data_is_a_nil_report() -> None:
     assert format_climat(ClimatMonthly(wigos_id=NAIROBI, year=2024, month=11)) == "CLIMAT 11024 63740 NIL="
     # Counts of missing days alone carry no data either.
@@ -163,6 +199,9 @@ def test_more_than_nine_missing_days_of_tx_are_sent_as_nine() -> None:
         ({"sea_level_pressure": 1100.0}, "sea_level_pressure"),
         ({"precipitation_quintile": 7}, "precipitation_quintile"),
         ({"missing_days_precipitation": 31, "month": 2}, "missing_days_precipitation"),
+        ({"days_max_ge_25": 30, "month": 2}, "days_max_ge_25"),
+        ({"highest_temperature": ClimatExtreme(30.0, 31), "month": 4}, "highest_temperature"),
+        ({"highest_daily_precipitation": ClimatExtreme(1000.0, 1)}, "highest_daily_precipitation"),
     ],
 )
 def test_bad_values_name_the_parameter(kwargs: dict, parameter: str) -> None:
@@ -337,7 +376,18 @@ def test_report_from_the_archive_is_written_to_the_bucket(archive, bucket: Bucke
         "111 18384 30200009 40271//// 5123 60045203 8000215 9000031",
         # 2014-2023 | 19.0 degC, st 0.0 | 55 mm, 1 day | missing years: P 10, T 01, extremes 10
         # | e 10, R 00, S 10
-        "222 01423 30190000 6005501 8100110 9100010=",
+        "222 01423 30190000 6005501 8100110 9100010",
+        # Section 3, days of the month (30 Tx values: day 20 failed QC; Tn fails the rule):
+        #   03001  Tx >= 25: 30 days, >= 30: 1 (day 10, 30.1)   10000  >= 35: 0, >= 40: 0
+        #   2//00  Tn < 0 unknown (5 days in a row missing), Tx < 0: 0
+        #   30302  R >= 1: 3 (12.4, 1.0, 30.25), >= 5: 2       40200  >= 10: 2, >= 50: 0
+        #   50000  >= 100, >= 150: 0                            (no snow depth: groups 6, 7 left out)
+        "333 03001 10000 2//00 30302 40200 50000",
+        # Section 4, extremes and their days:
+        #   0021430  highest daily mean 21.4 degC on the 30th   1018602  lowest 18.6 on the 2nd
+        #   2030110  highest Tx 30.1 on the 10th                (lowest Tn: the month fails the rule)
+        #   4030328  highest daily precipitation 30.25 mm -> 302.5 tenths -> 303, on the 28th
+        "444 0021430 1018602 2030110 4030328=",
     ])
     assert product.text == expected
     assert product.key == "products/climat/0-20000-0-63740/2024-03.txt"
@@ -367,3 +417,125 @@ def test_without_normals_the_report_has_no_section_2(archive) -> None:
     assert data.normals is None
     assert data.monthly is not None and data.monthly.precipitation_quintile is None
     assert "222" not in format_climat(data.monthly, data.normals)
+
+
+# --------------------------------------------------------------------------- versions, QC, BUFR
+
+
+def test_a_report_written_again_keeps_the_earlier_version(archive, bucket: Bucket) -> None:
+    first = produce_climat(archive, bucket, NAIROBI, 2024, 3, normals_period=None)
+    assert first.version == 1 and first.replaced is None
+    second = produce_climat(archive, bucket, NAIROBI, 2024, 3, normals_period=(2014, 2023))
+    assert second.key == first.key and second.version == 2
+    assert second.replaced is not None and second.replaced.version == 1
+    kept_text = "products/climat/0-20000-0-63740/_versions/2024-03/v1.txt"
+    assert kept_text in second.replaced.kept
+    assert bucket.fs.cat_file(bucket.path(kept_text)).decode("ascii") == first.text + "\n"
+    assert bucket.fs.cat_file(bucket.path(second.key)).decode("ascii") == second.text + "\n"
+    assert "replaced version 1" in second.replaced.describe()
+
+
+def test_the_metadata_counts_the_suspect_values_used_and_the_values_excluded(archive, bucket: Bucket) -> None:
+    product = produce_climat(archive, bucket, NAIROBI, 2024, 3, normals_period=None)
+    metadata = json.loads(bucket.fs.cat_file(bucket.path(product.metadata_key)))
+    assert metadata["qc"]["policy"] == {"counted": ["none", "passed", "suspect"], "excluded": ["failed"]}
+    assert metadata["qc"]["values_excluded"]["TMAX"] == 1  # day 20, failed QC
+    assert sum(metadata["qc"]["suspect_values_used"].values()) == 0
+    assert metadata["rules"]["monthly"] == {"max_missing": 10, "max_consecutive_missing": 4,
+                                            "totals_require_complete": False}
+
+
+BUFR_KEYS = {
+    "sequence": "unexpandedDescriptors", "category": "dataCategory", "subcategory": "internationalDataSubCategory",
+    "local": "#1#wigosLocalIdentifierCharacter", "block": "#1#blockNumber", "number": "#1#stationNumber",
+    "year": "#1#year", "month": "#1#month", "days": "#2#timePeriod",
+    "station_pressure": "#1#nonCoordinatePressure", "sea_level_pressure": "#1#pressureReducedToMeanSeaLevel",
+    "t": "#1#airTemperature", "std": "#1#dailyMeanTemperatureStandardDeviation",
+    "tx": "#1#maximumTemperatureAtHeightSpecifiedPast24Hours", "tn": "#1#minimumTemperatureAtHeightSpecifiedPast24Hours",
+    "e": "#1#vapourPressure",
+    "q1": "#1#qualifierForNumberOfMissingValuesInCalculationOfStatistic",
+    "m1": "#1#totalNumberOfMissingEntitiesWithRespectToAccumulationOrAverage",
+    "q4": "#4#qualifierForNumberOfMissingValuesInCalculationOfStatistic",
+    "m4": "#4#totalNumberOfMissingEntitiesWithRespectToAccumulationOrAverage",
+    "c1": "#1#conditionForWhichNumberOfDaysOfOccurrenceFollows", "n1": "#1#totalNumberWithRespectToAccumulationOrAverage",
+    "c2": "#2#conditionForWhichNumberOfDaysOfOccurrenceFollows", "n2": "#2#totalNumberWithRespectToAccumulationOrAverage",
+    "c5": "#5#conditionForWhichNumberOfDaysOfOccurrenceFollows", "n5": "#5#totalNumberWithRespectToAccumulationOrAverage",
+    "highest_mean": "#1#highestDailyMeanTemperature", "highest_mean_day": "#2#day",
+    "highest_mean_qualifier": "#1#dayOfOccurrenceQualifier",
+    "highest_tx": "#2#airTemperature", "highest_tx_day": "#4#day", "lowest_tn": "#3#airTemperature",
+    "r": "#1#totalAccumulatedPrecipitation", "rd": "#1#frequencyGroupPrecipitation",
+    "nr": "#1#numberOfDaysWithPrecipitationEqualToOrMoreThan1Mm",
+    "r_missing": "#7#totalNumberOfMissingEntitiesWithRespectToAccumulationOrAverage",
+    "c19": "#19#conditionForWhichNumberOfDaysOfOccurrenceFollows", "n19": "#19#totalNumberWithRespectToAccumulationOrAverage",
+    "rx": "#1#highestDailyAmountOfPrecipitation", "rx_day": "#8#day",
+    "first_year": "#2#year", "last_year": "#3#year", "normal_t": "#4#airTemperature",
+    "normal_r": "#2#totalAccumulatedPrecipitation", "normal_nr": "#2#numberOfDaysWithPrecipitationEqualToOrMoreThan1Mm",
+    "q9": "#9#qualifierForNumberOfMissingValuesInCalculationOfStatistic",
+    "m9": "#9#totalNumberOfMissingEntitiesWithRespectToAccumulationOrAverage",
+}
+
+
+def decode_one(data: bytes, tmp_path: Path) -> dict:
+    path = tmp_path / "climat.bufr"
+    path.write_bytes(data)
+    with path.open("rb") as handle:
+        message = eccodes.codes_bufr_new_from_file(handle)
+        assert eccodes.codes_bufr_new_from_file(handle) is None  # one message
+    try:
+        eccodes.codes_set(message, "unpack", 1)
+        decoded = {}
+        for name, key in BUFR_KEYS.items():
+            if name == "sequence":
+                decoded[name] = eccodes.codes_get_array(message, key).tolist()
+            else:
+                decoded[name] = None if eccodes.codes_is_missing(message, key) else eccodes.codes_get(message, key)
+        return decoded
+    finally:
+        eccodes.codes_release(message)
+
+
+def test_climat_bufr_decodes_to_the_figures_of_the_text(archive, bucket: Bucket, tmp_path: Path) -> None:
+    text = produce_climat(archive, bucket, NAIROBI, 2024, 3, normals_period=(2014, 2023)).text
+    product = produce_climat_bufr(archive, bucket, NAIROBI, 2024, 3, normals_period=(2014, 2023),
+                                  station=ClimatStation(NAIROBI, name="Nairobi JKIA", latitude=-1.31924,
+                                                        longitude=36.92478, elevation=1624.0, timezone="Africa/Nairobi"))
+    assert product.key == "products/climat/0-20000-0-63740/2024-03.bufr" and product.version == 1
+    assert product.bufr.warnings == ()
+    m = decode_one(bucket.fs.cat_file(bucket.path(product.key)), tmp_path)
+    # 3 01 150 + 3 07 073, CLIMAT's data category (C-13: 0/20), the station and the month.
+    assert m["sequence"] == [301150, 307073] and (m["category"], m["subcategory"]) == (0, 20)
+    assert (m["local"], m["block"], m["number"], m["year"], m["month"], m["days"]) == ("63740", 63, 740, 2024, 3, 31)
+    # Section 1, as the text says it (see test_report_from_the_archive_is_written_to_the_bucket):
+    # 18384 -> 838.4 hPa; 30200009 -> 20.0 degC, st 0.9; 40271//// -> Tx 27.1, Tn missing;
+    # 5123 -> e 12.3 hPa; 60045203 -> 45 mm, quintile 2, 3 days; 8000215 / 9000031.
+    assert m["station_pressure"] == pytest.approx(83840.0) and m["sea_level_pressure"] is None
+    assert m["t"] == pytest.approx(293.15) and m["std"] == pytest.approx(0.9)
+    assert m["tx"] == pytest.approx(300.25) and m["tn"] is None
+    assert m["e"] == pytest.approx(1230.0)
+    assert (m["q1"], m["m1"], m["q4"], m["m4"]) == (1, 0, 8, 5)  # pressure 0 days missing, Tn 5
+    assert (m["r"], m["rd"], m["nr"], m["r_missing"]) == (pytest.approx(45.0), 2, 3, 0)
+    # Section 3: 333 03001 ... 30302: condition 4 (Tx >= 25 degC) on 30 days, 5 (>= 30) on 1;
+    # Tn < 0 unknown; condition 10 (rain >= 1 mm) on 3 days.
+    assert (m["c1"], m["n1"], m["c2"], m["n2"]) == (4, 30, 5, 1)
+    assert (m["c5"], m["n5"]) == (8, None)
+    assert (m["c19"], m["n19"]) == (10, 3)
+    # Section 4: 0021430 (21.4 degC on the 30th, one day only), 2030110, 4030328.
+    assert (m["highest_mean"], m["highest_mean_day"], m["highest_mean_qualifier"]) == (pytest.approx(294.55), 30, 0)
+    assert (m["highest_tx"], m["highest_tx_day"]) == (pytest.approx(303.25), 10)
+    assert m["lowest_tn"] is None
+    assert (m["rx"], m["rx_day"]) == (pytest.approx(30.3), 28)
+    # Section 2: 01423 30190000 6005501, years missing (qualifier 2: temperature) 01.
+    assert (m["first_year"], m["last_year"]) == (2014, 2023)
+    assert m["normal_t"] == pytest.approx(292.15) and m["normal_r"] == pytest.approx(55.0) and m["normal_nr"] == 1
+    assert (m["q9"], m["m9"]) == (2, 1)
+    assert "30200009" in text and "6005501" in text
+
+
+def test_the_climat_template_travels_with_the_project_and_validates() -> None:
+    from opencdms_kernel.products import bufr, climat_bufr
+
+    assert bufr.template_file("climat-template").is_relative_to(Path(bufr.__file__).resolve().parent.parent)
+    loaded = bufr.template("climat-template")  # checked against csv2bufr's own schema when loaded
+    assert {"eccodes_key": "unexpandedDescriptors", "value": "array:301150,307073"} in loaded["header"]
+    assert bufr.template_columns("climat-template") == set(climat_bufr.COLUMNS)
+    assert climat_bufr.template_metadata()["label"] == "climat-template"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
 import eccodes
@@ -161,7 +161,7 @@ def write_archive(root: Path, rows: list[dict]) -> None:
                 "source_id": [1] * n,
                 "value": [r["value"] for r in part],
                 "qc_status": [r.get("qc_status", "passed") for r in part],
-                "final_flag": [None] * n,
+                "final_flag": [r.get("final_flag") for r in part],
                 "version": [1] * n,
                 "changed_at": [datetime(2025, 1, 1, tzinfo=timezone.utc)] * n,
             },
@@ -288,3 +288,55 @@ def test_station_metadata_comes_from_the_station_table(datastore) -> None:
     )
     with pytest.raises(UnknownReferenceError, match="wigos_id"):
         daycli.station_metadata(datastore, "0-20000-0-99999")
+
+
+# --------------------------------------------------------------------------- flags, local days, versions
+
+
+def test_quality_flags_come_from_quality_control(bucket: Bucket, tmp_path: Path) -> None:
+    """Code table 0 31 021, significance 5: 0 checked and good, 1 checked and suspect, 7 unchecked;
+    a failed value is left out (missing, no flag), a corrected or verified one is good."""
+    statuses = {1: ("passed", "good"), 2: ("suspect", "suspect"), 3: ("none", None), 4: ("failed", "bad"),
+                5: ("passed", "corrected"), 6: ("passed", "verified")}
+    rows = [row("TMAX", d, 25.0 + d, qc_status=status) | {"final_flag": flag} for d, (status, flag) in statuses.items()]
+    rows.append(row("PRCP", 4, 1.5))  # so day 4 still has a message
+    write_archive(Path(bucket.root), rows)
+    with connect_archive(bucket) as connection:
+        product = produce_daycli(connection, bucket, NAIROBI, 2024, 3, station=STATION)
+    path = tmp_path / "flags.bufr"
+    path.write_bytes(product.bufr.data)
+    flags = {}
+    with path.open("rb") as handle:
+        while (message := eccodes.codes_bufr_new_from_file(handle)) is not None:
+            eccodes.codes_set(message, "unpack", 1)
+            day = eccodes.codes_get(message, "#1#day")
+            key = "#1#airTemperature->associatedField"
+            flags[day] = None if eccodes.codes_is_missing(message, key) else eccodes.codes_get(message, key)
+            assert eccodes.codes_get(message, "#1#airTemperature->associatedField->associatedFieldSignificance") == 5
+            if day == 4:
+                assert eccodes.codes_is_missing(message, "#1#airTemperature")
+            eccodes.codes_release(message)
+    # Day 4: the failed value is missing, and so is its flag (255: "QC info not available").
+    assert flags == {1: 0, 2: 1, 3: 7, 4: 255, 5: 0, 6: 0}
+    metadata = json.loads(bucket.fs.cat_file(bucket.path(product.metadata_key)))
+    assert metadata["qc"]["flags"] == {"0": 4, "1": 1, "7": 1}  # day 4's rain is good too
+
+
+def test_days_are_the_stations_local_days_and_a_second_run_is_a_new_version(bucket: Bucket, tmp_path: Path) -> None:
+    """Values labelled at local midnight of a UTC+3 station: each is its own day, and its period
+    starts at 21:00 UTC the day before; written again, the earlier file is kept."""
+    rows = [{"wigos_id": NAIROBI, "element": "TMAX", "value": 20.0 + d,
+             "phenomenon_time": datetime(2024, 3, d, tzinfo=timezone.utc) - timedelta(hours=3)} for d in range(1, 4)]
+    write_archive(Path(bucket.root), rows)
+    with connect_archive(bucket) as connection:
+        first = produce_daycli(connection, bucket, NAIROBI, 2024, 3, station=STATION,
+                               timezones={NAIROBI: "Africa/Nairobi"})
+        second = produce_daycli(connection, bucket, NAIROBI, 2024, 3, station=STATION,
+                                timezones={NAIROBI: "Africa/Nairobi"})
+    decoded = decode(second.bufr.data, tmp_path)
+    assert [(m["day"], m["tmax"]) for m in decoded] == [(1, pytest.approx(294.15)), (2, pytest.approx(295.15)),
+                                                        (3, pytest.approx(296.15))]
+    assert {(m["tmax_start_offset"], m["tmax_start_hour"]) for m in decoded} == {(-1, 21)}
+    assert (first.version, second.version) == (1, 2) and second.replaced is not None
+    kept = "products/daycli/0-20000-0-63740/_versions/2024-03/v1.bufr"
+    assert kept in second.replaced.kept and bucket.fs.cat_file(bucket.path(kept)) == first.bufr.data

@@ -225,3 +225,25 @@ def test_a_day_with_two_values_counts_once_with_the_latest(tmp_path) -> None:
     assert by[("TXx", 1)] == 45.0     # the newer of the two other sources wins over the first
     assert by[("TXn", 2)] == 10.0     # a newer value replaces the older one on 10 February
     assert by[("TXx", 2)] == 20.0
+
+
+def test_each_index_says_how_many_suspect_values_it_used_and_how_many_it_excluded(tmp_path) -> None:
+    days = pd.date_range("1991-01-01", "1991-12-31", freq="D")
+    times = [datetime(t.year, t.month, t.day, tzinfo=timezone.utc) for t in days]
+    status = ["passed"] * len(days)
+    status[4] = "suspect"     # 5 January: counts, and TXx of January says it used it
+    status[40] = "failed"     # 10 February: left out, and said so
+    write_archive(tmp_path / "bucket", observation_table({
+        "wigos_id": [P1] * len(days), "element": ["TMAX"] * len(days), "phenomenon_time": times,
+        "value": [20.0] * len(days), "qc_status": status,
+    }))
+    connection = connect_archive(Bucket(fs=fsspec.filesystem("file"), root=str(tmp_path / "bucket"), protocol="file"))
+    product = climate_indices(connection, Period(1991, 1991), indices=["TXx"])
+    table = product.table.to_pandas()
+    monthly = table[table.frequency == "monthly"].set_index("month")
+    assert (monthly.loc[1, "suspect_values"], monthly.loc[1, "excluded_values"]) == (1, 0)
+    assert (monthly.loc[2, "suspect_values"], monthly.loc[2, "excluded_values"]) == (0, 1)
+    assert monthly.loc[2, "meets_rule"]  # one day missing: still within the 3/5 rule
+    annual = table[table.frequency == "annual"].iloc[0]
+    assert (annual.suspect_values, annual.excluded_values) == (1, 1)
+    assert product.qc["per"].startswith("station-index-period")

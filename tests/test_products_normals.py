@@ -283,3 +283,31 @@ def test_rule_values_are_checked() -> None:
     with pytest.raises(ProductParameterError, match="spec.totals"):
         NormalsSpec(totals=("TMAX",))
     assert NormalsRule().min_years(30) == 24
+
+
+def test_normals_say_how_many_suspect_values_they_used_and_how_many_they_excluded(tmp_path) -> None:
+    """Each normal sums its months' counts over the years; the annual normal over the months."""
+    days = pd.date_range("1991-01-01", "2020-12-31", freq="D")
+    status = np.full(days.size, "passed", dtype=object)
+    january = (days.month == 1) & (days.day == 15)
+    status[january & (days.year % 2 == 0)] = "suspect"   # suspect in even years: they count
+    status[january & (days.year % 3 == 0)] = "failed"    # failed in years divisible by 3 (over suspect ones too)
+    july = (days.month == 7) & (days.day == 4) & (days.year < 1996)
+    status[july] = "failed"
+    write_archive(tmp_path / "bucket", observation_table({
+        "wigos_id": [A] * days.size, "element": ["TMAX"] * days.size,
+        "phenomenon_time": [datetime(d.year, d.month, d.day, tzinfo=timezone.utc) for d in days],
+        "value": np.round(25 + np.sin(np.arange(days.size)), 1), "qc_status": status,
+    }))
+    connection = connect_archive(Bucket(fs=fsspec.filesystem("file"), root=str(tmp_path / "bucket"), protocol="file"))
+    product = climate_normals(connection, PERIOD, spec=NormalsSpec(means=("TMAX",), totals=(), extremes=(), thresholds=()))
+    table = product.table.to_pandas()
+    suspect = int((status[january] == "suspect").sum())
+    failed_january = int((status[january] == "failed").sum())
+    january_normal = normal(table, A, "TMAX", "mean", 1)
+    assert (january_normal.suspect_values, january_normal.excluded_values) == (suspect, failed_january)
+    assert normal(table, A, "TMAX", "mean", 7).excluded_values == 5
+    annual = normal(table, A, "TMAX", "mean", None)
+    assert (annual.suspect_values, annual.excluded_values) == (suspect, failed_january + 5)
+    assert product.qc["suspect_values_used"] == suspect and product.qc["values_excluded"] == failed_january + 5
+    assert f"{suspect} suspect values used, {failed_january + 5} values excluded by QC" in product.note

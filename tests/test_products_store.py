@@ -71,9 +71,28 @@ def test_write_then_read_a_product(tmp_path: Path) -> None:
     assert metadata["parameters"] == {"stations": [ALPHA]} and metadata["rules"] == {"monthly": {"max_missing": 5}}
     assert "duckdb" in metadata["software"]
     assert list_products(bucket) == [stored.metadata_key]
-    # The same parameters give the same key: recomputing replaces the product.
-    assert write_product(bucket, tiny_product()).parquet_key == stored.parquet_key
-    assert list_products(bucket, "monthly") == [stored.metadata_key]
+    assert (stored.version, stored.replaced, metadata["version"], metadata["replaces"]) == (1, None, 1, None)
+
+
+def test_a_product_computed_again_is_a_new_version_and_keeps_the_earlier_one(tmp_path: Path) -> None:
+    bucket = local_bucket(tmp_path / "bucket")
+    first = write_product(bucket, tiny_product(3))
+    # The same parameters give the same key; the earlier version is kept, and both the result
+    # and the new metadata say which one was replaced and where it is.
+    second = write_product(bucket, tiny_product(3))
+    assert second.parquet_key == first.parquet_key and second.version == 2
+    folder = first.parquet_key.rsplit("/", 1)[0]
+    stem = first.parquet_key.rsplit("/", 1)[1].removesuffix(".parquet")
+    kept = (f"{folder}/_versions/{stem}/v1.json", f"{folder}/_versions/{stem}/v1.parquet")
+    assert second.replaced is not None and (second.replaced.version, second.replaced.kept) == (1, kept)
+    _, metadata = read_product(bucket, second.metadata_key)
+    assert metadata["version"] == 2 and metadata["replaces"] == {"version": 1, "kept": list(kept)}
+    old_table, old_metadata = read_product(bucket, kept[1])
+    assert old_table.equals(tiny_product(3).table) and old_metadata["created_at"] == first.metadata["created_at"]
+    third = write_product(bucket, tiny_product(3))
+    assert third.version == 3 and third.replaced.version == 2
+    # Only current versions are listed.
+    assert list_products(bucket) == [first.metadata_key] == list_products(bucket, "monthly")
 
 
 def test_an_empty_product_is_stored_and_says_so(tmp_path: Path) -> None:

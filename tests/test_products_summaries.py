@@ -24,6 +24,7 @@ from opencdms_kernel.products import (
     Period,
     ProductParameterError,
     ProductReferenceError,
+    QcPolicy,
     Threshold,
     daily_summaries,
     monthly_summaries,
@@ -35,6 +36,7 @@ NAIROBI = "Africa/Nairobi"
 TOTALS = {"PRCP"}
 THRESHOLDS = (Threshold("TMAX", ">=", 25.0), Threshold("PRCP", ">=", 1.0))
 OPERATORS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "<": operator.lt}
+COUNTED = ("none", "passed", "suspect")  # the default policy: every value not rejected
 OLD = datetime(2025, 1, 1, tzinfo=timezone.utc)
 NEW = datetime(2025, 6, 1, tzinfo=timezone.utc)
 
@@ -83,10 +85,11 @@ def longest_run(flags: list[bool]) -> int:
     return best
 
 
-def reference_monthly(frame: pd.DataFrame, period: Period, rule: CompletenessRule, usable_qc=("none", "passed"),
+def reference_monthly(frame: pd.DataFrame, period: Period, rule: CompletenessRule, usable_qc=COUNTED,
                       thresholds=THRESHOLDS) -> pd.DataFrame:
     """Monthly summaries the long way: for each station, element and month, walk its days."""
     daily = frame[frame["duration_seconds"] == 86400]
+    excluded = daily[daily["value"].notna() & ~daily["qc_status"].isin(usable_qc)]
     usable = daily[daily["value"].notna() & daily["qc_status"].isin(usable_qc)]
     # One value per day: the most recently changed (then lowest source).
     usable = usable.sort_values(["changed_at", "source_id"], ascending=[False, True])
@@ -94,6 +97,8 @@ def reference_monthly(frame: pd.DataFrame, period: Period, rule: CompletenessRul
     records = []
     for (station, element), group in usable.groupby(["wigos_id", "element"]):
         by_day = dict(zip(group["day"], group["value"]))
+        status = dict(zip(group["day"], group["qc_status"]))
+        rejected = excluded[(excluded.wigos_id == station) & (excluded.element == element)]
         for year in range(period.start_year, period.end_year + 1):
             for month in range(1, 13):
                 days = days_of(year, month)
@@ -108,7 +113,10 @@ def reference_monthly(frame: pd.DataFrame, period: Period, rule: CompletenessRul
                               value_days=len(present), missing_days=missing, longest_gap=gap,
                               meets_rule=meets, complete=complete,
                               mean=np.mean(values) if meets and element not in TOTALS else None,
-                              total=float(np.sum(values)) if totals_ok and element in TOTALS else None)
+                              total=float(np.sum(values)) if totals_ok and element in TOTALS else None,
+                              derived_days=0,
+                              suspect_values=sum(1 for d in present if status[d] == "suspect"),
+                              excluded_values=sum(1 for d in rejected["day"] if (d.year, d.month) == (year, month)))
                 if meets:
                     top = max(values)
                     bottom = min(values)
@@ -240,17 +248,28 @@ def test_totals_only_from_complete_months_unless_told(edges) -> None:
     assert lenient.loc[12, "total"] == pytest.approx(december.value.sum())
 
 
-def test_suspect_and_failed_values_count_as_missing_unless_told(edges) -> None:
+def test_suspect_values_count_until_rejected_and_every_month_says_what_it_used(edges) -> None:
+    """July 2019 at S1: 2 NULL values, 2 suspect, 2 failed.  By default the suspect values
+    count (nobody rejected them) and only the failed ones are left out, and the month says so;
+    the old behaviour (suspect as missing) is a policy one can still ask for."""
     rows, connection = edges
-    default = s1_tmax_2019(monthly_summaries(connection, Period(2019, 2019), stations=[S1], elements="TMAX"))
-    assert default.loc[7, ["missing_days", "meets_rule"]].tolist() == [6, False]
-    with_suspect = monthly_summaries(connection, Period(2019, 2019), stations=[S1], elements="TMAX",
-                                     usable_qc=("none", "passed", "suspect"))
-    july = s1_tmax_2019(with_suspect).loc[7]
-    assert (july.missing_days, july.meets_rule) == (4, True)
-    expected = reference_monthly(rows.frame(), Period(2019, 2019), CompletenessRule(), ("none", "passed", "suspect"))
+    product = monthly_summaries(connection, Period(2019, 2019), stations=[S1], elements="TMAX")
+    july = s1_tmax_2019(product).loc[7]
+    assert (july.missing_days, july.meets_rule, july.suspect_values, july.excluded_values) == (4, True, 2, 2)
+    expected = reference_monthly(rows.frame(), Period(2019, 2019), CompletenessRule())
     row = expected[(expected.wigos_id == S1) & (expected.element == "TMAX") & (expected.month == 7)].iloc[0]
     assert july["mean"] == pytest.approx(row["mean"])
+    # The metadata sums them and names the policy; no other month of S1 TMAX has any.
+    assert product.qc["suspect_values_used"] == 2 and product.qc["values_excluded"] == 2
+    assert product.qc["policy"] == {"counted": ["none", "passed", "suspect"], "excluded": ["failed"]}
+    assert "2 suspect values used, 2 values excluded by QC" in product.note
+    assert product.metadata()["qc"]["per"] == "station-element-month"
+
+    strict = monthly_summaries(connection, Period(2019, 2019), stations=[S1], elements="TMAX",
+                               qc=QcPolicy(("none", "passed")))
+    july = s1_tmax_2019(strict).loc[7]
+    assert (july.missing_days, july.meets_rule, july.suspect_values, july.excluded_values) == (6, False, 0, 4)
+    assert strict.qc["values_excluded"] == 4 and strict.parameters["qc"]["excluded"] == ["suspect", "failed"]
 
 
 def test_a_day_counts_once_with_its_latest_value(edges) -> None:
@@ -344,7 +363,7 @@ def test_randomised_network_equals_the_plain_computation(tmp_path: Path) -> None
 def reference_daily(frame: pd.DataFrame, zone: str, rule: CompletenessRule) -> pd.DataFrame:
     """Daily summaries of hourly values the long way: local hour slots per local day."""
     hourly = frame[frame["duration_seconds"] == 3600].copy()
-    hourly = hourly[hourly["value"].notna() & hourly["qc_status"].isin(["none", "passed"])]
+    hourly = hourly[hourly["value"].notna() & hourly["qc_status"].isin(COUNTED)]
     local = pd.to_datetime(hourly["phenomenon_time"], utc=True).dt.tz_convert(zone)
     hourly["local_day"] = local.dt.date
     hourly["hour"] = local.dt.hour
@@ -362,6 +381,7 @@ def reference_daily(frame: pd.DataFrame, zone: str, rule: CompletenessRule) -> p
             mean=np.mean(values) if meets and element not in TOTALS else None,
             minimum=min(values) if meets else None, maximum=max(values) if meets else None,
             total=float(np.sum(values)) if element in TOTALS and (complete if rule.totals_require_complete else meets) else None,
+            suspect_values=int((group["qc_status"] == "suspect").sum()), excluded_values=0,
         ))
     return pd.DataFrame(records)
 
@@ -433,7 +453,8 @@ def test_a_period_without_data_gives_an_empty_product_that_says_so(edges) -> Non
         (lambda c: monthly_summaries(c, Period(2019, 2019), stations=["0-20000-0-99999"]), "stations", "0-20000-0-99999"),
         (lambda c: monthly_summaries(c, Period(2019, 2019), elements=["TMAXX"]), "elements", "TMAXX"),
         (lambda c: monthly_summaries(c, Period(2019, 2019), elements=["WDIR"]), "elements", "angle"),
-        (lambda c: monthly_summaries(c, Period(2019, 2019), usable_qc=["great"]), "usable_qc", "great"),
+        (lambda c: monthly_summaries(c, Period(2019, 2019), qc=QcPolicy(("great",))), "qc", "great"),
+        (lambda c: monthly_summaries(c, Period(2019, 2019), qc=("passed",)), "qc", "QcPolicy"),
         (lambda c: monthly_summaries(c, Period(2019, 2019), timezones={S1: "Mars/Olympus"}), "timezones", "Mars/Olympus"),
         (lambda c: monthly_summaries(c, Period(2019, 2019), rule=5), "rule", "CompletenessRule"),
         (lambda c: monthly_summaries(c, (2019, 2020)), "period", "Period"),
@@ -477,3 +498,69 @@ def test_period_parse() -> None:
     assert Period.parse("1991-2020") == Period(1991, 2020)
     assert Period.parse("2020") == Period(2020, 2020)
     assert str(Period(1961, 1990)) == "1961-1990"
+
+
+# --------------------------------------------------------------------------- months from hourly values
+
+
+def test_a_station_that_reports_only_hourly_values_gets_monthly_values(tmp_path: Path) -> None:
+    """Hourly TMAX and PRCP at a UTC+3 station, no daily value at all: the days are made from
+    the hours (the highest hour, the sum of the hours) under the sub-daily rule, then the month."""
+    rng = np.random.default_rng(3)
+    rows = Rows()
+    maxima, totals = {}, {}
+    for day in days_of(2020, 4):
+        missing = {2, 3, 4, 5} if day.day == 10 else set()  # 4 hours in a row: day 10 fails the rule
+        if day.day == 11:
+            missing = {7}  # one hour missing: a maximum, but no total
+        hours = [round(float(rng.normal(24, 3)), 1) for _ in range(24)]
+        rain = [round(float(rng.gamma(0.2, 1.0)), 1) for _ in range(24)]
+        for hour in range(24):
+            if hour in missing:
+                continue
+            utc = datetime(day.year, day.month, day.day, hour, tzinfo=timezone.utc) - timedelta(hours=3)
+            rows.hourly(S3, "TMAX", utc, hours[hour])
+            rows.hourly(S3, "PRCP", utc, rain[hour])
+        if day.day != 10:
+            maxima[day] = max(h for i, h in enumerate(hours) if i not in missing)
+        if not missing:
+            totals[day] = sum(rain)
+    connection = rows.write(tmp_path / "bucket")
+    product = monthly_summaries(connection, Period(2020, 2020), elements=["TMAX", "PRCP"], timezones={S3: NAIROBI})
+    assert not product.empty and "days made from sub-daily values" in product.note
+    april = product.table.to_pandas().set_index(["element", "month"])
+    tmax, prcp = april.loc[("TMAX", 4)], april.loc[("PRCP", 4)]
+    assert (tmax.value_days, tmax.missing_days, tmax.derived_days, tmax.meets_rule) == (29, 1, 29, True)
+    assert tmax["mean"] == pytest.approx(np.mean(list(maxima.values())))
+    assert tmax.highest == pytest.approx(max(maxima.values()))
+    assert (prcp.value_days, prcp.complete) == (28, False) and pd.isna(prcp.total)  # days 10, 11 incomplete
+    assert april.loc[("TMAX", 3), "value_days"] == 0  # 1 April 00:00 local is 31 March 21:00 UTC: not March
+
+
+def test_a_reported_daily_value_wins_over_the_hours_of_its_day(tmp_path: Path) -> None:
+    rows = Rows()
+    for hour in range(24):
+        utc = datetime(2020, 4, 1, hour, tzinfo=timezone.utc)
+        rows.hourly(S1, "TMAX", utc, 20.0 + hour / 10)  # the hours say 22.3
+        rows.hourly(S1, "TMAX", utc + timedelta(days=1), 21.0)
+    rows.daily(S1, "TMAX", date(2020, 4, 1), 25.0)  # the station's own daily value for the 1st
+    connection = rows.write(tmp_path / "bucket")
+    anything = CompletenessRule(30, 30, False)  # two days of April are enough here
+    april = monthly_summaries(connection, Period(2020, 2020), elements="TMAX", rule=anything).table.to_pandas()
+    april = april.set_index("month").loc[4]
+    assert (april.value_days, april.derived_days) == (2, 1)
+    assert (april.highest, april.highest_date) == (25.0, date(2020, 4, 1))
+    assert (april.lowest, april.lowest_date) == (21.0, date(2020, 4, 2))
+
+
+def test_daily_summaries_count_suspect_and_excluded_values(tmp_path: Path) -> None:
+    rows = Rows()
+    for hour in range(24):
+        status = {3: "suspect", 4: "suspect", 9: "failed"}.get(hour, "passed")
+        rows.hourly(S1, "TMEAN", datetime(2020, 5, 1, hour, tzinfo=timezone.utc), 15.0 + hour / 10, qc=status)
+    connection = rows.write(tmp_path / "bucket")
+    product = daily_summaries(connection, Period(2020, 2020), elements="TMEAN")
+    day = product.table.to_pandas().iloc[0]
+    assert (day.value_count, day.missing_values, day.suspect_values, day.excluded_values) == (23, 1, 2, 1)
+    assert product.qc["suspect_values_used"] == 2 and product.qc["values_excluded"] == 1
+    assert product.qc["per"] == "station-element-day"

@@ -8,13 +8,18 @@
 
 Every product function takes a DuckDB connection with an ``observations`` view (from
 :func:`opencdms_kernel.archive.connect_archive`, or any folder in the same layout) and returns
-a :class:`Product`.  CLIMAT and DAYCLI messages live in their own modules.
+a :class:`Product`.  They share one definition of the day and one rule for choosing between
+sources (:mod:`.days`, :mod:`.sql`), one implementation of the completeness rules
+(:mod:`.completeness`) and one QC policy (:class:`QcPolicy`, passed as ``qc``).  CLIMAT and
+DAYCLI take their values from these and keep only their encoders (:mod:`.climat`,
+:mod:`.daycli`).
 """
 
 from opencdms_kernel.products.indices import INDICES, Frequency, climate_indices
 from opencdms_kernel.products.model import (
+    DEFAULT_QC_POLICY,
     DEFAULT_THRESHOLDS,
-    DEFAULT_USABLE_QC,
+    EVERY_VALUE,
     STANDARD_NORMAL_PERIOD,
     SUB_DAILY_RULE,
     WMO_MONTHLY_RULE,
@@ -27,17 +32,20 @@ from opencdms_kernel.products.model import (
     ProductKind,
     ProductParameterError,
     ProductReferenceError,
+    QcPolicy,
     Station,
     Statistic,
     Threshold,
 )
+from opencdms_kernel.products.days import station_days
 from opencdms_kernel.products.normals import Extreme, ExtremeKind, NormalsSpec, climate_normals
 from opencdms_kernel.products.store import StoredProduct, list_products, product_key, read_product, write_product
 from opencdms_kernel.products.summaries import daily_summaries, monthly_summaries
 
 __all__ = [
+    "DEFAULT_QC_POLICY",
     "DEFAULT_THRESHOLDS",
-    "DEFAULT_USABLE_QC",
+    "EVERY_VALUE",
     "INDICES",
     "STANDARD_NORMAL_PERIOD",
     "SUB_DAILY_RULE",
@@ -55,6 +63,7 @@ __all__ = [
     "ProductKind",
     "ProductParameterError",
     "ProductReferenceError",
+    "QcPolicy",
     "Station",
     "Statistic",
     "StoredProduct",
@@ -66,5 +75,6 @@ __all__ = [
     "climate_normals",
     "product_key",
     "read_product",
+    "station_days",
     "write_product",
 ]

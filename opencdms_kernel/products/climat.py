@@ -1,4 +1,4 @@
-"""CLIMAT (FM 71-XII) monthly climate reports: sections 0, 1 and 2 as WMO text.
+"""CLIMAT (FM 71-XII) monthly climate reports: sections 0 to 4 as WMO text.
 
 What is implemented (WMO-No. 306, Manual on Codes, Vol. I.1, Part A, FM 71-XII CLIMAT)::
 
@@ -7,9 +7,19 @@ What is implemented (WMO-No. 306, Manual on Codes, Vol. I.1, Part A, FM 71-XII C
                     7S1S1S1pspsps 8mPmPmTmTmTxmTn 9mememRmRmSmS
     Section 2   222 0YbYbYcYc 1PoPoPoPo 2PPPP 3sTTTststst 4sTxTxTxsTnTnTn 5eee
                     6R1R1R1R1nrnr 7S1S1S1 8yPyPyTyTyTxyTx 9yeyeyRyRySyS
+    Section 3   333 0T25T25T30T30 1T35T35T40T40 2Tn0Tn0Tx0Tx0 3R01R01R05R05
+                    4R10R10R50R50 5R100R100R150R150 6s00s00s01s01 7s10s10s50s50
+    Section 4   444 0sTxdTxdTxdyxyx 1sTndTndTndynyn 2sTaxTaxTaxyaxyax 3sTanTanTanyanyan
+                    4RxRxRxRxyryr
 
-Sections 3 (333, days beyond thresholds) and 4 (444, extremes) are not produced, nor the
-geopotential that high-level stations may report in 2PPPP instead of the sea-level pressure.
+Section 3 counts the days of the month beyond thresholds: Tx >= 25, 30, 35, 40 degC; Tn < 0
+and Tx < 0 degC; precipitation >= 1, 5, 10, 50, 100, 150 mm; snow depth > 0, 1, 10, 50 cm.
+Section 4 gives the month's extremes and the day they occurred: the highest and lowest daily
+mean temperature, the highest maximum and lowest minimum temperature, the highest daily
+precipitation (tenths of mm).  Not produced, for want of the elements: groups 8 (days with
+10-minute mean wind >= 10, 20, 30 m/s) and 9 (visibility) of section 3, groups 5 (highest
+wind speed), 6 (days with thunderstorm, hail) and 7 (times of the extreme-temperature
+readings) of section 4, and the geopotential that high-level stations may report in 2PPPP.
 
 Notes on the form, because they are easy to get wrong:
 
@@ -18,7 +28,8 @@ Notes on the form, because they are easy to get wrong:
   9, ``6R1R1R1R1Rdnrnr`` 8, ``7S1S1S1pspsps`` 7, groups 8 and 9 are 7.  CLIMAT reports as
   circulated look like this (Byrd AWS, July 2023: ``111 18023 31296108 412411361 8000000
   9313131``) and decoders read them so (NCEI's climat_decoder reads group 4 as one 9-character
-  word).
+  word).  Section 3 groups are 5 characters, group 5 seven; section 4 groups 7 (group 2 and 3
+  too: a sign figure, three figures of tenths, two of the day).
 * Each group starts with its own indicator figure, so a group whose data are all missing is
   left out of the report; when only part of a group is missing, the missing figures are
   replaced by solidi (``/``), e.g. ``7215///`` for a sunshine total without its percentage of
@@ -29,32 +40,57 @@ Notes on the form, because they are easy to get wrong:
 * Pressures are in tenths of hPa with the thousands digit omitted (1012.6 hPa -> ``0126``).
 * Rounding is half away from zero on the decimal value (27.85 -> 27.9), as in WMO practice,
   and is done with :mod:`decimal` so that binary floating point cannot turn 27.85 into 27.8.
+* The day of an extreme (section 4) is the day of its first occurrence; when the value
+  occurred on more than one day of the month, 50 is added to that day (as the BUFR form says
+  with its day-of-occurrence qualifier, code table 0 08 053).
 * Lines of text are at most 69 characters (Manual on the GTS, WMO-No. 386); a section that is
   longer continues on the next line.  The report ends with ``=``.
 
-The monthly values (:class:`ClimatMonthly`) and normals (:class:`ClimatNormals`) can be built
-from the daily values of the Parquet archive with :func:`climat_from_archive`; see the
-completeness rules there.  :func:`produce_climat` does both and writes
-``products/climat/<wigos_id>/<YYYY-MM>.txt`` to the bucket.
+The values come from the products layer, not from queries of this module's own:
+:func:`climat_from_archive` takes the month's statistics from
+:func:`~opencdms_kernel.products.summaries.monthly_table` (the station-local day, the rule for
+choosing between sources, days made from sub-daily values, the QC policy and the completeness
+rule are those of every product) and the normals from
+:func:`~opencdms_kernel.products.normals.normals_from_monthly`.  What is left here is the
+code form: which statistic goes in which group and how it is written.  :func:`produce_climat`
+writes ``products/climat/<wigos_id>/<YYYY-MM>.txt`` (earlier versions are kept); the BUFR form
+(sequence 3 07 073) is in :mod:`.climat_bufr`.
 """
 
 from __future__ import annotations
 
 import calendar
+import json
 import math
 import re
-import statistics
-from dataclasses import dataclass, fields
-from datetime import date
-from decimal import ROUND_HALF_UP, Decimal
-from typing import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from typing import Any, Mapping, Sequence
 
 import duckdb
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from opencdms_kernel.bucket import Bucket
-from opencdms_kernel.errors import UnknownReferenceError
-from opencdms_kernel.products.model import CompletenessRule, NormalsRule, ProductParameterError
-from opencdms_kernel.stations import WIGOS_ID
+from opencdms_kernel.products.completeness import MAX_MASK_BITS
+from opencdms_kernel.products.model import (
+    DEFAULT_QC_POLICY,
+    SUB_DAILY_RULE,
+    CompletenessRule,
+    Element,
+    NormalsRule,
+    Period,
+    ProductParameterError,
+    ProductReferenceError,
+    QcPolicy,
+    Threshold,
+    figure,
+)
+from opencdms_kernel.products.normals import NormalStatistic, check_normals_rule, normals_from_monthly
+from opencdms_kernel.products.sql import Selection, select
+from opencdms_kernel.products.store import Replaced, write_versioned
+from opencdms_kernel.products.summaries import check_rule, monthly_table
+from opencdms_kernel.vocabulary import parse_wigos_id
 
 CLIMAT_PREFIX = "products/climat"
 
@@ -76,12 +112,15 @@ def check_year_month(year: object, month: object) -> tuple[int, int]:
 
 
 def split_wigos_id(wigos_id: str) -> tuple[int, int, int, str]:
-    """The four parts of a WIGOS station identifier (series, issuer, issue number, local id)."""
-    match = WIGOS_ID.match(wigos_id) if isinstance(wigos_id, str) else None
-    if match is None:
+    """The four parts of a WIGOS station identifier (series, issuer, issue number, local id),
+    by the system's one definition (:func:`opencdms_kernel.vocabulary.parse_wigos_id`)."""
+    if not isinstance(wigos_id, str):
         raise ProductParameterError("wigos_id", f"{wigos_id!r} is not a WIGOS identifier (e.g. 0-20000-0-63740)")
-    series, issuer, number, local = match.groups()
-    return int(series), int(issuer), int(number), local
+    try:
+        parts = parse_wigos_id(wigos_id)
+    except ValueError as exc:
+        raise ProductParameterError("wigos_id", str(exc)) from None
+    return parts.series, parts.issuer, parts.issue_number, parts.local_id
 
 
 def station_index(wigos_id: str) -> str:
@@ -101,6 +140,48 @@ def station_index(wigos_id: str) -> str:
 
 
 # --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class ClimatExtreme:
+    """An extreme of the month (section 4): the value, the day it first occurred, and whether it
+    occurred on more than one day (``several_days``)."""
+
+    value: float
+    day: int
+    several_days: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.value, bool) or not isinstance(self.value, (int, float)) or not math.isfinite(self.value):
+            raise ProductParameterError("extreme", f"{self.value!r} is not a number")
+        if isinstance(self.day, bool) or not isinstance(self.day, int) or not 1 <= self.day <= 31:
+            raise ProductParameterError("extreme", f"{self.day!r} is not a day of the month")
+
+    @property
+    def day_figures(self) -> str:
+        """The two figures of the day: 50 added when the value occurred on more than one day."""
+        return f"{self.day + (50 if self.several_days else 0):02d}"
+
+
+# Section 3: (field, element, comparison, threshold) of each count, in the order of the groups.
+SECTION3_COUNTS = (
+    ("days_max_ge_25", "TMAX", ">=", 25.0), ("days_max_ge_30", "TMAX", ">=", 30.0),
+    ("days_max_ge_35", "TMAX", ">=", 35.0), ("days_max_ge_40", "TMAX", ">=", 40.0),
+    ("days_min_below_0", "TMIN", "<", 0.0), ("days_max_below_0", "TMAX", "<", 0.0),
+    ("days_precipitation_ge_1", "PRCP", ">=", 1.0), ("days_precipitation_ge_5", "PRCP", ">=", 5.0),
+    ("days_precipitation_ge_10", "PRCP", ">=", 10.0), ("days_precipitation_ge_50", "PRCP", ">=", 50.0),
+    ("days_precipitation_ge_100", "PRCP", ">=", 100.0), ("days_precipitation_ge_150", "PRCP", ">=", 150.0),
+    ("days_snow_above_0", "SNWD", ">", 0.0), ("days_snow_above_1", "SNWD", ">", 1.0),
+    ("days_snow_above_10", "SNWD", ">", 10.0), ("days_snow_above_50", "SNWD", ">", 50.0),
+)
+# Section 4: (field, element, extreme of the month's daily values).
+SECTION4_EXTREMES = (
+    ("highest_daily_mean_temperature", "TMEAN", "highest"),
+    ("lowest_daily_mean_temperature", "TMEAN", "lowest"),
+    ("highest_temperature", "TMAX", "highest"),
+    ("lowest_temperature", "TMIN", "lowest"),
+    ("highest_daily_precipitation", "PRCP", "highest"),
+)
 
 
 @dataclass(frozen=True)
@@ -135,6 +216,29 @@ class ClimatMonthly:
     missing_days_vapour_pressure: int | None = None
     missing_days_precipitation: int | None = None
     missing_days_sunshine: int | None = None
+    # Section 3: numbers of days beyond thresholds (see SECTION3_COUNTS).
+    days_max_ge_25: int | None = None
+    days_max_ge_30: int | None = None
+    days_max_ge_35: int | None = None
+    days_max_ge_40: int | None = None
+    days_min_below_0: int | None = None
+    days_max_below_0: int | None = None
+    days_precipitation_ge_1: int | None = None
+    days_precipitation_ge_5: int | None = None
+    days_precipitation_ge_10: int | None = None
+    days_precipitation_ge_50: int | None = None
+    days_precipitation_ge_100: int | None = None
+    days_precipitation_ge_150: int | None = None
+    days_snow_above_0: int | None = None
+    days_snow_above_1: int | None = None
+    days_snow_above_10: int | None = None
+    days_snow_above_50: int | None = None
+    # Section 4: extremes and their days.
+    highest_daily_mean_temperature: ClimatExtreme | None = None
+    lowest_daily_mean_temperature: ClimatExtreme | None = None
+    highest_temperature: ClimatExtreme | None = None
+    lowest_temperature: ClimatExtreme | None = None
+    highest_daily_precipitation: ClimatExtreme | None = None
 
     def __post_init__(self) -> None:
         station_index(self.wigos_id)
@@ -149,6 +253,18 @@ class ClimatMonthly:
         _check_int(self, ("precipitation_quintile",), 0, 6)
         _check_int(self, ("precipitation_days",), 0, days)
         _check_int(self, tuple(f.name for f in fields(self) if f.name.startswith("missing_days_")), 0, days)
+        _check_int(self, tuple(name for name, *_ in SECTION3_COUNTS), 0, days)
+        for name, element, _ in SECTION4_EXTREMES:
+            extreme = getattr(self, name)
+            if extreme is None:
+                continue
+            if not isinstance(extreme, ClimatExtreme):
+                raise ProductParameterError(name, f"expected a ClimatExtreme, not {extreme!r}")
+            if extreme.day > days:
+                raise ProductParameterError(name, f"day {extreme.day} is not in {self.year:04d}-{self.month:02d}")
+            low, high = (0.0, 999.9) if element == "PRCP" else (-99.9, 99.9)
+            if not low <= extreme.value <= high:
+                raise ProductParameterError(name, f"{extreme.value} is outside {low}..{high}, which the code form can carry")
 
     @property
     def station_index(self) -> str:
@@ -181,6 +297,9 @@ class ClimatNormals:
     missing_years_vapour_pressure: int | None = None
     missing_years_precipitation: int | None = None
     missing_years_sunshine: int | None = None
+    # Not in the text form (yTx counts both); BUFR reports them apart (0 08 050 = 7, 8).
+    missing_years_max_temperature: int | None = None
+    missing_years_min_temperature: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("first_year", "last_year"):
@@ -232,9 +351,9 @@ def _check_int(obj: object, names: tuple[str, ...], low: int, high: int) -> None
 
 
 def _rounded(value: float, decimals: int) -> int:
-    """``value`` in units of 10**-decimals, rounded half away from zero on its decimal form."""
-    # repr() gives the shortest decimal that reads back as the same float: 27.85 stays 27.85.
-    return int(Decimal(repr(float(value))).scaleb(decimals).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+    """``value`` in units of 10**-decimals, rounded as every product publishes figures
+    (:func:`~opencdms_kernel.products.model.figure`: half away from zero on the decimal form)."""
+    return int(figure(value, decimals).scaleb(decimals))
 
 
 def _digits(value: int | None, width: int) -> str | None:
@@ -328,6 +447,47 @@ def section1_groups(monthly: ClimatMonthly) -> list[str]:
     return value_groups + [g for g in counts if g is not None]
 
 
+def section3_groups(monthly: ClimatMonthly) -> list[str]:
+    """The groups of Section 3 (without ``333``): numbers of days, two figures each."""
+    m = monthly
+
+    def days(*names: str) -> tuple[tuple[str | None, int], ...]:
+        return tuple((_digits(getattr(m, name), 2), 2) for name in names)
+
+    groups = [
+        _group("0", *days("days_max_ge_25", "days_max_ge_30")),                          # 0T25T25T30T30
+        _group("1", *days("days_max_ge_35", "days_max_ge_40")),                          # 1T35T35T40T40
+        _group("2", *days("days_min_below_0", "days_max_below_0")),                      # 2Tn0Tn0Tx0Tx0
+        _group("3", *days("days_precipitation_ge_1", "days_precipitation_ge_5")),        # 3R01R01R05R05
+        _group("4", *days("days_precipitation_ge_10", "days_precipitation_ge_50")),      # 4R10R10R50R50
+        _group("5", *days("days_precipitation_ge_100", "days_precipitation_ge_150")),    # 5R100R100R150R150
+        _group("6", *days("days_snow_above_0", "days_snow_above_1")),                    # 6s00s00s01s01
+        _group("7", *days("days_snow_above_10", "days_snow_above_50")),                  # 7s10s10s50s50
+    ]
+    return [g for g in groups if g is not None]
+
+
+def section4_groups(monthly: ClimatMonthly) -> list[str]:
+    """The groups of Section 4 (without ``444``): extremes and the day they (first) occurred."""
+    m = monthly
+
+    def temperature(extreme: ClimatExtreme | None) -> tuple[tuple[str | None, int], ...]:
+        if extreme is None:
+            return ((None, 4), (None, 2))
+        return ((_signed_tenths(extreme.value), 4), (extreme.day_figures, 2))
+
+    rain = m.highest_daily_precipitation
+    groups = [
+        _group("0", *temperature(m.highest_daily_mean_temperature)),   # 0sTxdTxdTxdyxyx
+        _group("1", *temperature(m.lowest_daily_mean_temperature)),    # 1sTndTndTndynyn
+        _group("2", *temperature(m.highest_temperature)),              # 2sTaxTaxTaxyaxyax
+        _group("3", *temperature(m.lowest_temperature)),               # 3sTanTanTanyanyan
+        # 4RxRxRxRxyryr: the highest daily amount in tenths of a millimetre.
+        _group("4", (None if rain is None else _tenths(rain.value, 4), 4), (None if rain is None else rain.day_figures, 2)),
+    ]
+    return [g for g in groups if g is not None]
+
+
 def section2_groups(normals: ClimatNormals) -> list[str]:
     """The groups of Section 2 (without ``222``); empty when no normal is known."""
     if not normals.has_values():
@@ -381,7 +541,7 @@ def _wrap(words: list[str]) -> list[str]:
 def format_climat(monthly: ClimatMonthly, normals: ClimatNormals | None = None) -> str:
     """The CLIMAT report text (FM 71) of one station and month; ``=`` ends it.
 
-    Section 0 on the first line, then each section on lines of its own.  Without any data the
+    Section 0 on the first line, then each section (1 to 4) on lines of its own.  Without any data the
     report is ``CLIMAT MMJJJ IIiii NIL=``.
     """
     # Section 0: MM month, JJJ the last three figures of the year, IIiii the station.
@@ -393,6 +553,12 @@ def format_climat(monthly: ClimatMonthly, normals: ClimatNormals | None = None) 
     groups2 = section2_groups(normals) if normals is not None else []
     if groups2:
         sections.append(["222", *groups2])
+    groups3 = section3_groups(monthly)
+    if groups3:
+        sections.append(["333", *groups3])
+    groups4 = section4_groups(monthly)
+    if groups4:
+        sections.append(["444", *groups4])
     if not sections:
         return f"{section0} NIL="
     lines = [section0]
@@ -402,77 +568,35 @@ def format_climat(monthly: ClimatMonthly, normals: ClimatNormals | None = None) 
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------- from daily values
+# --------------------------------------------------------------------------- from the products layer
 
 
 # WMO-No. 1203 (2017): no monthly value if more than 10 daily values are missing or five or
 # more consecutive ones, i.e. at most 10 missing and at most 4 in a row.  CLIMAT applies it to
 # every element, totals (precipitation, sunshine) included, and reports the missing days beside
-# the value (groups 8 and 9).
+# the value (groups 8 and 9).  It is applied by the same code as every other rule
+# (:mod:`.completeness`), only with these numbers.
 CLIMAT_RULE = CompletenessRule(max_missing=10, max_consecutive_missing=4, totals_require_complete=False)
 
+# The archive elements the CLIMAT quantities are computed from (TDEW: the vapour pressure).
+CLIMAT_ELEMENTS = ("PRES", "MSLP", "TMEAN", "TMAX", "TMIN", "TDEW", "PRCP", "SUN", "SNWD")
+CLIMAT_THRESHOLDS = tuple(Threshold(element, comparison, value) for _, element, comparison, value in SECTION3_COUNTS)
+_PRECIPITATION_DAYS = Threshold("PRCP", ">=", 1.0).name
 
-def vapour_pressure_hpa(dew_point_c: float) -> float:
-    """Saturation vapour pressure over water at the dew point (hPa): the actual vapour pressure.
-
-    Magnus formula of the WMO Guide to Instruments and Methods of Observation (WMO-No. 8,
-    Annex 4.B): e_w(t) = 6.112 exp(17.62 t / (243.12 + t)).
-    """
-    return 6.112 * math.exp(17.62 * dew_point_c / (243.12 + dew_point_c))
-
-
-# The archive elements each CLIMAT quantity is computed from.
-CLIMAT_ELEMENTS = ("PRES", "MSLP", "TMEAN", "TMAX", "TMIN", "TDEW", "PRCP", "SUN")
-
-_Daily = Mapping[str, Mapping[date, float]]  # element -> day -> value
-
-
-@dataclass(frozen=True)
-class _MonthStats:
-    """The monthly values of one year-month (``None``: not computable) and its missing days."""
-
-    values: dict[str, float | int | None]
-    missing: dict[str, int]
-
-
-def _month_days(year: int, month: int) -> list[date]:
-    return [date(year, month, d) for d in range(1, calendar.monthrange(year, month)[1] + 1)]
-
-
-def _month_stats(year: int, month: int, daily: _Daily, rule: CompletenessRule) -> _MonthStats:
-    days = _month_days(year, month)
-
-    def series(element: str) -> tuple[list[float], list[bool]]:
-        by_day = daily.get(element, {})
-        present = [day in by_day for day in days]
-        return [by_day[day] for day in days if day in by_day], present
-
-    values: dict[str, float | int | None] = {}
-    missing: dict[str, int] = {}
-
-    def usable(element: str) -> list[float] | None:
-        got, present = series(element)
-        missing[element] = present.count(False)
-        return got if got and rule.allows(present) else None
-
-    pres, mslp = usable("PRES"), usable("MSLP")
-    tmean, tmax, tmin = usable("TMEAN"), usable("TMAX"), usable("TMIN")
-    tdew, prcp, sun = usable("TDEW"), usable("PRCP"), usable("SUN")
-    values["station_pressure"] = statistics.fmean(pres) if pres else None
-    values["sea_level_pressure"] = statistics.fmean(mslp) if mslp else None
-    values["mean_temperature"] = statistics.fmean(tmean) if tmean else None
-    # Sample standard deviation of the daily means about the monthly mean (needs two days).
-    values["temperature_std"] = statistics.stdev(tmean) if tmean and len(tmean) > 1 else None
-    values["mean_max_temperature"] = statistics.fmean(tmax) if tmax else None
-    values["mean_min_temperature"] = statistics.fmean(tmin) if tmin else None
-    # Mean of the daily vapour pressures, each from the day's (mean) dew point.
-    values["vapour_pressure"] = statistics.fmean(vapour_pressure_hpa(t) for t in tdew) if tdew else None
-    values["precipitation"] = math.fsum(prcp) if prcp else None
-    values["precipitation_days"] = sum(1 for r in prcp if r >= 1.0) if prcp else None
-    values["sunshine"] = math.fsum(sun) if sun else None
-    # mPmP counts the pressure reported: station pressure, else sea-level pressure.
-    missing["pressure"] = missing["PRES"] if pres is not None or mslp is None else missing["MSLP"]
-    return _MonthStats(values, missing)
+# Section 2: the normals of the monthly statistics section 1 reports, by the one normals
+# computation (normals_from_monthly).
+_NORMAL_STATISTICS = (
+    NormalStatistic(Element.PRES, "mean", "mean", "avg"),
+    NormalStatistic(Element.MSLP, "mean", "mean", "avg"),
+    NormalStatistic(Element.TMEAN, "mean", "mean", "avg"),
+    NormalStatistic(Element.TMEAN, "std", "std", "avg"),
+    NormalStatistic(Element.TMAX, "mean", "mean", "avg"),
+    NormalStatistic(Element.TMIN, "mean", "mean", "avg"),
+    NormalStatistic(Element.TDEW, "vapour_pressure", "vapour_pressure", "avg"),
+    NormalStatistic(Element.PRCP, "total", "total", "sum"),
+    NormalStatistic(Element.PRCP, _PRECIPITATION_DAYS, _PRECIPITATION_DAYS, "sum"),
+    NormalStatistic(Element.SUN, "total", "total", "sum"),
+)
 
 
 def precipitation_quintile(total: float, reference_totals: Sequence[float]) -> int:
@@ -506,7 +630,8 @@ class ClimatData:
     """What :func:`climat_from_archive` found: the month's values and, if computable, normals.
 
     ``monthly`` is ``None`` (and ``reason`` says why) when the station has no daily value in the
-    month.
+    month.  ``qc``: the QC policy and, per element, the suspect values the month used and the
+    values it excluded.
     """
 
     wigos_id: str
@@ -515,63 +640,26 @@ class ClimatData:
     monthly: ClimatMonthly | None
     normals: ClimatNormals | None
     reason: str | None = None
+    qc: Mapping[str, Any] = field(default_factory=dict)
 
 
-_DAILY_SQL = """
-SELECT element,
-       CAST(epoch(phenomenon_time) // 86400 AS BIGINT) AS day_number,
-       value,
-       source_id,
-       level
-FROM observations
-WHERE wigos_id = $wigos_id
-  AND element IN (SELECT unnest($elements))
-  AND year BETWEEN $first_year AND $last_year
-  AND duration_seconds = 86400
-  AND value IS NOT NULL
-  AND coalesce(qc_status, 'none') <> 'failed'
-  AND CAST(epoch(phenomenon_time) // 86400 AS BIGINT) IN (SELECT unnest($days))
--- One value per element and day: when several sources or levels report, the lowest source id
--- (then level) wins, so the result does not depend on file order.
-QUALIFY row_number() OVER (PARTITION BY element, day_number ORDER BY source_id, level) = 1
-"""
-
-_STATION_SQL = "SELECT 1 FROM observations WHERE wigos_id = $wigos_id LIMIT 1"
-
-_EPOCH = date(1970, 1, 1)
-
-
-def read_daily_values(
+def station_selection(
     connection: duckdb.DuckDBPyConnection,
     wigos_id: str,
-    elements: Iterable[str],
-    days: Sequence[date],
-) -> dict[str, dict[date, float]]:
-    """Daily values (duration one day, 00:00 UTC) of a station on the given days.
-
-    Values failed by quality control are left out, i.e. treated as missing.  Raises
-    :class:`UnknownReferenceError` when the archive has no value at all for ``wigos_id``.
-    """
+    period: Period,
+    elements: Sequence[str],
+    qc: QcPolicy,
+    timezones: Mapping[str, str] | None,
+) -> Selection:
+    """The products' selection of one station (a message is about one): an unknown station is
+    an :class:`~opencdms_kernel.errors.UnknownReferenceError` naming ``wigos_id``."""
     split_wigos_id(wigos_id)
-    if connection.execute(_STATION_SQL, {"wigos_id": wigos_id}).fetchone() is None:
-        raise UnknownReferenceError(f"parameter 'wigos_id': station {wigos_id!r} has no observations in the archive")
-    if not days:
-        return {}
-    numbers = sorted({(day - _EPOCH).days for day in days})
-    rows = connection.execute(
-        _DAILY_SQL,
-        {
-            "wigos_id": wigos_id,
-            "elements": list(elements),
-            "first_year": min(days).year,
-            "last_year": max(days).year,
-            "days": numbers,
-        },
-    ).fetchall()
-    daily: dict[str, dict[date, float]] = {}
-    for element, day_number, value, _source, _level in rows:
-        daily.setdefault(element, {})[date.fromordinal(_EPOCH.toordinal() + day_number)] = float(value)
-    return daily
+    try:
+        return select(connection, period, elements, [wigos_id], qc, timezones)
+    except ProductReferenceError as exc:
+        if exc.parameter != "stations":
+            raise
+        raise ProductReferenceError("wigos_id", wigos_id, f"station {wigos_id!r} has no observations in the archive") from None
 
 
 def climat_from_archive(
@@ -583,114 +671,158 @@ def climat_from_archive(
     normals_period: tuple[int, int] | None = (1991, 2020),
     rule: CompletenessRule = CLIMAT_RULE,
     normals_rule: NormalsRule = NormalsRule(),
+    qc: QcPolicy = DEFAULT_QC_POLICY,
+    timezones: Mapping[str, str] | None = None,
+    sub_daily_rule: CompletenessRule = SUB_DAILY_RULE,
 ) -> ClimatData:
-    """Monthly values and normals of one station and month from the archive's daily values.
+    """Monthly values and normals of one station and month, from the products layer.
 
     ``connection`` has the ``observations`` view of :func:`opencdms_kernel.archive.connect_archive`.
     Elements: PRES (station pressure), MSLP, TMEAN (daily mean temperature), TMAX, TMIN,
-    TDEW (vapour pressure from the dew point), PRCP, SUN.  Normals are the means of the
-    monthly values (same completeness rule) of the years of ``normals_period`` that have
-    them; Rd (precipitation quintile) and the sunshine percentage need those normals.
-    ``normals_period=None`` leaves Section 2 out.
+    TDEW (vapour pressure from the dew point), PRCP, SUN, SNWD (section 3).  The month's
+    statistics are those of :func:`~opencdms_kernel.products.summaries.monthly_table` under
+    ``rule`` (station-local days of ``timezones``, QC policy ``qc``, days made from sub-daily
+    values under ``sub_daily_rule``); the normals are
+    :func:`~opencdms_kernel.products.normals.normals_from_monthly` of the same statistics over
+    ``normals_period`` under ``normals_rule``.  Rd (precipitation quintile) and the sunshine
+    percentage need those normals.  ``normals_period=None`` leaves Section 2 out.
     """
     year, month = check_year_month(year, month)
     station_index(wigos_id)
+    rule = check_rule(rule)
+    normals_rule = check_normals_rule(normals_rule)
     if normals_period is not None:
         first, last = normals_period
         ClimatNormals(first_year=first, last_year=last)  # checks the period, naming the bad year
-        years = sorted(set(range(first, last + 1)) | {year})
+        if last - first + 1 > MAX_MASK_BITS:
+            raise ProductParameterError("normals_period", f"{first}-{last} is longer than {MAX_MASK_BITS} years")
+        span = Period(min(first, year), max(last, year))
     else:
-        years = [year]
-    days = [day for y in years for day in _month_days(y, month)]
-    daily = read_daily_values(connection, wigos_id, CLIMAT_ELEMENTS, days)
-    target_days = set(_month_days(year, month))
-    if not any(day in target_days for values in daily.values() for day in values):
+        span = Period(year, year)
+    selection = station_selection(connection, wigos_id, span, CLIMAT_ELEMENTS, qc, timezones)
+    monthly = monthly_table(connection, selection, rule, CLIMAT_THRESHOLDS, every_month=False, detail=True,
+                            sub_daily_rule=sub_daily_rule)
+    of_month = monthly.filter(pc.equal(monthly["month"], month))
+    target = {row["element"]: row for row in of_month.filter(pc.equal(of_month["year"], year)).to_pylist()}
+    summary = {
+        "policy": qc.as_dict(),
+        "suspect_values_used": {element: row["suspect_values"] for element, row in sorted(target.items())},
+        "values_excluded": {element: row["excluded_values"] for element, row in sorted(target.items())},
+    }
+    if not any(row["value_days"] for row in target.values()):
         return ClimatData(
             wigos_id, year, month, None, None,
-            reason=f"no daily values for station {wigos_id} in {year:04d}-{month:02d}",
+            reason=f"no daily values for station {wigos_id} in {year:04d}-{month:02d}", qc=summary,
         )
-
-    def of_year(y: int) -> _Daily:
-        return {e: {d: v for d, v in values.items() if d.year == y} for e, values in daily.items()}
-
-    stats = _month_stats(year, month, of_year(year), rule)
-    normals = None
-    quintile = None
-    sunshine_percent = None
+    normals = quintile = sunshine_percent = None
     if normals_period is not None:
-        per_year = {y: _month_stats(y, month, of_year(y), rule) for y in range(normals_period[0], normals_period[1] + 1)}
-        normals = _normals(normals_period, per_year, normals_rule)
-        totals = [s.values["precipitation"] for s in per_year.values() if s.values["precipitation"] is not None]
-        if stats.values["precipitation"] is not None and normals.precipitation is not None:
-            quintile = precipitation_quintile(stats.values["precipitation"], totals)  # type: ignore[arg-type]
-        if stats.values["sunshine"] is not None and normals.sunshine:
-            sunshine_percent = 100.0 * stats.values["sunshine"] / normals.sunshine  # type: ignore[operator]
+        first, last = normals_period
+        years = pc.and_(pc.greater_equal(of_month["year"], first), pc.less_equal(of_month["year"], last))
+        reference = of_month.filter(years)
+        table = normals_from_monthly(connection, reference, Period(first, last), normals_rule, _NORMAL_STATISTICS)
+        normals = _climat_normals(table, first, last)
+        precipitation = target.get("PRCP", {}).get("total")
+        totals = [row["total"] for row in reference.filter(pc.equal(reference["element"], "PRCP")).to_pylist()
+                  if row["total"] is not None]
+        if precipitation is not None and normals.precipitation is not None and totals:
+            quintile = precipitation_quintile(precipitation, totals)
+        sunshine = target.get("SUN", {}).get("total")
+        if sunshine is not None and normals.sunshine:
+            sunshine_percent = min(100.0 * sunshine / normals.sunshine, 999.0)
         if not normals.has_values():
             normals = None
-    v = stats.values
-    monthly = ClimatMonthly(
-        wigos_id=wigos_id,
-        year=year,
-        month=month,
-        station_pressure=v["station_pressure"],  # type: ignore[arg-type]
-        sea_level_pressure=v["sea_level_pressure"],  # type: ignore[arg-type]
-        mean_temperature=v["mean_temperature"],  # type: ignore[arg-type]
-        temperature_std=v["temperature_std"],  # type: ignore[arg-type]
-        mean_max_temperature=v["mean_max_temperature"],  # type: ignore[arg-type]
-        mean_min_temperature=v["mean_min_temperature"],  # type: ignore[arg-type]
-        vapour_pressure=v["vapour_pressure"],  # type: ignore[arg-type]
-        precipitation=v["precipitation"],  # type: ignore[arg-type]
+    values = _climat_monthly(wigos_id, year, month, target, quintile, sunshine_percent)
+    return ClimatData(wigos_id, year, month, values, normals, qc=summary)
+
+
+def _climat_monthly(
+    wigos_id: str, year: int, month: int, target: Mapping[str, Mapping[str, Any]],
+    quintile: int | None, sunshine_percent: float | None,
+) -> ClimatMonthly:
+    """Section 1, 3 and 4 values of the month from its monthly statistics (one row per element)."""
+    days = calendar.monthrange(year, month)[1]
+
+    def stat(element: str, column: str) -> Any:
+        return target.get(element, {}).get(column)
+
+    def missing(element: str) -> int:
+        row = target.get(element)
+        return days if row is None else row["missing_days"]
+
+    def extreme(element: str, kind: str) -> ClimatExtreme | None:
+        row = target.get(element)
+        if row is None or row[kind] is None:
+            return None
+        first, last = row[f"{kind}_first_date"], row[f"{kind}_date"]
+        return ClimatExtreme(row[kind], first.day, several_days=first != last)
+
+    station, sea_level = stat("PRES", "mean"), stat("MSLP", "mean")
+    counts = {name: stat(threshold.element.value, threshold.name)
+              for (name, *_), threshold in zip(SECTION3_COUNTS, CLIMAT_THRESHOLDS)}
+    return ClimatMonthly(
+        wigos_id=wigos_id, year=year, month=month,
+        station_pressure=station,
+        sea_level_pressure=sea_level,
+        mean_temperature=stat("TMEAN", "mean"),
+        temperature_std=stat("TMEAN", "std"),
+        mean_max_temperature=stat("TMAX", "mean"),
+        mean_min_temperature=stat("TMIN", "mean"),
+        vapour_pressure=stat("TDEW", "vapour_pressure"),
+        precipitation=stat("PRCP", "total"),
         precipitation_quintile=quintile,
-        precipitation_days=v["precipitation_days"],  # type: ignore[arg-type]
-        sunshine=v["sunshine"],  # type: ignore[arg-type]
-        sunshine_percent_of_normal=min(sunshine_percent, 999.0) if sunshine_percent is not None else None,
-        missing_days_pressure=stats.missing["pressure"],
-        missing_days_temperature=stats.missing["TMEAN"],
-        missing_days_max_temperature=stats.missing["TMAX"],
-        missing_days_min_temperature=stats.missing["TMIN"],
-        missing_days_vapour_pressure=stats.missing["TDEW"],
-        missing_days_precipitation=stats.missing["PRCP"],
-        missing_days_sunshine=stats.missing["SUN"],
+        precipitation_days=stat("PRCP", _PRECIPITATION_DAYS),
+        sunshine=stat("SUN", "total"),
+        sunshine_percent_of_normal=sunshine_percent,
+        # mPmP counts the pressure reported: station pressure, else sea-level pressure.
+        missing_days_pressure=missing("PRES") if station is not None or sea_level is None else missing("MSLP"),
+        missing_days_temperature=missing("TMEAN"),
+        missing_days_max_temperature=missing("TMAX"),
+        missing_days_min_temperature=missing("TMIN"),
+        missing_days_vapour_pressure=missing("TDEW"),
+        missing_days_precipitation=missing("PRCP"),
+        missing_days_sunshine=missing("SUN"),
+        **counts,
+        **{name: extreme(element, kind) for name, element, kind in SECTION4_EXTREMES},
     )
-    return ClimatData(wigos_id, year, month, monthly, normals)
 
 
-def _normals(period: tuple[int, int], per_year: Mapping[int, _MonthStats], rule: NormalsRule) -> ClimatNormals:
-    years = sorted(per_year)
+def _climat_normals(table: pa.Table, first: int, last: int) -> ClimatNormals:
+    """Section 2 from the normals of the month (one row per element and statistic)."""
+    years = last - first + 1
+    rows = {(row["element"], row["statistic"]): row for row in table.to_pylist() if row["month"] is not None}
 
-    def normal(name: str) -> tuple[float | None, int]:
-        present = [per_year[y].values[name] is not None for y in years]
-        missing = present.count(False)
-        if not rule.allows(present):
-            return None, missing
-        return statistics.fmean(per_year[y].values[name] for y in years if per_year[y].values[name] is not None), missing  # type: ignore[misc]
+    def value(element: str, statistic: str) -> float | None:
+        return rows.get((element, statistic), {}).get("value")
 
-    values = {}
-    missing = {}
-    for name in (
-        "station_pressure", "sea_level_pressure", "mean_temperature", "temperature_std",
-        "mean_max_temperature", "mean_min_temperature", "vapour_pressure", "precipitation",
-        "precipitation_days", "sunshine",
-    ):
-        values[name], missing[name] = normal(name)
-    days = values.pop("precipitation_days")
-    # yTxyTx: one count for the extremes; a year lacking either mean counts as missing.
-    extremes = sum(
-        1 for y in years
-        if per_year[y].values["mean_max_temperature"] is None or per_year[y].values["mean_min_temperature"] is None
-    )
-    pressure_name = "station_pressure" if values["station_pressure"] is not None or values["sea_level_pressure"] is None else "sea_level_pressure"
+    def missing(element: str, statistic: str) -> int:
+        row = rows.get((element, statistic))
+        return years if row is None else row["missing_years"]
+
+    def mask(element: str) -> int:
+        row = rows.get((element, "mean"))
+        return 0 if row is None else int(row["year_mask"] or 0)
+
+    station, sea_level = value("PRES", "mean"), value("MSLP", "mean")
+    days = value("PRCP", _PRECIPITATION_DAYS)
+    # yTxyTx: one count for the extremes; a year lacking either monthly mean counts as missing.
+    both = mask("TMAX") & mask("TMIN")
     return ClimatNormals(
-        first_year=period[0],
-        last_year=period[1],
-        **values,  # type: ignore[arg-type]
+        first_year=first, last_year=last,
+        station_pressure=station, sea_level_pressure=sea_level,
+        mean_temperature=value("TMEAN", "mean"), temperature_std=value("TMEAN", "std"),
+        mean_max_temperature=value("TMAX", "mean"), mean_min_temperature=value("TMIN", "mean"),
+        vapour_pressure=value("TDEW", "vapour_pressure"),
+        precipitation=value("PRCP", "total"),
         precipitation_days=None if days is None else _rounded(days, 0),
-        missing_years_pressure=missing[pressure_name],
-        missing_years_temperature=missing["mean_temperature"],
-        missing_years_extreme_temperatures=extremes,
-        missing_years_vapour_pressure=missing["vapour_pressure"],
-        missing_years_precipitation=missing["precipitation"],
-        missing_years_sunshine=missing["sunshine"],
+        sunshine=value("SUN", "total"),
+        missing_years_pressure=missing("PRES", "mean") if station is not None or sea_level is None else missing("MSLP", "mean"),
+        missing_years_temperature=missing("TMEAN", "mean"),
+        missing_years_extreme_temperatures=years - bin(both).count("1"),
+        missing_years_vapour_pressure=missing("TDEW", "vapour_pressure"),
+        missing_years_precipitation=missing("PRCP", "total"),
+        missing_years_sunshine=missing("SUN", "total"),
+        missing_years_max_temperature=missing("TMAX", "mean"),
+        missing_years_min_temperature=missing("TMIN", "mean"),
     )
 
 
@@ -699,7 +831,11 @@ def _normals(period: tuple[int, int], per_year: Mapping[int, _MonthStats], rule:
 
 @dataclass(frozen=True)
 class ClimatProduct:
-    """A CLIMAT report written to the bucket, or why none was (``key`` and ``text`` None)."""
+    """A CLIMAT report written to the bucket, or why none was (``key`` and ``text`` None).
+
+    ``metadata_key``: the JSON beside the report (rules, QC policy and counts, version);
+    ``version`` and ``replaced``: which version this is and the earlier one it replaced.
+    """
 
     wigos_id: str
     year: int
@@ -707,6 +843,9 @@ class ClimatProduct:
     key: str | None
     text: str | None
     data: ClimatData
+    metadata_key: str | None = None
+    version: int | None = None
+    replaced: Replaced | None = None
 
     @property
     def empty(self) -> bool:
@@ -733,18 +872,35 @@ def produce_climat(
     normals_period: tuple[int, int] | None = (1991, 2020),
     rule: CompletenessRule = CLIMAT_RULE,
     normals_rule: NormalsRule = NormalsRule(),
+    qc: QcPolicy = DEFAULT_QC_POLICY,
+    timezones: Mapping[str, str] | None = None,
 ) -> ClimatProduct:
-    """Build the CLIMAT report of one station and month from the archive and write it.
+    """Build the CLIMAT report of one station and month from the archive and write it, with
+    its metadata JSON beside it (``<YYYY-MM>.json``); an earlier report of the month is kept
+    as a version (:func:`~opencdms_kernel.products.store.write_versioned`).
 
     A month without any daily value writes nothing and returns an empty product whose
     ``reason`` says so; an unknown station or a bad year/month raises an error naming it.
     """
     data = climat_from_archive(
-        connection, wigos_id, year, month, normals_period=normals_period, rule=rule, normals_rule=normals_rule
+        connection, wigos_id, year, month, normals_period=normals_period, rule=rule, normals_rule=normals_rule,
+        qc=qc, timezones=timezones,
     )
     if data.monthly is None:
         return ClimatProduct(wigos_id, year, month, None, None, data)
     text = format_climat(data.monthly, data.normals)
     key = climat_key(wigos_id, year, month)
-    bucket.write_bytes(key, (text + "\n").encode("ascii"))
-    return ClimatProduct(wigos_id, year, month, key, text, data)
+    metadata = {
+        "kind": "climat", "wigos_id": wigos_id, "year": year, "month": month,
+        "rules": {"monthly": rule.as_dict(), "normals": normals_rule.as_dict()},
+        "normals_period": None if normals_period is None else list(normals_period),
+        "timezone": (timezones or {}).get(wigos_id, "UTC"),
+        "qc": dict(data.qc),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    metadata_key = key.removesuffix(".txt") + ".json"
+    written = write_versioned(bucket, {
+        key: (text + "\n").encode("ascii"),
+        metadata_key: (json.dumps(metadata, indent=2) + "\n").encode("utf-8"),
+    })
+    return ClimatProduct(wigos_id, year, month, key, text, data, metadata_key, written.version, written.replaced)

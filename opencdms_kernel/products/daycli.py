@@ -2,8 +2,11 @@
 
 Encoding is done by WMO's own tools: csv2bufr with WMO's ``daycli-template`` (a copy of which
 travels with the project under ``opencdms_kernel/resources/csv2bufr-templates``, see its
-README) and ecCodes underneath.  This module only builds the CSV rows the template expects,
-one row (one BUFR message) per day, from the archive's daily values:
+README) and ecCodes underneath (:mod:`.bufr`).  This module only builds the CSV rows the
+template expects, one row (one BUFR message) per day, from the products' days
+(:func:`~opencdms_kernel.products.days.station_days`: station-local days, the one rule for
+choosing between sources, days made from sub-daily values, the QC policy), so its values are
+the ones the monthly summaries, CLIMAT and the reports are made of:
 
 =========  ============================  =============================================
 element    template column               conversion
@@ -19,13 +22,18 @@ SNWD       ``total_snow_depth``          cm -> m, 0.01 m
 Why these choices:
 
 * A missing value is an empty CSV field, which csv2bufr encodes as BUFR "missing" (all bits
-  set).  Values failed by quality control are treated as missing; a value csv2bufr finds
-  outside the template's valid range is also set to missing by csv2bufr, and its warning is
-  returned in :attr:`DaycliBufr.warnings` rather than dropped.
-* The archive's daily values cover the UTC day (00:00 plus 86 400 s), so every period starts
-  on the nominal day (offset 0) at 00:00:00 UTC; snow depth is read at 00:00 UTC.
-* The template's quality-flag columns are left empty (missing): the DAYCLI flag code list is
-  being revised by WMO, and mapping our QC states onto it is a decision still to be made.
+  set).  A value the QC policy excludes is missing; a value csv2bufr finds outside the
+  template's valid range is also set to missing by csv2bufr, and its warning is returned in
+  :attr:`DaycliBufr.warnings` rather than dropped.
+* Each quantity's period is the one of the value sent: a reported daily value's own start
+  (its ``phenomenon_time``, e.g. 00:00 UTC, or local midnight), a day made from sub-daily
+  values the station's local midnight, as a day offset and a time in UTC.
+* The quality flags are filled from quality control (associated field significance 5, the
+  DAYCLI 8-bit quality indicator of code table 0 31 021): 0 "checked and declared good" for a
+  value that passed QC or that a reviewer accepted or corrected, 1 "checked and declared
+  suspect" for a suspect value (it counts until a reviewer rejects it), 7 "data unchecked" for
+  a value no QC run has covered.  A day made from sub-daily values takes the worst flag of
+  the values it was made of.  A missing value has no flag.
 * Station metadata (position, height, sensor height, averaging method, siting classes) is not
   in the archive; the caller passes a :class:`DaycliStation` (see :func:`station_metadata`),
   and what it does not know is encoded as missing.
@@ -33,33 +41,35 @@ Why these choices:
 
 from __future__ import annotations
 
-import calendar
-import copy
-import csv
-import io
 import json
-import os
 from dataclasses import dataclass, field
-from datetime import date
-from decimal import ROUND_HALF_UP, Decimal
-from functools import lru_cache
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from datetime import date, datetime, timezone
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import duckdb
 
 from opencdms_kernel.bucket import Bucket
-from opencdms_kernel.errors import OpenCDMSError
-from opencdms_kernel.products.climat import check_year_month, read_daily_values, split_wigos_id
-from opencdms_kernel.products.model import ProductParameterError
+from opencdms_kernel.products import bufr
+from opencdms_kernel.products.climat import check_year_month, split_wigos_id, station_selection
+from opencdms_kernel.products.days import station_days
+from opencdms_kernel.products.model import (
+    DEFAULT_QC_POLICY,
+    SUB_DAILY_RULE,
+    CompletenessRule,
+    Period,
+    ProductParameterError,
+    QcPolicy,
+)
+from opencdms_kernel.products.store import Replaced, write_versioned
 
 if TYPE_CHECKING:
     from opencdms_kernel.db.engine import Datastore
 
 DAYCLI_PREFIX = "products/daycli"
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "resources" / "csv2bufr-templates" / "templates"
+TEMPLATES_DIR = bufr.TEMPLATES_DIR
 TEMPLATE_NAME = "daycli-template"
-TEMPLATE_FILE = TEMPLATES_DIR / f"{TEMPLATE_NAME}.json"
+TEMPLATE_FILE = bufr.template_file(TEMPLATE_NAME)
 
 DAYCLI_ELEMENTS = ("TMAX", "TMIN", "TMEAN", "PRCP", "SNWD")
 KELVIN = Decimal("273.15")
@@ -84,12 +94,39 @@ COLUMNS = (
     "average_temperature_day_offset", "average_temperature_hour", "average_temperature_minute",
     "average_temperature_second", "average_temperature", "average_temperature_flag",
 )
-# Each quantity's period: (day offset, hour, minute, second) of its beginning, UTC.
-_UTC_DAY = ("0", "0", "0", "0")
+# The quantities of a day: (DaycliDay field, element, template column prefix of its period).
+QUANTITIES = (
+    ("precipitation", "PRCP", "precipitation"),
+    ("fresh_snow_depth", None, "fresh_snow"),
+    ("total_snow_depth", "SNWD", "total_snow"),
+    ("maximum_temperature", "TMAX", "maximum_temperature"),
+    ("minimum_temperature", "TMIN", "minimum_temperature"),
+    ("mean_temperature", "TMEAN", "average_temperature"),
+)
+_FLAG_COLUMNS = {
+    "precipitation": "precipitation_flag", "fresh_snow_depth": "fresh_snow_depth_flag",
+    "total_snow_depth": "total_snow_depth_flag", "maximum_temperature": "maximum_temperature_flag",
+    "minimum_temperature": "minimum_temperature_flag", "mean_temperature": "average_temperature_flag",
+}
+
+# DAYCLI quality flags: code table 0 31 021, associated field significance 5 (8-bit indicator
+# of quality control), which the template sets.
+FLAG_GOOD = 0  # data checked and declared good
+FLAG_SUSPECT = 1  # data checked and declared suspect
+FLAG_UNCHECKED = 7  # data unchecked
 
 
-class DaycliEncodingError(OpenCDMSError):
+class DaycliEncodingError(bufr.BufrEncodingError):
     """csv2bufr could not encode a day; the message names the station and the day."""
+
+
+def daycli_flag(qc_status: str | None, final_flag: str | None = None) -> int:
+    """The DAYCLI quality flag of a value that counts, from its QC status and final flag."""
+    if final_flag in ("verified", "corrected") or qc_status == "passed":
+        return FLAG_GOOD
+    if qc_status == "suspect":
+        return FLAG_SUSPECT
+    return FLAG_UNCHECKED
 
 
 @dataclass(frozen=True)
@@ -120,7 +157,11 @@ class DaycliStation:
 
 @dataclass(frozen=True)
 class DaycliDay:
-    """The daily values of one day (archive units: degC, mm, cm); ``None`` is missing."""
+    """The daily values of one day (archive units: degC, mm, cm); ``None`` is missing.
+
+    ``flags``: the DAYCLI quality flag per quantity (field name -> code figure; absent: missing);
+    ``starts``: when each quantity's period began (UTC; absent: 00:00 UTC of the day).
+    """
 
     day: date
     maximum_temperature: float | None = None
@@ -129,6 +170,8 @@ class DaycliDay:
     precipitation: float | None = None
     total_snow_depth: float | None = None
     fresh_snow_depth: float | None = None
+    flags: Mapping[str, int] = field(default_factory=dict)
+    starts: Mapping[str, datetime] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -147,7 +190,8 @@ class DaycliBufr:
 
 @dataclass(frozen=True)
 class DaycliProduct:
-    """A DAYCLI file written to the bucket, or why none was (``key`` None)."""
+    """A DAYCLI file written to the bucket, or why none was (``key`` None); ``version`` and
+    ``replaced`` say which version it is and the earlier one it replaced."""
 
     wigos_id: str
     year: int
@@ -156,6 +200,9 @@ class DaycliProduct:
     bufr: DaycliBufr | None
     days: tuple[DaycliDay, ...] = field(default=())
     reason: str | None = None
+    metadata_key: str | None = None
+    version: int | None = None
+    replaced: Replaced | None = None
 
     @property
     def empty(self) -> bool:
@@ -165,16 +212,12 @@ class DaycliProduct:
 # --------------------------------------------------------------------------- CSV rows
 
 
-def _fixed(value: float | None, decimals: int, offset: Decimal = Decimal(0), scale: int = 0) -> str:
-    """A number for the CSV at the template's precision (half away from zero); '' if missing."""
-    if value is None:
-        return ""
-    number = (Decimal(repr(float(value))).scaleb(scale) + offset).quantize(Decimal(1).scaleb(-decimals), ROUND_HALF_UP)
-    return format(number, "f")
-
-
-def _code(value: int | None) -> str:
-    return "" if value is None else str(value)
+def _period_start(day: date, start: datetime | None) -> tuple[str, str, str, str]:
+    """(day offset, hour, minute, second) of a period's start, in UTC, from the nominal day."""
+    if start is None:
+        return ("0", "0", "0", "0")
+    utc = start.astimezone(timezone.utc)
+    return (str((utc.date() - day).days), str(utc.hour), str(utc.minute), str(utc.second))
 
 
 def daycli_rows(station: DaycliStation, days: Sequence[DaycliDay]) -> list[dict[str, str]]:
@@ -191,87 +234,36 @@ def daycli_rows(station: DaycliStation, days: Sequence[DaycliDay]) -> list[dict[
             "wsi_local": local,
             "wmo_block_number": str(int(block)) if block else "",
             "wmo_station_number": str(int(number)) if number else "",
-            "latitude": _fixed(station.latitude, 5),
-            "longitude": _fixed(station.longitude, 5),
-            "station_height_above_msl": _fixed(station.elevation, 1),
-            "temperature_siting_classification": _code(station.temperature_siting_class),
-            "precipitation_siting_classification": _code(station.precipitation_siting_class),
-            "averaging_method": _code(station.averaging_method),
+            "latitude": bufr.fixed(station.latitude, 5),
+            "longitude": bufr.fixed(station.longitude, 5),
+            "station_height_above_msl": bufr.fixed(station.elevation, 1),
+            "temperature_siting_classification": bufr.code(station.temperature_siting_class),
+            "precipitation_siting_classification": bufr.code(station.precipitation_siting_class),
+            "averaging_method": bufr.code(station.averaging_method),
             "year": str(day.day.year),
             "month": str(day.day.month),
             "day": str(day.day.day),
-            "precipitation": _fixed(day.precipitation, 1),
-            "fresh_snow_depth": _fixed(day.fresh_snow_depth, 2, scale=-2),  # cm -> m
-            "total_snow_depth": _fixed(day.total_snow_depth, 2, scale=-2),  # cm -> m
-            "thermometer_height": _fixed(station.thermometer_height, 2),
-            "maximum_temperature": _fixed(day.maximum_temperature, 2, offset=KELVIN),
-            "minimum_temperature": _fixed(day.minimum_temperature, 2, offset=KELVIN),
-            "average_temperature": _fixed(day.mean_temperature, 2, offset=KELVIN),
+            "precipitation": bufr.fixed(day.precipitation, 1),
+            "fresh_snow_depth": bufr.fixed(day.fresh_snow_depth, 2, scale=-2),  # cm -> m
+            "total_snow_depth": bufr.fixed(day.total_snow_depth, 2, scale=-2),  # cm -> m
+            "thermometer_height": bufr.fixed(station.thermometer_height, 2),
+            "maximum_temperature": bufr.fixed(day.maximum_temperature, 2, offset=KELVIN),
+            "minimum_temperature": bufr.fixed(day.minimum_temperature, 2, offset=KELVIN),
+            "average_temperature": bufr.fixed(day.mean_temperature, 2, offset=KELVIN),
         }
-        for prefix in ("precipitation", "fresh_snow", "total_snow", "maximum_temperature",
-                       "minimum_temperature", "average_temperature"):
-            for part, text in zip(("day_offset", "hour", "minute", "second"), _UTC_DAY):
+        for name, _, prefix in QUANTITIES:
+            start = _period_start(day.day, day.starts.get(name))
+            for part, text in zip(("day_offset", "hour", "minute", "second"), start):
                 row[f"{prefix}_{part}"] = text
-        for flag in ("precipitation_flag", "fresh_snow_depth_flag", "total_snow_depth_flag",
-                     "maximum_temperature_flag", "minimum_temperature_flag", "average_temperature_flag"):
-            row[flag] = ""
+            present = getattr(day, name) is not None
+            row[_FLAG_COLUMNS[name]] = bufr.code(day.flags.get(name)) if present else ""
         rows.append(row)
     return rows
 
 
 def daycli_csv(station: DaycliStation, days: Sequence[DaycliDay]) -> str:
     """The CSV text csv2bufr reads: a header row then one row per day."""
-    out = io.StringIO()
-    # The template says QUOTE_NONE; none of our fields can contain a comma or a quote.
-    writer = csv.DictWriter(out, fieldnames=COLUMNS, quoting=csv.QUOTE_NONE, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(daycli_rows(station, days))
-    return out.getvalue()
-
-
-# --------------------------------------------------------------------------- csv2bufr
-
-
-@lru_cache(maxsize=1)
-def _csv2bufr() -> Any:
-    """csv2bufr, imported on first use with its template search path set to our copy.
-
-    csv2bufr reads ``CSV2BUFR_TEMPLATES`` once, when it is imported, and indexes the folder;
-    without it, it indexes the current directory.  The template itself is loaded by path
-    (:func:`_template`), so a different value set by the operator does no harm.
-    """
-    os.environ.setdefault("CSV2BUFR_TEMPLATES", str(TEMPLATES_DIR))
-    import csv2bufr  # noqa: PLC0415 - heavy, and needs the variable above before import
-
-    return csv2bufr
-
-
-@lru_cache(maxsize=1)
-def _template() -> dict[str, Any]:
-    _csv2bufr()
-    import csv2bufr.templates as c2bt  # noqa: PLC0415
-
-    if not TEMPLATE_FILE.is_file():
-        raise DaycliEncodingError(f"the DAYCLI template is missing: {TEMPLATE_FILE}")
-    template = c2bt.load_template(str(TEMPLATE_FILE), isFile=True)
-    return template
-
-
-def _template_for(originating_centre: int | None, originating_subcentre: int | None) -> dict[str, Any]:
-    """The template with the BUFR originating centre set (csv2bufr's default is 'missing')."""
-    template = copy.deepcopy(_template())
-    for key, value in (("bufrHeaderCentre", originating_centre), ("bufrHeaderSubCentre", originating_subcentre)):
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
-            raise ProductParameterError(
-                "originating_centre" if key == "bufrHeaderCentre" else "originating_subcentre",
-                f"{value!r} is not a code figure 0..65535 (Common code table C-11/C-12)",
-            )
-        for entry in template["header"]:
-            if entry["eccodes_key"] == key:
-                entry["value"] = f"const:{value}"
-    return template
+    return bufr.csv_text(COLUMNS, daycli_rows(station, days))
 
 
 def encode_daycli(
@@ -287,52 +279,57 @@ def encode_daycli(
     """
     if not days:
         return DaycliBufr(messages=(), days=())
-    csv2bufr = _csv2bufr()
-    template = _template_for(originating_centre, originating_subcentre)
-    messages: list[bytes] = []
-    warnings: list[str] = []
-    results = csv2bufr.transform(daycli_csv(station, days), template)
-    for day, result in zip(days, results, strict=True):
-        status = result["_meta"]["result"]
-        if result["bufr4"] is None:
-            errors = "; ".join(status.get("errors") or []) or status.get("message", "unknown error")
-            raise DaycliEncodingError(f"DAYCLI {station.wigos_id} {day.day.isoformat()}: csv2bufr failed: {errors}")
-        messages.append(result["bufr4"])
-        warnings.extend(f"{day.day.isoformat()}: {w}" for w in status.get("warnings") or [])
-    return DaycliBufr(messages=tuple(messages), days=tuple(d.day for d in days), warnings=tuple(warnings))
+    labels = [day.day.isoformat() for day in days]
+    try:
+        encoded = bufr.encode(TEMPLATE_NAME, COLUMNS, daycli_rows(station, days), labels,
+                              originating_centre=originating_centre, originating_subcentre=originating_subcentre)
+    except bufr.BufrEncodingError as exc:
+        raise DaycliEncodingError(f"DAYCLI {station.wigos_id} {exc}") from exc
+    return DaycliBufr(messages=encoded.messages, days=tuple(d.day for d in days), warnings=encoded.warnings)
 
 
-# --------------------------------------------------------------------------- from the archive
+# --------------------------------------------------------------------------- from the products layer
 
 
 def daycli_days_from_archive(
-    connection: duckdb.DuckDBPyConnection, wigos_id: str, year: int, month: int
+    connection: duckdb.DuckDBPyConnection,
+    wigos_id: str,
+    year: int,
+    month: int,
+    *,
+    qc: QcPolicy = DEFAULT_QC_POLICY,
+    timezones: Mapping[str, str] | None = None,
+    sub_daily_rule: CompletenessRule = SUB_DAILY_RULE,
 ) -> list[DaycliDay]:
-    """The days of the month on which the station has at least one DAYCLI value, in order.
+    """The station-local days of the month on which the station has at least one DAYCLI
+    value that counts, in order, with their QC flags and periods.
 
-    ``connection`` has the archive's ``observations`` view.  Values failed by quality control
-    count as missing; a day with nothing else is left out.  Raises
+    ``connection`` has the archive's ``observations`` view.  Raises
     :class:`~opencdms_kernel.errors.UnknownReferenceError` for a station not in the archive.
     """
     year, month = check_year_month(year, month)
-    days = [date(year, month, d) for d in range(1, calendar.monthrange(year, month)[1] + 1)]
-    daily = read_daily_values(connection, wigos_id, DAYCLI_ELEMENTS, days)
-    found = sorted({day for values in daily.values() for day in values})
-
-    def get(element: str, day: date) -> float | None:
-        return daily.get(element, {}).get(day)
-
-    return [
-        DaycliDay(
-            day=day,
-            maximum_temperature=get("TMAX", day),
-            minimum_temperature=get("TMIN", day),
-            mean_temperature=get("TMEAN", day),
-            precipitation=get("PRCP", day),
-            total_snow_depth=get("SNWD", day),
-        )
-        for day in found
-    ]
+    selection = station_selection(connection, wigos_id, Period(year, year), DAYCLI_ELEMENTS, qc, timezones)
+    rows = station_days(connection, selection, sub_daily_rule=sub_daily_rule)
+    by_day: dict[date, dict[str, Any]] = {}
+    for row in rows.to_pylist():
+        if row["value"] is None or (row["day"].year, row["day"].month) != (year, month):
+            continue
+        by_day.setdefault(row["day"], {})[row["element"]] = row
+    days = []
+    for day in sorted(by_day):
+        values: dict[str, Any] = {}
+        flags: dict[str, int] = {}
+        starts: dict[str, datetime] = {}
+        for name, element, _ in QUANTITIES:
+            row = by_day[day].get(element) if element else None
+            if row is None:
+                continue
+            values[name] = row["value"]
+            flags[name] = daycli_flag(row["qc_status"], row["final_flag"])
+            if row["period_start"] is not None:
+                starts[name] = row["period_start"]
+        days.append(DaycliDay(day=day, flags=flags, starts=starts, **values))
+    return days
 
 
 def daycli_key(wigos_id: str, year: int, month: int) -> str:
@@ -351,8 +348,11 @@ def produce_daycli(
     station: DaycliStation | None = None,
     originating_centre: int | None = None,
     originating_subcentre: int | None = None,
+    qc: QcPolicy = DEFAULT_QC_POLICY,
+    timezones: Mapping[str, str] | None = None,
 ) -> DaycliProduct:
-    """Encode a station-month as DAYCLI BUFR and write it to the bucket.
+    """Encode a station-month as DAYCLI BUFR and write it to the bucket, with a JSON beside it
+    (QC policy, flags and the values excluded); an earlier file of the month is kept as a version.
 
     A month without any value writes nothing and returns an empty product whose ``reason``
     says so; an unknown station or a bad year/month raises an error naming it.
@@ -362,18 +362,37 @@ def produce_daycli(
         station = DaycliStation(wigos_id=wigos_id)
     elif station.wigos_id != wigos_id:
         raise ProductParameterError("station", f"is for {station.wigos_id!r}, not for wigos_id {wigos_id!r}")
-    days = daycli_days_from_archive(connection, wigos_id, year, month)
+    days = daycli_days_from_archive(connection, wigos_id, year, month, qc=qc, timezones=timezones)
     if not days:
         return DaycliProduct(
             wigos_id, year, month, None, None,
             reason=f"no daily values for station {wigos_id} in {year:04d}-{month:02d}",
         )
-    bufr = encode_daycli(
+    encoded = encode_daycli(
         station, days, originating_centre=originating_centre, originating_subcentre=originating_subcentre
     )
     key = daycli_key(wigos_id, year, month)
-    bucket.write_bytes(key, bufr.data)
-    return DaycliProduct(wigos_id, year, month, key, bufr, tuple(days))
+    metadata_key = key.removesuffix(".bufr") + ".json"
+    flags: dict[str, int] = {}
+    for day in days:
+        for figure in day.flags.values():
+            flags[str(figure)] = flags.get(str(figure), 0) + 1
+    metadata = {
+        "kind": "daycli", "wigos_id": wigos_id, "year": year, "month": month, "days": len(days),
+        "timezone": (timezones or {}).get(wigos_id, "UTC"),
+        "qc": {"policy": qc.as_dict(), "flags": dict(sorted(flags.items())),
+               "flag_meaning": {str(FLAG_GOOD): "checked, good", str(FLAG_SUSPECT): "checked, suspect",
+                                str(FLAG_UNCHECKED): "unchecked"}},
+        "warnings": list(encoded.warnings),
+        "template": bufr.template_metadata(TEMPLATE_NAME),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    written = write_versioned(bucket, {
+        key: encoded.data,
+        metadata_key: (json.dumps(metadata, indent=2) + "\n").encode("utf-8"),
+    })
+    return DaycliProduct(wigos_id, year, month, key, encoded, tuple(days), None, metadata_key, written.version,
+                         written.replaced)
 
 
 def station_metadata(datastore: "Datastore", wigos_id: str) -> DaycliStation:
@@ -396,4 +415,4 @@ def station_metadata(datastore: "Datastore", wigos_id: str) -> DaycliStation:
 
 def template_metadata() -> dict[str, Any]:
     """The ``metadata`` block of the DAYCLI template in use (label, version, id...)."""
-    return json.loads(TEMPLATE_FILE.read_text(encoding="utf-8"))["metadata"]
+    return bufr.template_metadata(TEMPLATE_NAME)

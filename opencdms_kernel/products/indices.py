@@ -1,15 +1,18 @@
 """ETCCDI climate indices per station through xclim, from the daily values of the archive.
 
-The daily TMAX, TMIN and PRCP values are read with one DuckDB query and laid out as dense
-station x day arrays (NaN where a day has no usable value) — the shape xarray and xclim want —
-with numpy index arithmetic, not a loop over rows.
+The daily TMAX, TMIN and PRCP values are the products' days (:func:`~.days.station_days`: the
+station-local day, the one rule for choosing between sources, days made from sub-daily values,
+the QC policy), laid out as dense station x day arrays (NaN where a day has no value) — the
+shape xarray and xclim want — with numpy index arithmetic, not a loop over rows.
 
-Missing data: xclim's own missing-value checks are switched off and the product's
-:class:`CompletenessRule` is applied instead, so indices follow the same rule as the monthly
-summaries: a monthly index is given when its month meets the rule (for multi-input indices,
-counting a day missing when any input is), an annual index when all twelve months do; counts
-of days, totals and spell lengths need complete months when ``totals_require_complete``
-(a missing day could have been frost or rain).  xclim computes the values themselves.
+Missing data: the product's :class:`CompletenessRule` is handed to xclim as its own
+missing-value check (:func:`~.completeness.xclim_missing`: ``MissingWMO`` with the rule's
+numbers, ``MissingAny`` where a month must be complete), so indices follow the same rule as
+the monthly summaries: a monthly index is given when its month meets the rule (for
+multi-input indices, counting a day missing when any input is), an annual index when all
+twelve months do; counts of days, totals and spell lengths need complete months when
+``totals_require_complete`` (a missing day could have been frost or rain).  Each row says how
+many suspect values its days used and how many values the QC policy excluded.
 
 Indices (ETCCDI definitions, thresholds fixed by the definitions): TXx, TXn, TNx, TNn, DTR,
 FD, ID, SU, TR, R10mm, R20mm, CDD, CWD, PRCPTOT, SDII, Rx1day, Rx5day.  Percentile-based
@@ -29,8 +32,11 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from opencdms_kernel.products.completeness import xclim_missing
+from opencdms_kernel.products.days import station_days
 from opencdms_kernel.products.model import (
-    DEFAULT_USABLE_QC,
+    DEFAULT_QC_POLICY,
+    SUB_DAILY_RULE,
     WMO_MONTHLY_RULE,
     CompletenessRule,
     Element,
@@ -38,9 +44,10 @@ from opencdms_kernel.products.model import (
     Product,
     ProductKind,
     ProductParameterError,
+    QcPolicy,
 )
-from opencdms_kernel.products.sql import LOCAL_DAY, Selection, arrow, registered, select, usable_rows_sql, zones_table
-from opencdms_kernel.products.summaries import _check_rule
+from opencdms_kernel.products.sql import Selection, select
+from opencdms_kernel.products.summaries import check_rule, qc_note, qc_summary
 
 DAY_US = 86_400_000_000
 
@@ -158,6 +165,8 @@ INDEX_SCHEMA = pa.schema(
         ("value", pa.float64()),
         ("units", pa.string()),
         ("meets_rule", pa.bool_()),
+        ("suspect_values", pa.int32()),
+        ("excluded_values", pa.int32()),
     ]
 )
 
@@ -200,26 +209,29 @@ def climate_indices(
     frequencies: Sequence[str] | str = (Frequency.ANNUAL, Frequency.MONTHLY),
     stations: Sequence[str] | str | None = None,
     rule: CompletenessRule = WMO_MONTHLY_RULE,
-    usable_qc: Sequence[str] | str = DEFAULT_USABLE_QC,
+    qc: QcPolicy = DEFAULT_QC_POLICY,
     timezones: Mapping[str, str] | None = None,
+    sub_daily_rule: CompletenessRule = SUB_DAILY_RULE,
 ) -> Product:
     """ETCCDI indices per station: one row per station, index, frequency and year (and month).
 
     ``indices``: names from :data:`INDICES` (None: all); ``frequencies``: annual and/or
     monthly (an index is computed monthly only where ETCCDI defines it monthly).  Columns:
-    ``wigos_id, index, frequency, year, month`` (NULL for annual), ``value, units, meets_rule``;
-    ``value`` is NULL where the period does not meet ``rule``.  A station gets the indices whose
-    inputs it has any usable value of in the period.
+    ``wigos_id, index, frequency, year, month`` (NULL for annual), ``value, units, meets_rule,
+    suspect_values, excluded_values`` (of the index's inputs in its period); ``value`` is NULL
+    where the period does not meet ``rule``.  A station gets the indices whose inputs it has
+    any counted value of in the period.
     """
     if not isinstance(period, Period):
         raise ProductParameterError("period", f"expected a Period(start_year, end_year), not {period!r}")
     definitions = _check_indices(indices)
     wanted_frequencies = _check_frequencies(frequencies)
-    rule = _check_rule(rule)
+    rule = check_rule(rule)
+    sub_daily_rule = check_rule(sub_daily_rule, "sub_daily_rule")
     elements = tuple(dict.fromkeys(e for d in definitions for e in d.inputs))
-    selection = select(connection, period, [e.value for e in elements], stations, usable_qc, timezones)
+    selection = select(connection, period, [e.value for e in elements], stations, qc, timezones)
 
-    daily = read_daily_arrays(connection, selection)
+    daily = read_daily_arrays(connection, selection, sub_daily_rule)
     parts = []
     if daily.stations:
         parts = [
@@ -231,30 +243,33 @@ def climate_indices(
     table = pa.concat_tables(parts) if parts else INDEX_SCHEMA.empty_table()
     table = table.sort_by([("wigos_id", "ascending"), ("index", "ascending"), ("frequency", "ascending"),
                            ("year", "ascending"), ("month", "ascending")]) if table.num_rows else table
+    summary = qc_summary(table, selection, "station-index-period (the inputs' days)")
     if table.num_rows == 0:
         note = f"no data for {selection.describe()}"
     else:
         given = pc.sum(table["meets_rule"]).as_py() or 0
-        note = f"{table.num_rows} index values for {len(daily.stations)} stations in {period.label}; {given} meet the rule"
+        note = (f"{table.num_rows} index values for {len(daily.stations)} stations in {period.label}; {given} meet the rule; "
+                f"{qc_note(summary)}")
     return Product(
         kind=ProductKind.INDICES,
         table=table,
         period=period,
         parameters=selection.parameters()
         | {"indices": [d.name for d in definitions], "frequencies": [f.value for f in wanted_frequencies]},
-        rules={"indices": rule.as_dict()},
+        rules={"indices": rule.as_dict(), "sub_daily": sub_daily_rule.as_dict()},
         note=note,
         description="ETCCDI climate indices computed with xclim",
         extra={"xclim_version": _xclim_version()},
+        qc=summary,
     )
 
 
 def _xclim_version() -> str:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415
 
+    try:
         return version("xclim")
-    except Exception:  # pragma: no cover - metadata missing only in broken installs
+    except PackageNotFoundError:  # only in a broken install: the product still says so
         return "unknown"
 
 
@@ -263,96 +278,71 @@ def _xclim_version() -> str:
 
 @dataclass(frozen=True)
 class DailyArrays:
-    """Usable daily values as dense arrays: ``values[element]`` has shape (stations, days)."""
+    """Counted daily values as dense arrays: ``values[element]`` has shape (stations, days);
+    ``suspect`` and ``excluded`` the same shape, the day's suspect values used and values
+    excluded by the QC policy."""
 
     stations: tuple[str, ...]
     days: pd.DatetimeIndex
     values: Mapping[Element, np.ndarray]
-    has_data: Mapping[Element, np.ndarray]  # (stations,) bool: any usable value of the element
+    has_data: Mapping[Element, np.ndarray]  # (stations,) bool: any counted value of the element
+    suspect: Mapping[Element, np.ndarray]
+    excluded: Mapping[Element, np.ndarray]
 
 
-def read_daily_arrays(connection: duckdb.DuckDBPyConnection, selection: Selection) -> DailyArrays:
-    """Read the selection's usable daily values into NaN-filled station x day arrays.
-
-    One value per station, element and day: where several are usable (sources, levels), the
-    one changed most recently (then lowest source id, level), as in the monthly summaries.
-    """
+def read_daily_arrays(
+    connection: duckdb.DuckDBPyConnection, selection: Selection, sub_daily_rule: CompletenessRule = SUB_DAILY_RULE
+) -> DailyArrays:
+    """The selection's days (:func:`~.days.station_days`) as NaN-filled station x day arrays."""
     period = selection.period
     days = pd.date_range(period.first_day, period.last_day, freq="D")
-    with registered(connection, zones_table(selection)) as zones:
-        inner, params = usable_rows_sql(
-            selection, zones, daily=True,
-            columns=f"wigos_id, element, value, epoch_us(changed_at) AS changed_us, source_id, level, {LOCAL_DAY} AS day",
-        )
-        sql = f"""
-            SELECT wigos_id, element, CAST(day - ? AS INTEGER) AS day_index, value, changed_us, source_id, level
-            FROM ({inner}) AS v WHERE v.day BETWEEN ? AND ?
-        """
-        rows = arrow(connection, sql, [period.first_day] + params + [period.first_day, period.last_day])
+    rows = station_days(connection, selection, sub_daily_rule=sub_daily_rule)
     if selection.stations is not None:
         stations = tuple(sorted(selection.stations))
     else:
         stations = tuple(sorted(pc.unique(rows["wigos_id"]).to_pylist()))
     station_index = pc.index_in(rows["wigos_id"], value_set=pa.array(stations, pa.string())).to_numpy(zero_copy_only=False)
+    day_index = (rows["day"].to_numpy(zero_copy_only=False).astype("datetime64[D]")
+                 - np.datetime64(period.first_day, "D")).astype(np.int64)
     n_days = len(days)
-    day_index = rows["day_index"].to_numpy()
+    value = rows["value"].to_numpy(zero_copy_only=False)
     values: dict[Element, np.ndarray] = {}
     has_data: dict[Element, np.ndarray] = {}
+    suspect: dict[Element, np.ndarray] = {}
+    excluded: dict[Element, np.ndarray] = {}
     for element in selection.elements:
         mask = pc.equal(rows["element"], element.value).to_numpy(zero_copy_only=False)
-        cells = station_index[mask].astype(np.int64) * n_days + day_index[mask]
-        keep = _one_per_cell(cells, rows, mask)
-        grid = np.full(len(stations) * n_days, np.nan)
-        grid[cells[keep]] = rows["value"].to_numpy()[mask][keep]
-        values[element] = grid.reshape(len(stations), n_days)
-        has_data[element] = np.bincount(station_index[mask], minlength=len(stations)) > 0
-    return DailyArrays(stations, days, values, has_data)
+        cells = station_index[mask].astype(np.int64) * n_days + day_index[mask]  # one row per cell (station_days)
 
+        def grid(column: np.ndarray, fill: float) -> np.ndarray:
+            out = np.full(len(stations) * n_days, fill)
+            out[cells] = column[mask]
+            return out.reshape(len(stations), n_days)
 
-def _one_per_cell(cells: np.ndarray, rows: pa.Table, mask: np.ndarray) -> np.ndarray | slice:
-    """The rows to keep so that each cell (station-day) has one: the preferred where repeated.
-
-    Repeats are rare, so the common case (no cell twice) is one bincount and no sort.
-    Otherwise the rows are sorted by cell, then by preference, and the last of each cell kept:
-    the most recently changed, then lowest source id, then lowest level.
-    """
-    if cells.size == 0 or np.bincount(cells).max() <= 1:
-        return slice(None)
-    changed = rows["changed_us"].to_numpy()[mask]
-    source = rows["source_id"].to_numpy()[mask].astype(np.int64)
-    level = rows["level"].to_numpy()[mask].astype(np.float64)
-    order = np.lexsort((-level, -source, changed, cells))  # the last key is the primary one
-    sorted_cells = cells[order]
-    last_of_cell = np.append(sorted_cells[1:] != sorted_cells[:-1], True)
-    return order[last_of_cell]
+        values[element] = grid(value.astype(np.float64), np.nan)
+        suspect[element] = grid(rows["suspect_values"].to_numpy().astype(np.float64), 0.0)
+        excluded[element] = grid(rows["excluded_values"].to_numpy().astype(np.float64), 0.0)
+        has_data[element] = (~np.isnan(values[element])).any(axis=1)
+    return DailyArrays(stations, days, values, has_data, suspect, excluded)
 
 
 # --------------------------------------------------------------------------- validity and indices
 
 
-def _month_starts(days: pd.DatetimeIndex) -> np.ndarray:
-    """Index of the first day of each month in ``days``."""
-    return np.flatnonzero(days.day == 1)
+def period_validity(
+    missing: np.ndarray, days: pd.DatetimeIndex, rule: CompletenessRule, strict: bool, frequency: "Frequency"
+) -> np.ndarray:
+    """(stations, periods) bool: the period meets ``rule`` (``strict``: no day missing), by
+    xclim's own missing-value check (:func:`~.completeness.xclim_missing`)."""
+    import xarray as xr  # noqa: PLC0415 - with xclim, only when indices are computed
 
-
-def month_validity(missing: np.ndarray, days: pd.DatetimeIndex, rule: CompletenessRule, strict: bool) -> np.ndarray:
-    """(stations, months) bool: the month meets ``rule`` (or, ``strict``, has no missing day).
-
-    The longest run of missing days within each month: a run's length at each day is the
-    distance to the last present day or the month's start, whichever is later.
-    """
-    starts = _month_starts(days)
-    counts = np.add.reduceat(missing, starts, axis=1)
-    if strict:
-        return counts == 0
-    index = np.arange(missing.shape[1])
-    is_start = np.zeros(missing.shape[1], dtype=bool)
-    is_start[starts] = True
-    breaks = np.where(~missing, index, np.where(is_start, index - 1, -1))
-    last_break = np.maximum.accumulate(breaks, axis=1)
-    runs = np.where(missing, index - last_break, 0)
-    longest = np.maximum.reduceat(runs, starts, axis=1)
-    return (counts <= rule.max_missing) & (longest <= rule.max_consecutive_missing)
+    check = xclim_missing(rule, strict=strict)
+    flags = xr.DataArray(np.where(missing, np.nan, 0.0), dims=("station", "time"), coords={"time": days})
+    with warnings.catch_warnings():
+        # xclim 0.62 reads pandas' deprecated offset.name while counting expected days.
+        warnings.filterwarnings("ignore", message="The 'name' property is deprecated")
+        masked = check(flags, freq=frequency.xclim, src_timestep="D")
+    return ~np.asarray(masked.transpose("station", "time").values, dtype=bool)
 
 
 def _index_table(daily: DailyArrays, definition: IndexDefinition, frequency: Frequency, rule: CompletenessRule) -> pa.Table:
@@ -382,15 +372,18 @@ def _index_table(daily: DailyArrays, definition: IndexDefinition, frequency: Fre
 
     missing = np.logical_or.reduce([np.isnan(daily.values[e][keep]) for e in definition.inputs])
     strict = definition.kind.strict and rule.totals_require_complete
-    valid = month_validity(missing, daily.days, rule, strict)
+    valid = period_validity(missing, daily.days, rule, strict, frequency)
+    years = np.arange(daily.days[0].year, daily.days[-1].year + 1)
     if frequency is Frequency.ANNUAL:
-        valid = valid.reshape(len(stations), -1, 12).all(axis=2)
-        years = np.arange(daily.days[0].year, daily.days[-1].year + 1)
         months = None
+        starts = np.flatnonzero(daily.days.is_year_start)
     else:
-        years = np.repeat(np.arange(daily.days[0].year, daily.days[-1].year + 1), 12)
+        years = np.repeat(years, 12)
         months = np.tile(np.arange(1, 13), len(years) // 12)
+        starts = np.flatnonzero(daily.days.is_month_start)
     values = np.where(valid, values, np.nan)
+    suspect = np.add.reduceat(sum(daily.suspect[e][keep] for e in definition.inputs), starts, axis=1)
+    excluded = np.add.reduceat(sum(daily.excluded[e][keep] for e in definition.inputs), starts, axis=1)
     periods = values.shape[1]
     count = len(stations) * periods
     return pa.table(
@@ -403,6 +396,8 @@ def _index_table(daily: DailyArrays, definition: IndexDefinition, frequency: Fre
             "value": pa.array(values.ravel(), pa.float64(), from_pandas=True),
             "units": pa.repeat(pa.scalar(definition.units), count),
             "meets_rule": pa.array(valid.ravel()),
+            "suspect_values": pa.array(suspect.ravel().astype(np.int32)),
+            "excluded_values": pa.array(excluded.ravel().astype(np.int32)),
         },
         schema=INDEX_SCHEMA,
     )

@@ -10,6 +10,7 @@ import math
 import re
 from dataclasses import asdict, dataclass, field
 from datetime import date
+from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
 from enum import StrEnum
 from typing import Any, Iterable, Mapping, Sequence
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -23,10 +24,6 @@ from opencdms_kernel.errors import OpenCDMSError, UnknownReferenceError
 # future is a typing mistake, not a request.
 MIN_YEAR = 1600
 MAX_YEAR = 2200
-
-# The QC statuses whose values count, unless a product is told otherwise: values not yet
-# checked and values that passed; 'suspect' and 'failed' count as missing.
-DEFAULT_USABLE_QC: tuple[str, ...] = ("none", "passed")
 
 
 # --------------------------------------------------------------------------- errors
@@ -48,6 +45,23 @@ class ProductReferenceError(UnknownReferenceError):
         self.parameter = parameter
         self.value = value
         super().__init__(f"parameter '{parameter}': {reason}")
+
+
+# --------------------------------------------------------------------------- published figures
+
+
+def figure(value: float | Decimal, decimals: int) -> Decimal:
+    """A number as every product publishes it: ``decimals`` places, half away from zero.
+
+    On the decimal value (``repr`` of the float: 27.85 stays 27.85, not 27.8499…), after
+    absorbing the binary error of computed values at 1e-9 (a mean of 835.5 / 30 is
+    27.849999999999998 as a float, and is 27.85), so that CLIMAT, BUFR, DAYCLI and the reports
+    round the same value to the same last digit (WMO practice rounds half away from zero).
+    """
+    exact = value if isinstance(value, Decimal) else Decimal(repr(float(value)))
+    settled = exact.quantize(Decimal("1e-9"), ROUND_HALF_EVEN) if exact.is_finite() and exact.as_tuple().exponent < -9 else exact
+    rounded = settled.quantize(Decimal(1).scaleb(-decimals), ROUND_HALF_UP)
+    return rounded.copy_abs() if rounded.is_zero() else rounded  # -0.04 is 0.0, not -0.0
 
 
 # --------------------------------------------------------------------------- kinds and elements
@@ -96,9 +110,28 @@ TOTAL_ELEMENTS = frozenset({Element.PRCP, Element.SUN, Element.EVAP})
 UNSUMMARISED_ELEMENTS = frozenset({Element.WDIR})
 
 
+# The element's cell method (db/elements.csv) says which summary of its sub-daily values is
+# its daily value: the highest of hourly maxima, the lowest of minima, the sum of amounts; the
+# mean of everything else (means and point values).
+MAXIMUM_ELEMENTS = frozenset({Element.TMAX, Element.WGUST})
+MINIMUM_ELEMENTS = frozenset({Element.TMIN})
+
+
 def statistic_of(element: str) -> Statistic:
     """The monthly statistic of ``element`` (a validated code)."""
     return Statistic.TOTAL if element in TOTAL_ELEMENTS else Statistic.MEAN
+
+
+def daily_column_of(element: str) -> str:
+    """The column of a daily summary (``mean``, ``maximum``, ``minimum``, ``total``) that is
+    ``element``'s daily value when the day is made from sub-daily values."""
+    if element in TOTAL_ELEMENTS:
+        return "total"
+    if element in MAXIMUM_ELEMENTS:
+        return "maximum"
+    if element in MINIMUM_ELEMENTS:
+        return "minimum"
+    return "mean"
 
 
 def check_elements(elements: Iterable[str] | str, parameter: str = "elements") -> tuple[Element, ...]:
@@ -204,21 +237,17 @@ class CompletenessRule:
             raise ProductParameterError("rule.totals_require_complete", "must be true or false")
 
     def allows(self, present: Sequence[bool]) -> bool:
-        """True when the presence flags (one per expected value, in order) meet the rule."""
-        missing = sum(1 for value in present if not value)
-        return missing <= self.max_missing and longest_gap(present) <= self.max_consecutive_missing
+        """True when the presence flags (one per expected value, in order) meet the rule.
+
+        A convenience for one period; the products judge many at once with
+        :func:`opencdms_kernel.products.completeness.judge`, which this calls.
+        """
+        from opencdms_kernel.products.completeness import judge_presence  # noqa: PLC0415 - a cycle otherwise
+
+        return judge_presence(self, present)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def longest_gap(present: Sequence[bool]) -> int:
-    """The longest run of False in ``present``."""
-    longest = run = 0
-    for value in present:
-        run = 0 if value else run + 1
-        longest = max(longest, run)
-    return longest
 
 
 # The WMO-No. 1203 rule for monthly values from daily values.
@@ -250,11 +279,9 @@ class NormalsRule:
 
     def allows(self, present: Sequence[bool]) -> bool:
         """True when the years' presence flags (one per year of the period) meet the rule."""
-        return (
-            bool(present)
-            and sum(1 for value in present if value) >= self.min_years(len(present))
-            and longest_gap(present) <= self.max_consecutive_missing
-        )
+        from opencdms_kernel.products.completeness import judge_years_presence  # noqa: PLC0415 - a cycle otherwise
+
+        return judge_years_presence(self, present)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -337,17 +364,59 @@ def is_utc(zone: str) -> bool:
     return zone.upper() in ("UTC", "ETC/UTC", "GMT", "ETC/GMT", "Z", "UCT", "ETC/UCT", "ZULU", "ETC/ZULU", "UNIVERSAL")
 
 
-def check_qc(usable_qc: Sequence[str] | str) -> tuple[str, ...]:
-    """The QC statuses whose values count; each must be one the archive knows."""
-    if isinstance(usable_qc, str):
-        usable_qc = (usable_qc,)
-    statuses = tuple(dict.fromkeys(usable_qc))
-    for status in statuses:
-        if status not in QC_STATUSES:
-            raise ProductParameterError("usable_qc", f"unknown QC status {status!r} (known: {', '.join(QC_STATUSES)})")
-    if not statuses:
-        raise ProductParameterError("usable_qc", "at least one QC status must count, or every value is missing")
-    return statuses
+@dataclass(frozen=True)
+class QcPolicy:
+    """Which values every product counts, by their QC status (``qc_status`` of the archive).
+
+    ``counted`` lists the statuses whose values count; the others are *excluded* (treated as
+    missing).  The default, :data:`DEFAULT_QC_POLICY`, counts every value nobody has rejected:
+    not yet checked (``none``), ``passed`` and ``suspect`` — a suspect value counts until a
+    reviewer decides on it — and excludes ``failed``, which is what a reviewer's reject (and a
+    check that found the value impossible) makes of a value.  Nothing is left out silently:
+    every product says, per station-month (per day, year or normal where that is its unit),
+    how many suspect values it used and how many values it excluded.
+    """
+
+    counted: tuple[str, ...] = ("none", "passed", "suspect")
+
+    def __post_init__(self) -> None:
+        counted = (self.counted,) if isinstance(self.counted, str) else tuple(self.counted)
+        statuses = tuple(dict.fromkeys(counted))
+        for status in statuses:
+            if status not in QC_STATUSES:
+                raise ProductParameterError("qc", f"unknown QC status {status!r} (known: {', '.join(QC_STATUSES)})")
+        if not statuses:
+            raise ProductParameterError("qc", "at least one QC status must count, or every value is missing")
+        # In the archive's order, so equal policies compare (and hash into product names) equal.
+        object.__setattr__(self, "counted", tuple(s for s in QC_STATUSES if s in statuses))
+
+    @property
+    def excluded(self) -> tuple[str, ...]:
+        """The statuses whose values do not count."""
+        return tuple(s for s in QC_STATUSES if s not in self.counted)
+
+    def counts(self, status: str | None) -> bool:
+        """Whether a value of this QC status counts (a missing status is 'none')."""
+        return (status or "none") in self.counted
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"counted": list(self.counted), "excluded": list(self.excluded)}
+
+    def describe(self) -> str:
+        excluded = ", ".join(self.excluded) or "nothing"
+        return f"values {', '.join(self.counted)} count; {excluded} excluded"
+
+
+DEFAULT_QC_POLICY = QcPolicy()
+# Every value received, whatever its status: for data availability, not for climate values.
+EVERY_VALUE = QcPolicy(QC_STATUSES)
+
+
+def check_qc_policy(qc: object) -> QcPolicy:
+    """``qc`` if it is a :class:`QcPolicy`, else an error naming the parameter."""
+    if not isinstance(qc, QcPolicy):
+        raise ProductParameterError("qc", f"expected a QcPolicy, not {qc!r}")
+    return qc
 
 
 # --------------------------------------------------------------------------- results
@@ -365,6 +434,7 @@ class Product:
     note: str
     description: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    qc: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def rows(self) -> int:
@@ -385,6 +455,7 @@ class Product:
             "rows": self.rows,
             "empty": self.empty,
             "note": self.note,
+            "qc": dict(self.qc),
             "columns": [{"name": f.name, "type": str(f.type)} for f in self.table.schema],
             **dict(self.extra),
         }

@@ -15,7 +15,13 @@ rule for means and extremes, complete months for totals and counts):
 
 Why it is cheap on top of the monthly summaries: the 30-year aggregation works on ~1 M monthly
 rows (not 33 M days), and the years present are kept as a bit mask so the longest run of missing
-years is a few bit operations per normal.
+years is a few bit operations per normal (:func:`~.completeness.gaps_from_masks`, the rule in
+:func:`~.completeness.judge_years`).
+
+This is the one normals computation: :func:`normals_from_monthly` is what
+:func:`climate_normals` runs, and what CLIMAT's section 2 runs on its own monthly statistics.
+Each normal also says how many suspect values its months used and how many values the QC
+policy excluded (``suspect_values``, ``excluded_values``: sums over the years).
 """
 
 from __future__ import annotations
@@ -28,9 +34,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
 
+import numpy as np
+
+from opencdms_kernel.products.completeness import gaps_from_masks, judge_years
 from opencdms_kernel.products.model import (
+    DEFAULT_QC_POLICY,
     DEFAULT_THRESHOLDS,
-    DEFAULT_USABLE_QC,
     STANDARD_NORMAL_PERIOD,
     WMO_MONTHLY_RULE,
     CompletenessRule,
@@ -40,13 +49,14 @@ from opencdms_kernel.products.model import (
     Product,
     ProductKind,
     ProductParameterError,
+    QcPolicy,
     Statistic,
     Threshold,
     check_elements,
     statistic_of,
 )
-from opencdms_kernel.products.sql import arrow, missing_bits_sql, registered, select, with_longest_run
-from opencdms_kernel.products.summaries import _check_rule, monthly_table
+from opencdms_kernel.products.sql import arrow, registered, select
+from opencdms_kernel.products.summaries import check_rule, monthly_table, qc_note, qc_summary
 
 NORMAL_YEARS = 30
 
@@ -130,12 +140,13 @@ class NormalsSpec:
 
 
 @dataclass(frozen=True)
-class _Statistic:
+class NormalStatistic:
     """One normal statistic: its name, the monthly column it is made of, how the year's is made.
 
-    The monthly column is averaged over the years (``mean``, ``total``, counts of days) or its
-    extreme taken (``highest``, ``lowest``); ``annual`` says how the 12 monthly normals make
-    the annual one: avg | sum | max | min.
+    The monthly column is averaged over the years (``mean``, ``total``, ``std``, counts of days
+    …) or its extreme taken (``highest``, ``lowest``); ``annual`` says how the 12 monthly
+    normals make the annual one: avg | sum | max | min.  ``column`` must be a column of the
+    monthly table, a plain name (it is written into the statement).
     """
 
     element: Element
@@ -143,15 +154,21 @@ class _Statistic:
     column: str
     annual: str
 
+    def __post_init__(self) -> None:
+        if self.annual not in ("avg", "sum", "max", "min"):
+            raise ProductParameterError("statistics", f"annual must be avg, sum, max or min, not {self.annual!r}")
+        if not self.column.isidentifier():
+            raise ProductParameterError("statistics", f"{self.column!r} is not a column name")
 
-def _statistics(spec: NormalsSpec) -> list[_Statistic]:
-    found = [_Statistic(e, "mean", "mean", "avg") for e in spec.means]
-    found += [_Statistic(e, "total", "total", "sum") for e in spec.totals]
+
+def _statistics(spec: NormalsSpec) -> list[NormalStatistic]:
+    found = [NormalStatistic(e, "mean", "mean", "avg") for e in spec.means]
+    found += [NormalStatistic(e, "total", "total", "sum") for e in spec.totals]
     found += [
-        _Statistic(x.element, x.kind.value, x.kind.value, "max" if x.kind is ExtremeKind.HIGHEST else "min")
+        NormalStatistic(x.element, x.kind.value, x.kind.value, "max" if x.kind is ExtremeKind.HIGHEST else "min")
         for x in spec.extremes
     ]
-    found += [_Statistic(t.element, t.name, t.name, "sum") for t in spec.thresholds]
+    found += [NormalStatistic(t.element, t.name, t.name, "sum") for t in spec.thresholds]
     return list({(s.element, s.name): s for s in found}.values())
 
 
@@ -164,7 +181,7 @@ def climate_normals(
     spec: NormalsSpec = NormalsSpec(),
     monthly_rule: CompletenessRule = WMO_MONTHLY_RULE,
     normals_rule: NormalsRule = NormalsRule(),
-    usable_qc: Sequence[str] | str = DEFAULT_USABLE_QC,
+    qc: QcPolicy = DEFAULT_QC_POLICY,
     timezones: Mapping[str, str] | None = None,
 ) -> Product:
     """Climatological standard normals over a 30-year ``period`` (default 1991-2020).
@@ -172,8 +189,8 @@ def climate_normals(
     One row per station, element, statistic (``mean``, ``total``, ``highest``, ``lowest``,
     ``days_TMAX_ge_25`` …) and month (1-12, NULL for the annual value), with ``value``,
     ``extreme_date`` (extremes), ``years`` (years with a monthly value), ``missing_years``,
-    ``longest_gap_years`` and ``meets_rule``; ``value`` is NULL where the rule of years is not
-    met.  ``elements`` restricts ``spec`` to some of its elements.  The other parameters are
+    ``longest_gap_years``, ``meets_rule``, ``suspect_values`` and ``excluded_values`` (over the
+    years' months); ``value`` is NULL where the rule of years is not met.  ``elements`` restricts ``spec`` to some of its elements.  The other parameters are
     those of :func:`~opencdms_kernel.products.summaries.monthly_summaries`.
     """
     if not isinstance(period, Period):
@@ -184,9 +201,8 @@ def climate_normals(
         )
     if not isinstance(spec, NormalsSpec):
         raise ProductParameterError("spec", f"expected a NormalsSpec, not {spec!r}")
-    if not isinstance(normals_rule, NormalsRule):
-        raise ProductParameterError("normals_rule", f"expected a NormalsRule, not {normals_rule!r}")
-    monthly_rule = _check_rule(monthly_rule, "monthly_rule")
+    normals_rule = check_normals_rule(normals_rule)
+    monthly_rule = check_rule(monthly_rule, "monthly_rule")
     if elements is not None:
         wanted = check_elements(elements)
         for element in wanted:
@@ -195,17 +211,13 @@ def climate_normals(
         spec = spec.restricted(wanted)
     if not spec.elements:
         raise ProductParameterError("spec", "the normals spec names no statistic")
-    selection = select(connection, period, spec.elements, stations, usable_qc, timezones)
+    selection = select(connection, period, spec.elements, stations, qc, timezones)
 
     monthly = monthly_table(connection, selection, monthly_rule, spec.thresholds, every_month=False)
-    statistics = _statistics(spec)
-    if monthly.num_rows == 0:
-        table = _empty_normals()
-    else:
-        with registered(connection, monthly) as months:
-            sql, params = _normals_sql(months, period, normals_rule, statistics)
-            table = arrow(connection, sql, params)
+    table = normals_from_monthly(connection, monthly, period, normals_rule, _statistics(spec)).drop_columns(["year_mask"])
     parameters = selection.parameters() | {"spec": spec.as_dict()}
+    # The values of a month count once, not once per statistic: the sums come from the months.
+    summary = qc_summary(monthly, selection, "station-element-month of the period (normals: sums over its years)")
     if table.num_rows == 0:
         note = f"no data for {selection.describe()}"
     else:
@@ -213,7 +225,7 @@ def climate_normals(
         note = (
             f"{table.num_rows} normals ({len(pc.unique(table['wigos_id']))} stations) for {period.label}; "
             f"{given} meet the rule (>= {normals_rule.min_years(period.years)} of {period.years} years, "
-            f"<= {normals_rule.max_consecutive_missing} consecutive missing)"
+            f"<= {normals_rule.max_consecutive_missing} consecutive missing); {qc_note(summary)}"
         )
     return Product(
         kind=ProductKind.NORMALS,
@@ -223,22 +235,54 @@ def climate_normals(
         rules={"monthly": monthly_rule.as_dict(), "normals": normals_rule.as_dict()},
         note=note,
         description="Climatological standard normals (WMO-No. 1203)",
+        qc=summary,
     )
 
 
-def _normals_sql(
-    months: str, period: Period, rule: NormalsRule, statistics: Sequence[_Statistic]
-) -> tuple[str, list[object]]:
-    """Normals per month from the monthly table ``months``, then the annual values.
+def check_normals_rule(rule: object) -> NormalsRule:
+    """``rule`` if it is a :class:`NormalsRule`, else an error naming the parameter."""
+    if not isinstance(rule, NormalsRule):
+        raise ProductParameterError("normals_rule", f"expected a NormalsRule, not {rule!r}")
+    return rule
 
-    One pass groups the monthly rows by station, element and calendar month and aggregates
-    every monthly column a statistic needs (its mean or extreme, the years with a value and a
-    bit mask of them); the statistics are then picked out of that small table (~36 k rows).
+
+def normals_from_monthly(
+    connection: duckdb.DuckDBPyConnection,
+    monthly: pa.Table,
+    period: Period,
+    rule: NormalsRule,
+    statistics: Sequence[NormalStatistic],
+) -> pa.Table:
+    """Normals per month, then the annual values, from a monthly table (one row per station,
+    element, year and month with the statistics' columns, ``suspect_values`` and
+    ``excluded_values``; months without a value may be absent).
+
+    Three steps: one pass groups the monthly rows by station, element and calendar month and
+    aggregates every monthly column a statistic needs (its mean or extreme, the years with a
+    value and a bit mask of them); the gaps of years and the rule come from the masks
+    (numpy, :mod:`.completeness`); then the values where the rule allows them and the annual
+    values from the twelve months (DuckDB).  Columns: those of :func:`climate_normals` and
+    ``year_mask`` (bit y set: year ``start_year + y`` has a monthly value).
     """
+    if monthly.num_rows == 0:
+        return _empty_normals()
+    with registered(connection, monthly) as months:
+        sql, params = _per_month_sql(months, period, statistics)
+        per_month = arrow(connection, sql, params)
+    gaps = gaps_from_masks(per_month["year_mask"].fill_null(0).to_numpy().astype(np.uint64), period.years)
+    per_month = per_month.append_column("missing_years", pa.array(gaps.missing.astype(np.int32))) \
+        .append_column("longest_gap_years", pa.array(gaps.longest.astype(np.int32))) \
+        .append_column("meets_rule", pa.array(judge_years(rule, gaps)))
+    with registered(connection, per_month) as name:
+        return arrow(connection, _NORMALS_SQL.format(per_month=name), [])
+
+
+def _per_month_sql(months: str, period: Period, statistics: Sequence[NormalStatistic]) -> tuple[str, list[object]]:
+    """The per station, element, statistic and month aggregates over the years."""
     columns = sorted({stat.column for stat in statistics})
     aggregates = []
     for column in columns:
-        # Column names come from the spec (enum values and checked threshold names).
+        # Column names come from the spec (enum values and checked names).
         if column == "highest":
             aggregates += ["max(highest) AS highest_value", "arg_max(highest_date, (highest, highest_date)) AS highest_when"]
         elif column == "lowest":
@@ -254,61 +298,60 @@ def _normals_sql(
     picks = []
     for stat in statistics:
         picks.append(
-            f"""SELECT wigos_id, element, CAST(? AS VARCHAR) AS statistic, CAST(? AS VARCHAR) AS annual, month,
+            f"""SELECT wigos_id, element, CAST(? AS VARCHAR) AS statistic, CAST(? AS VARCHAR) AS annual,
+                       CAST(month AS INTEGER) AS month,
                        {stat.column}_value AS value, {stat.column}_when AS extreme_date,
-                       {stat.column}_years AS years, {stat.column}_mask AS year_mask
+                       {stat.column}_years AS years, coalesce({stat.column}_mask, CAST(0 AS BIGINT)) AS year_mask,
+                       suspect_values, excluded_values
                 FROM aggregated WHERE element = ?"""
         )
         params += [stat.name, stat.annual, stat.element.value]
-    blocks = [f"""aggregated AS (
-            SELECT wigos_id, element, month, {", ".join(aggregates)}
-            FROM {months} GROUP BY wigos_id, element, month
-        )"""]
-    years = period.years
     sql = f"""
-        WITH {blocks[0]},
-        per_month AS ({" UNION ALL ".join(picks)}),
-        gaps AS ({with_longest_run(
-            f"SELECT *, {missing_bits_sql('year_mask', str(years))} AS missing_years_mask FROM per_month",
-            "missing_years_mask", years, "longest_gap_years")}),
-        monthly AS (
-            SELECT wigos_id, element, statistic, annual, month, value, extreme_date, years,
-                   {years} - years AS missing_years, longest_gap_years
-            FROM gaps
-        ),
-        ruled AS (
-            SELECT *, (years >= ? AND longest_gap_years <= ?) AS meets_rule FROM monthly
-        ),
-        normal AS (
-            SELECT wigos_id, element, statistic, annual, month,
-                   CASE WHEN meets_rule THEN value END AS value,
-                   CASE WHEN meets_rule THEN extreme_date END AS extreme_date,
-                   years, missing_years, longest_gap_years, meets_rule
-            FROM ruled
-        ),
-        annual AS (
-            SELECT wigos_id, element, statistic, annual, CAST(NULL AS INTEGER) AS month,
-                   CASE WHEN count(value) = 12 THEN
-                       CASE annual WHEN 'avg' THEN avg(value) WHEN 'sum' THEN sum(value)
-                                   WHEN 'max' THEN max(value) ELSE min(value) END
-                   END AS value,
-                   CASE WHEN count(value) = 12 THEN
-                       CASE annual WHEN 'max' THEN arg_max(extreme_date, (value, extreme_date))
-                                   WHEN 'min' THEN arg_min(extreme_date, (value, DATE '1970-01-01' - extreme_date)) END
-                   END AS extreme_date,
-                   CAST(min(years) AS INTEGER) AS years, CAST(max(missing_years) AS INTEGER) AS missing_years,
-                   CAST(max(longest_gap_years) AS INTEGER) AS longest_gap_years,
-                   count(value) = 12 AS meets_rule
-            FROM normal
-            GROUP BY wigos_id, element, statistic, annual
+        WITH aggregated AS (
+            SELECT wigos_id, element, month, {", ".join(aggregates)},
+                   CAST(sum(suspect_values) AS INTEGER) AS suspect_values,
+                   CAST(sum(excluded_values) AS INTEGER) AS excluded_values
+            FROM {months} GROUP BY wigos_id, element, month
         )
-        SELECT wigos_id, element, statistic, CAST(month AS INTEGER) AS month, value, extreme_date,
-               years, missing_years, longest_gap_years, meets_rule
-        FROM (SELECT * FROM normal UNION ALL SELECT * FROM annual)
-        ORDER BY wigos_id, element, statistic, month NULLS LAST
+        {" UNION ALL ".join(picks)}
     """
-    params += [rule.min_years(years), rule.max_consecutive_missing]
     return sql, params
+
+
+# The normals where the rule of years allows them, then the annual values: the twelve monthly
+# normals make the year's (mean of means, sum of totals and counts, extreme of extremes).
+_NORMALS_SQL = """
+    WITH normal AS (
+        SELECT wigos_id, element, statistic, annual, month,
+               CASE WHEN meets_rule THEN value END AS value,
+               CASE WHEN meets_rule THEN extreme_date END AS extreme_date,
+               years, missing_years, longest_gap_years, meets_rule, year_mask, suspect_values, excluded_values
+        FROM {per_month}
+    ),
+    annual AS (
+        SELECT wigos_id, element, statistic, annual, CAST(NULL AS INTEGER) AS month,
+               CASE WHEN count(value) = 12 THEN
+                   CASE annual WHEN 'avg' THEN avg(value) WHEN 'sum' THEN sum(value)
+                               WHEN 'max' THEN max(value) ELSE min(value) END
+               END AS value,
+               CASE WHEN count(value) = 12 THEN
+                   CASE annual WHEN 'max' THEN arg_max(extreme_date, (value, extreme_date))
+                               WHEN 'min' THEN arg_min(extreme_date, (value, DATE '1970-01-01' - extreme_date)) END
+               END AS extreme_date,
+               CAST(min(years) AS INTEGER) AS years, CAST(max(missing_years) AS INTEGER) AS missing_years,
+               CAST(max(longest_gap_years) AS INTEGER) AS longest_gap_years,
+               count(value) = 12 AS meets_rule,
+               bit_and(year_mask) AS year_mask,
+               CAST(sum(suspect_values) AS INTEGER) AS suspect_values,
+               CAST(sum(excluded_values) AS INTEGER) AS excluded_values
+        FROM normal
+        GROUP BY wigos_id, element, statistic, annual
+    )
+    SELECT wigos_id, element, statistic, CAST(month AS INTEGER) AS month, value, extreme_date,
+           years, missing_years, longest_gap_years, meets_rule, suspect_values, excluded_values, year_mask
+    FROM (SELECT * FROM normal UNION ALL SELECT * FROM annual)
+    ORDER BY wigos_id, element, statistic, month NULLS LAST
+"""
 
 
 def _empty_normals() -> pa.Table:
@@ -317,6 +360,7 @@ def _empty_normals() -> pa.Table:
             ("wigos_id", pa.string()), ("element", pa.string()), ("statistic", pa.string()),
             ("month", pa.int32()), ("value", pa.float64()), ("extreme_date", pa.date32()),
             ("years", pa.int32()), ("missing_years", pa.int32()), ("longest_gap_years", pa.int32()),
-            ("meets_rule", pa.bool_()),
+            ("meets_rule", pa.bool_()), ("suspect_values", pa.int32()), ("excluded_values", pa.int32()),
+            ("year_mask", pa.int64()),
         ]
     ).empty_table()

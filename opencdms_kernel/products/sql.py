@@ -1,7 +1,17 @@
-"""SQL pieces shared by the products: the selection of usable values, local days, bit masks.
+"""SQL pieces shared by the products: the selection, the station-local day, the QC policy,
+and the one rule for choosing between several values of a day.
 
 All values chosen by users (stations, elements, QC statuses, years, thresholds) are bound as
 parameters; only fixed fragments and names generated here are formatted into statements.
+
+**The day.**  Every product works on station-local days: a value belongs to the local day (of
+the station's IANA time zone; UTC when the station has none) in which the middle of its
+period falls.  The middle, so that a daily value labelled 00:00 UTC and one labelled at local
+midnight both fall on their own day for any zone within 12 hours of UTC.
+
+**Several values for one day** (sources, levels, a re-delivered file): the one changed most
+recently counts, then the lowest source id, then the lowest level (:data:`PREFERENCE`).  A
+value the QC policy excludes never wins over one it counts.
 """
 
 from __future__ import annotations
@@ -15,14 +25,17 @@ from typing import Iterator, Mapping, Sequence
 import duckdb
 import pyarrow as pa
 
+from opencdms_kernel.archive import QC_STATUSES
 from opencdms_kernel.products.model import (
+    DEFAULT_QC_POLICY,
     Element,
     Period,
     ProductParameterError,
     ProductReferenceError,
+    QcPolicy,
     Station,
     check_elements,
-    check_qc,
+    check_qc_policy,
     check_timezone,
     is_utc,
 )
@@ -32,7 +45,7 @@ DAY_SECONDS = 86400
 
 @dataclass(frozen=True)
 class Selection:
-    """What a product reads: a period, elements, stations (None: all), usable QC, time zones.
+    """What a product reads: a period, elements, stations (None: all), QC policy, time zones.
 
     ``zones`` holds only the stations whose day is not the UTC day; the others need no time
     zone arithmetic, which keeps the common all-UTC case cheap.
@@ -41,7 +54,7 @@ class Selection:
     period: Period
     elements: tuple[Element, ...]
     stations: tuple[str, ...] | None
-    usable_qc: tuple[str, ...]
+    qc: QcPolicy
     zones: tuple[Station, ...]
 
     def describe(self) -> str:
@@ -54,7 +67,7 @@ class Selection:
         return {
             "elements": [e.value for e in self.elements],
             "stations": None if self.stations is None else list(self.stations),
-            "usable_qc": list(self.usable_qc),
+            "qc": self.qc.as_dict(),
             "timezones": {s.wigos_id: s.timezone for s in self.zones},
         }
 
@@ -64,8 +77,8 @@ def select(
     period: Period,
     elements: Sequence[str] | str,
     stations: Sequence[str] | str | None,
-    usable_qc: Sequence[str] | str,
-    timezones: Mapping[str, str] | None,
+    qc: QcPolicy = DEFAULT_QC_POLICY,
+    timezones: Mapping[str, str] | None = None,
 ) -> Selection:
     """Check a product's selection parameters against the archive and build its Selection.
 
@@ -76,7 +89,7 @@ def select(
     if not isinstance(period, Period):
         raise ProductParameterError("period", f"expected a Period(start_year, end_year), not {period!r}")
     checked_elements = check_elements(elements)
-    qc = check_qc(usable_qc)
+    qc = check_qc_policy(qc)
     wanted = _check_station_ids(connection, stations)
     zones = dict(_relation_timezones(connection))
     for wigos_id, zone in (timezones or {}).items():
@@ -184,28 +197,67 @@ def local_time_sql(zones: str | None, offset_us: str) -> str:
     return f"(CASE WHEN z.timezone IS NULL THEN {utc} ELSE epoch_us(timezone(z.timezone, make_timestamptz({utc}))) END)"
 
 
-def usable_rows_sql(
+# The one rule for choosing between several values of one day or slot: as an ORDER BY, the
+# first row wins.  ``counted`` (the QC policy counts the value) comes first, so an excluded
+# value never wins over a counted one; then the latest change, the lowest source, the lowest
+# level.  Daily values made from sub-daily ones (``derived``) have no source: they are only
+# made for days without any reported daily value, so they never compete with one.
+PREFERENCE = "counted DESC, changed_at DESC NULLS LAST, source_id NULLS LAST, level NULLS LAST"
+
+
+def qc_condition(statuses: Sequence[str], column: str = "o.qc_status") -> str:
+    """A condition true for values whose QC status is one of ``statuses`` (NULL is 'none').
+
+    Written with literals, not bound: a constant IN list is pushed into the Parquet scan (a
+    bound list is evaluated row by row after reading), which matters for the rare statuses
+    read on their own.  Safe, because the statuses are checked against the archive's fixed
+    set (:class:`~opencdms_kernel.products.model.QcPolicy`) before they get here.
+    """
+    known = [status for status in statuses if status in QC_STATUSES]
+    if len(known) != len(statuses) or not known:
+        raise ProductParameterError("qc", f"unknown QC statuses {list(statuses)!r}")
+    condition = f"{column} IN ({', '.join(repr(status) for status in known)})"
+    return f"({condition} OR {column} IS NULL)" if "none" in known else condition
+
+
+# The QC part of the WHERE clause of rows_sql, by what the caller reads.
+_QC_FILTERS = {
+    "counted": lambda qc: f"AND {qc_condition(qc.counted)}",
+    "excluded": lambda qc: f"AND {qc_condition(qc.excluded)}" if qc.excluded else "AND false",
+    "all": lambda qc: "",
+}
+
+
+def rows_sql(
     selection: Selection,
     zones: str | None,
     *,
     daily: bool,
     columns: str,
+    qc_values: str = "counted",
+    where: str = "",
 ) -> tuple[str, list[object]]:
-    """``SELECT <columns> FROM observations AS o …`` over the usable values of the selection.
+    """``SELECT <columns> FROM observations AS o …`` over the selection's values.
 
-    ``daily``: values of one day (``duration_seconds = 86400``), else sub-daily ones.  Usable:
-    a value that is not NULL or NaN and whose QC status is one of ``selection.usable_qc``.
-    In ``columns``, ``local_mid_us`` is the station-local wall-clock time of the middle of the
-    value's period (microseconds since 1970): the middle, so a daily value labelled 00:00 UTC
-    and one labelled at local midnight both fall on their own day for any zone within
-    12 hours of UTC.  Rows are limited to the UTC years around the period (a local day can
-    start in the UTC year before); the caller limits them to the local days it wants.
+    ``daily``: values of one day (``duration_seconds = 86400``), else sub-daily ones.  Rows
+    with a value (not NULL or NaN): ``qc_values`` ``"counted"`` only those the QC policy
+    counts, ``"excluded"`` only those it excludes, ``"all"`` both; ``where`` adds a condition
+    on the columns below.  Available to ``columns``: ``wigos_id,
+    element, value, qc_status, final_flag, changed_at, source_id, level, duration_seconds,
+    phenomenon_time``, ``counted`` (the policy counts the value), ``suspect`` (1 for a suspect
+    value, else 0) and ``local_mid_us``, the station-local wall-clock time of the middle of the
+    value's period (microseconds since 1970, see the module's note on the day).  Rows are
+    limited to the UTC years around the period (a local day can start in the UTC year
+    before); the caller limits them to the local days it wants.
     """
     period = selection.period
+    counted = qc_condition(selection.qc.counted)
     sql = f"""
         SELECT {columns}
-        FROM (SELECT o.wigos_id, o.element, o.value, o.changed_at, o.source_id, o.level,
-                     o.duration_seconds, o.phenomenon_time,
+        FROM (SELECT o.wigos_id, o.element, o.value, o.qc_status, o.final_flag, o.changed_at, o.source_id,
+                     o.level, o.duration_seconds, o.phenomenon_time,
+                     {counted} AS counted,
+                     CAST(o.qc_status = 'suspect' AS INTEGER) AS suspect,
                      {local_time_sql(zones, "CAST(o.duration_seconds AS BIGINT) * 500000")} AS local_mid_us
               FROM observations AS o
               {"" if zones is None else f"LEFT JOIN {zones} AS z ON z.wigos_id = o.wigos_id"}
@@ -214,9 +266,10 @@ def usable_rows_sql(
                 AND o.phenomenon_time >= ? AND o.phenomenon_time < ?
                 AND o.duration_seconds {"=" if daily else "<"} {DAY_SECONDS}
                 AND o.value IS NOT NULL AND NOT isnan(o.value)
-                AND list_contains(?, o.qc_status)
+                {_QC_FILTERS[qc_values](selection.qc)}
                 {"" if selection.stations is None else "AND o.wigos_id IN (SELECT unnest(?::VARCHAR[]))"}
              ) AS u
+        {f"WHERE {where}" if where else ""}
     """
     # The UTC years of the period, plus a margin of two days in the years either side (the
     # partition year is UTC; no station-local day is further than that from UTC): the years
@@ -224,14 +277,8 @@ def usable_rows_sql(
     # edges": the same rows, and an OR costs ~7 % of a monthly summary.
     first = datetime(period.start_year, 1, 1, tzinfo=timezone.utc) - timedelta(days=2)
     last = datetime(period.end_year + 1, 1, 1, tzinfo=timezone.utc) + timedelta(days=2)
-    params: list[object] = [
-        [e.value for e in selection.elements],
-        period.start_year - 1,
-        period.end_year + 1,
-        first,
-        last,
-        list(selection.usable_qc),
-    ]
+    params: list[object] = [[e.value for e in selection.elements], period.start_year - 1, period.end_year + 1,
+                            first, last]
     if selection.stations is not None:
         params.append(list(selection.stations))
     return sql, params
@@ -246,37 +293,6 @@ def local_bounds_us(period: Period) -> tuple[int, int]:
     start = datetime(period.start_year, 1, 1) - epoch
     end = datetime(period.end_year + 1, 1, 1) - epoch
     return start // timedelta(microseconds=1), end // timedelta(microseconds=1)
-
-
-# --------------------------------------------------------------------------- runs of missing values
-
-
-def missing_bits_sql(present: str, width: str) -> str:
-    """The bits of missing values: the zero bits of ``present`` among its low ``width`` bits.
-
-    ``present`` has bit i set when value i (day, year) is there; NULL means none is.  ``width``
-    is at most 62, so that ``1 << width`` fits a BIGINT.
-    """
-    return f"(~coalesce({present}, CAST(0 AS BIGINT)) & ((CAST(1 AS BIGINT) << {width}) - 1))"
-
-
-def with_longest_run(source: str, missing: str, bits: int, output: str) -> str:
-    """``SELECT *, <longest run of set bits of column missing> AS output FROM (source)``.
-
-    ``run_k`` has bit i set where bits i … i+k-1 of ``missing`` are all set: ``run_1`` is
-    ``missing`` and ``run_k = run_(k-1) & run_(k-1) >> 1``.  Runs are nested (one of k holds one
-    of k - 1), so the longest run is the number of k in 1 … ``bits`` with ``run_k`` not zero.
-    Each step is its own projection, so a row costs about three integer operations per bit
-    (some 90 for a month) — far cheaper than a window function over the days, and written as
-    nested projections because DuckDB evaluates every branch of a CASE and would not share
-    repeated sub-expressions.
-    """
-    query = f"SELECT *, {missing} AS run_1 FROM ({source}) AS run_source"
-    for k in range(2, bits + 1):
-        query = f"SELECT *, run_{k - 1} & (run_{k - 1} >> 1) AS run_{k} FROM ({query}) AS run_step_{k}"
-    runs = ", ".join(f"run_{k}" for k in range(1, bits + 1))
-    total = " + ".join(f"CAST(run_{k} <> 0 AS INTEGER)" for k in range(1, bits + 1))
-    return f"SELECT * EXCLUDE ({runs}), CAST({total} AS INTEGER) AS {output} FROM ({query}) AS run_total"
 
 
 def arrow(connection: duckdb.DuckDBPyConnection, sql: str, params: Sequence[object]) -> pa.Table:

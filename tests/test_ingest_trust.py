@@ -336,7 +336,9 @@ def _wait_for(datastore: Datastore, condition: str, deadline: float = 60.0) -> N
     raise AssertionError(f"never saw: {condition}")
 
 
-NO_LOAD_RUNNING = f"SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND classid = {LOAD_LOCK})"
+NO_LOAD_RUNNING = ("SELECT 1 WHERE NOT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' "
+                   f"AND classid = {LOAD_LOCK} AND database = (SELECT oid FROM pg_database "
+                   "WHERE datname = current_database()))")
 def _wait_for_recovery(datastore: Datastore, deadline: float = 120.0) -> None:
     """Until the server, restarted by its postmaster after a crash, takes connections again."""
     stop = time.monotonic() + deadline
@@ -350,11 +352,12 @@ def _wait_for_recovery(datastore: Datastore, deadline: float = 120.0) -> None:
 
 
 LOADING = "SELECT 1 FROM ingest_ledger WHERE status = 'loading'"
-# Another session's statement (this one's own query text would match the pattern too).
-COPYING = ("SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = 'active' "
-           "AND query LIKE 'COPY ingest_staging%'")
-MERGING = ("SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND state = 'active' "
-           "AND (query LIKE '%INSERT INTO observation%' OR query LIKE '%MERGE INTO observation%')")
+# Another session's statement in this test's database (this session's own query text would
+# match the pattern too, and other tests run their loads on the same server at the same time).
+COPYING = ("SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database() "
+           "AND state = 'active' AND query LIKE 'COPY ingest_staging%'")
+MERGING = ("SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database() "
+           "AND state = 'active' AND (query LIKE '%INSERT INTO observation%' OR query LIKE '%MERGE INTO observation%')")
 
 
 @pytest.mark.slow
@@ -400,8 +403,8 @@ def test_losing_the_database_connection_mid_copy_fails_the_file_and_records_it(
         _wait_for(datastore, COPYING)
         with datastore.engine.connect() as connection:
             connection.execute(sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                "WHERE query LIKE 'COPY ingest_staging%' AND pid <> pg_backend_pid()"))
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'COPY ingest_staging%' "
+                "AND pid <> pg_backend_pid() AND datname = current_database()"))
             connection.commit()
 
     killer = threading.Thread(target=terminate_the_loader)

@@ -30,24 +30,25 @@ print(json.dumps({
 
 @pytest.mark.slow
 def test_a_non_editable_install_finds_its_catalog_and_notebooks(tmp_path: Path) -> None:
-    prefix = tmp_path / "prefix"
-    subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
-         "--prefix", str(prefix), str(PROJECT)],
-        check=True, capture_output=True, text=True, timeout=600,
-    )
-    site = Path(sysconfig.get_path("purelib", vars={"base": str(prefix), "platbase": str(prefix)}))
-    # Only the installed copy is importable (this environment's own is an editable install
-    # of the source tree): the installed package comes first on the path, and the source
-    # tree is not the working folder.
+    # A venv of its own (pip install into this one, even with --prefix, would uninstall this
+    # environment's editable install): the package alone, without its dependencies, which
+    # come from this environment through PYTHONPATH.  The editable install of the source tree
+    # is a path hook of this environment's site folder, not seen through PYTHONPATH, so only
+    # the installed copy is importable.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=300)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", str(PROJECT)],
+                   check=True, capture_output=True, text=True, timeout=600)
+    site = Path(sysconfig.get_path("purelib", vars={"base": str(venv), "platbase": str(venv)}))
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENCDMS_")}
-    env.update(PYTHONPATH=str(site), OPENCDMS_HOME=str(tmp_path))
-    result = subprocess.run([sys.executable, "-c", PROBE], cwd=tmp_path, env=env,
+    env.update(PYTHONPATH=sysconfig.get_path("purelib"), OPENCDMS_HOME=str(tmp_path))
+    result = subprocess.run([str(python), "-c", PROBE], cwd=tmp_path, env=env,
                             capture_output=True, text=True, timeout=300, check=True)
     import json
 
     found = json.loads(result.stdout.strip().splitlines()[-1])
     assert found["package"].startswith(str(site))
-    assert found["catalog"] == str(prefix / "share" / "opencdms" / "catalog" / "opencdms.yaml")
+    assert found["catalog"] == str(venv / "share" / "opencdms" / "catalog" / "opencdms.yaml")
     assert {"stations", "observations_live", "observations_archive"} <= set(found["entries"])
     assert found["notebooks"] == sorted(path.stem for path in (PROJECT / "notebooks").glob("*.ipynb"))

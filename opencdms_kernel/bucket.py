@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable
 
 import fsspec
 from fsspec import AbstractFileSystem
@@ -104,9 +107,21 @@ class Bucket:
         BucketKeyError for a key that names no object of the bucket (a folder, '..', a
         symbolic link leading outside it); nothing is written then.
         """
+        self._write(key, lambda file: file.write(data), lambda target: self.fs.pipe_file(target, data))
+
+    def write_file(self, key: str, source: Path) -> None:
+        """Write the local file ``source`` as the object ``key``, streamed (any size), whole as
+        :meth:`write_bytes` writes."""
+        def copy(file: BinaryIO) -> None:
+            with source.open("rb") as data:
+                shutil.copyfileobj(data, file, 1 << 22)
+
+        self._write(key, copy, lambda target: self.fs.put_file(str(source), target))
+
+    def _write(self, key: str, fill: Callable[[BinaryIO], object], put: Callable[[str], object]) -> None:
         target = self._joined(_checked_key(key))
         if self.protocol != "file":
-            self.fs.pipe_file(target, data)  # an S3 PUT is atomic by itself
+            put(target)  # an S3 PUT (or a multipart upload, completed at once) is atomic by itself
             return
         # Local folder: write beside the real target (a link inside the bucket is followed),
         # then rename, which is atomic on POSIX.  The partial file keeps the name
@@ -120,7 +135,7 @@ class Bucket:
         handle = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o666)
         try:
             with os.fdopen(handle, "wb") as file:
-                file.write(data)
+                fill(file)
             os.replace(partial, real)
         except BaseException:
             # Leave no partial object behind, then report the failure itself.

@@ -248,3 +248,14 @@ def test_an_s3_bucket_writes_and_reads_objects_and_refuses_folder_keys(
         s3.write_bytes("incoming/aws/", CSV)
     s3.fs.invalidate_cache()
     assert s3.fs.find(name) == [f"{name}/incoming/a.csv"]
+
+
+def test_a_local_file_is_written_whole_under_its_key(tmp_path: Path) -> None:
+    bucket = open_bucket(Settings(home=tmp_path, bucket_url=f"file://{tmp_path / 'bucket'}"))
+    source = tmp_path / "report.csv"
+    source.write_bytes(b"line\n" * 300_000)
+    bucket.write_file("rejects/1-abc/report.csv", source)
+    assert bucket.read_bytes("rejects/1-abc/report.csv") == source.read_bytes()
+    assert not list((tmp_path / "bucket" / "rejects" / "1-abc").glob("*.partial"))
+    with pytest.raises(BucketKeyError):
+        bucket.write_file("rejects/", source)

@@ -25,7 +25,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import IO, Callable, Iterable
 
 import duckdb
 import psycopg
@@ -322,7 +322,7 @@ class _Rejects:
     object_key: str
     count: int = 0
     preview: list[pa.Table] = field(default_factory=list)
-    _file: tempfile._TemporaryFileWrapper | None = None  # type: ignore[type-arg]
+    _file: IO[bytes] | None = None
     _writer: pacsv.CSVWriter | None = None
 
     def add(self, rejects: pa.Table) -> None:
@@ -344,7 +344,7 @@ class _Rejects:
         assert self._writer is not None and self._file is not None
         self._writer.close()
         self._file.flush()
-        bucket.write_bytes(key, Path(self._file.name).read_bytes())  # TODO stream
+        bucket.write_file(key, Path(self._file.name))
 
     def close(self) -> None:
         if self._file is not None:

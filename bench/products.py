@@ -50,7 +50,7 @@ from common import WORK, Measurement, postgres_admin_url, report  # noqa: E402
 from opencdms_kernel.archive import connect_archive  # noqa: E402
 from opencdms_kernel.bucket import Bucket  # noqa: E402
 from opencdms_kernel.products import Period, climate_normals, monthly_summaries  # noqa: E402
-from opencdms_kernel.products.synthetic import write_partitions  # noqa: E402
+from opencdms_kernel.demo.synthetic_archive import write_partitions  # noqa: E402
 
 ELEMENTS = ("PRCP", "TMAX", "TMIN")
 FIRST_YEAR = 1991

@@ -269,7 +269,7 @@ class Manifest:
 
     ``previous``: the generation this one replaced (None: the first of its line, replacing an
     empty archive or one written without manifests); ``source``: the export it holds (None
-    for an archive not written from a database, such as :mod:`~opencdms_kernel.products.synthetic`).
+    for an archive not written from a database, such as :mod:`~opencdms_kernel.demo.synthetic_archive`).
     """
 
     generation: str

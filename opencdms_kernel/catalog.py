@@ -93,8 +93,8 @@ class Connections:
     def close(self) -> None:
         """Close the connection pool to the datastore, if one was opened.
 
-        An embedded PostgreSQL is left running: other code of this process may share it
-        (pgserver has one handle per process), and it stops when the process exits.
+        An embedded PostgreSQL is left running: other code of this process may share it (its
+        wheel keeps one handle per process), and it stops when the process exits.
         """
         with self._lock:
             if self._datastore is not None:

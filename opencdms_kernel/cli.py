@@ -24,15 +24,42 @@ from typer.core import TyperGroup
 
 from opencdms_kernel.bucket import Bucket, open_bucket
 from opencdms_kernel.db.engine import Datastore
-from opencdms_kernel.errors import OpenCDMSError
+from opencdms_kernel.errors import OpenCDMSError, ParameterError
 from opencdms_kernel.ingest import IngestRequest, IngestResult, IngestStatus, ingest_many
 from opencdms_kernel.settings import Settings
 
 if TYPE_CHECKING:
     from opencdms_kernel.notebooks import Job
 
+class _OpenCDMSGroup(TyperGroup):
+    """The root command: the one place where errors become messages and exit codes.
+
+    A user's error (``OpenCDMSError``) is one whole line and its ``exit_code``; Ctrl-C exits 130;
+    anything else is logged with its traceback and reported in one line, without internals.
+    Inside the command (not around it) so that ``run()`` and test runners behave alike.
+    """
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except OpenCDMSError as exc:
+            console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
+            raise typer.Exit(exc.exit_code) from exc
+        except KeyboardInterrupt:
+            console.print("[red]stopped (Ctrl-C)[/red]")
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
+            raise  # already a message and an exit code
+        except Exception as exc:  # noqa: BLE001 - the last resort: logged whole, reported in one line
+            log.exception("unexpected failure of: opencdms %s", " ".join(sys.argv[1:]))
+            where = f"; the log has the details: {_log_path}" if _log_path else ""
+            console.print(f"[red]unexpected error ({type(exc).__name__}: {escape(str(exc))}){where}[/red]",
+                          soft_wrap=True)
+            raise typer.Exit(EXIT_FAILED) from exc
+
+
 app = typer.Typer(help="OpenCDMS Workbench: climate data management.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+                  pretty_exceptions_enable=False, cls=_OpenCDMSGroup)
 db_app = typer.Typer(help="Datastore schema.", no_args_is_help=True)
 stations_app = typer.Typer(help="Station metadata.", no_args_is_help=True)
 product_app = typer.Typer(help="Climate products from the Parquet archive.", no_args_is_help=True)
@@ -43,6 +70,8 @@ notebooks_app = typer.Typer(help="Notebooks as parameterised, recorded processes
 kernel_app = typer.Typer(help="The 'opencdms' Jupyter kernel.", no_args_is_help=True)
 app.add_typer(notebooks_app, name="notebooks")
 app.add_typer(kernel_app, name="kernel")
+from services.api.cli import api_app  # noqa: E402 - the API service's commands, defined beside it
+app.add_typer(api_app, name="api")
 console = Console()
 
 # Exit codes a script can rely on (README, "The opencdms command").
@@ -81,7 +110,8 @@ class Context:
 @app.callback()
 def main(ctx: typer.Context) -> None:
     """Build and validate the settings (OPENCDMS_* environment variables) before any command."""
-    # pgserver asks platformdirs for a runtime folder; the fallback to /tmp is fine here.
+    # The embedded PostgreSQL's wheel asks platformdirs for a runtime folder; the fallback to /tmp
+    # is fine here.
     warnings.filterwarnings("ignore", category=UserWarning, module="platformdirs")
     try:
         ctx.obj = Context(settings=Settings())
@@ -248,11 +278,7 @@ def ingest_load(
     from opencdms_kernel.ingest import DEFAULT_LONG_MAPPING, load_mapping
 
     settings = _settings(ctx)
-    try:
-        chosen = load_mapping(mapping) if mapping else DEFAULT_LONG_MAPPING
-    except OpenCDMSError as exc:
-        console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
-        raise typer.Exit(EXIT_USAGE) from exc
+    chosen = load_mapping(mapping) if mapping else DEFAULT_LONG_MAPPING
     with _open(settings) as (datastore, bucket):
         requests = [(str(path), lambda path=path: IngestRequest.from_path(path, chosen)) for path in files]
         try:
@@ -274,7 +300,7 @@ def ingest_revert(ctx: typer.Context, ledger_id: int = typer.Argument(..., help=
     from opencdms_kernel.ingest import revert_load
 
     settings = _settings(ctx)
-    with _open(settings) as (datastore, _), _user_errors():
+    with _open(settings) as (datastore, _):
         result = revert_load(datastore, ledger_id, settings.user)
     console.print(
         f"ingest {result.ledger_id} ({escape(result.object_key)}) reverted: {result.restored:,} values put back "
@@ -335,7 +361,7 @@ def demo_data(
     seed: int = typer.Option(20261127),
 ) -> None:
     """Write the deterministic demo network (stations, daily and hourly files, error manifest)."""
-    from opencdms_kernel.demo_data import DemoSpec, generate_demo_data
+    from opencdms_kernel.demo import DemoSpec, generate_demo_data
 
     spec = DemoSpec(stations=stations, years=years, start_year=start_year, aws_stations=aws_stations, seed=seed)
     with _progress() as progress:
@@ -409,16 +435,6 @@ def restore(ctx: typer.Context, file: Path = typer.Argument(..., exists=True, di
     console.print(f"archive: {exported.rows:,} observations in {len(exported.partitions)} partitions")
 
 
-@contextmanager
-def _user_errors() -> Iterator[None]:
-    """Report a user's mistake (bad parameter, unknown station…) as one whole line and exit 2."""
-    try:
-        yield
-    except OpenCDMSError as exc:
-        console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
-        raise typer.Exit(EXIT_USAGE) from exc
-
-
 @app.command()
 def qc(
     ctx: typer.Context,
@@ -432,7 +448,7 @@ def qc(
     from opencdms_kernel.qc import run_qc
 
     settings = _settings(ctx)
-    with _open(settings) as (datastore, bucket), _user_errors(), _progress() as progress:
+    with _open(settings) as (datastore, bucket), _progress() as progress:
         task = progress.add_task("qc", total=None)
         result = run_qc(
             datastore, bucket, user=settings.user, stations=station or None, elements=element or None,
@@ -471,7 +487,7 @@ def decide(
     settings = _settings(ctx)
     key = ObservationKey(station=station, element=element, phenomenon_time=time.replace(tzinfo=timezone.utc),
                          duration_seconds=duration_seconds)
-    with _open(settings) as (datastore, _), _user_errors():
+    with _open(settings) as (datastore, _):
         result = record_decision(datastore, key, decision, reason, settings.user, corrected_value=value)
     console.print(
         f"{station} {element} {time:%Y-%m-%d %H:%M} UTC: {result.decision.value} "
@@ -543,7 +559,7 @@ def product_daily(
     from opencdms_kernel.products import Period, daily_summaries
     from opencdms_kernel.products.context import station_timezones
 
-    with _open(_settings(ctx)) as (datastore, bucket), _user_errors():
+    with _open(_settings(ctx)) as (datastore, bucket):
         options = {"elements": element} if element else {}
         with _working("daily summaries"):
             product = daily_summaries(
@@ -565,7 +581,7 @@ def product_monthly(
     from opencdms_kernel.products import Period, monthly_summaries
     from opencdms_kernel.products.context import station_timezones
 
-    with _open(_settings(ctx)) as (datastore, bucket), _user_errors():
+    with _open(_settings(ctx)) as (datastore, bucket):
         options = {"elements": element} if element else {}
         with _working("monthly summaries"):
             product = monthly_summaries(
@@ -586,7 +602,7 @@ def product_normals(
     from opencdms_kernel.products import Period, climate_normals
     from opencdms_kernel.products.context import station_timezones
 
-    with _open(_settings(ctx)) as (datastore, bucket), _user_errors():
+    with _open(_settings(ctx)) as (datastore, bucket):
         with _working("normals"):
             product = climate_normals(_archive_connection(bucket), Period.parse(period), stations=station or None,
                                       elements=element or None, timezones=station_timezones(datastore),
@@ -606,7 +622,7 @@ def product_indices(
     from opencdms_kernel.products import Period, climate_indices
     from opencdms_kernel.products.context import station_timezones
 
-    with _open(_settings(ctx)) as (datastore, bucket), _user_errors():
+    with _open(_settings(ctx)) as (datastore, bucket):
         with _working("climate indices"):
             product = climate_indices(_archive_connection(bucket), Period.parse(period), stations=station or None,
                                       indices=index or None, timezones=station_timezones(datastore),
@@ -629,9 +645,9 @@ def product_climat(
     from opencdms_kernel.products.climat_bufr import climat_station, produce_climat_bufr
     from opencdms_kernel.products.context import station_timezones
 
-    with _open(_settings(ctx)) as (datastore, bucket), _user_errors():
+    with _open(_settings(ctx)) as (datastore, bucket):
         year, number = _year_month(month)
-        normals_years = None if normals.strip().lower() == "none" else Period.parse(normals)
+        normals_years = None if normals.strip().lower() == "none" else Period.parse(normals, "normals")
         options = {
             "normals_period": None if normals_years is None else (normals_years.start_year, normals_years.end_year),
             "timezones": station_timezones(datastore), "qc": _qc_policy(exclude_suspect),
@@ -670,7 +686,7 @@ def product_daycli(
     from opencdms_kernel.products.context import station_timezones
     from opencdms_kernel.products.daycli import produce_daycli, station_metadata
 
-    with _open(_settings(ctx)) as (datastore, bucket), _user_errors():
+    with _open(_settings(ctx)) as (datastore, bucket):
         year, number = _year_month(month)
         with _working("DAYCLI"):
             product = produce_daycli(_archive_connection(bucket), bucket, station, year, number,
@@ -688,13 +704,10 @@ def product_daycli(
 
 
 def _year_month(text: str) -> tuple[int, int]:
-    from opencdms_kernel.products import ProductParameterError
+    from opencdms_kernel.vocabulary import Month
 
-    try:
-        parsed = datetime.strptime(text, "%Y-%m")
-    except ValueError as exc:
-        raise ProductParameterError("month", f"{text!r} is not a month like 2020-07") from exc
-    return parsed.year, parsed.month
+    month = Month.parse(text, "month")
+    return month.year, month.month
 
 
 @app.command()
@@ -707,11 +720,10 @@ def up(
     """Start the system: datastore, schema, demo data, the notebook pipeline, JupyterLab; run until Ctrl-C."""
     from opencdms_kernel.archive import export_archive
     from opencdms_kernel.db import migrate
-    from opencdms_kernel.demo_data import DemoSpec
+    from opencdms_kernel.demo import DemoSpec
+    from opencdms_kernel.demo.load import demo_folder, demo_pipeline, load_demo, loaded_demo
+    from opencdms_kernel.health import check_parts, observation_count
     from opencdms_kernel.lab import jupyterlab
-    from opencdms_kernel.system import (
-        check_parts, demo_pipeline, load_demo, loaded_demo, observation_count,
-    )
 
     settings = _settings(ctx)
     spec = DemoSpec(stations=demo_stations, years=demo_years)
@@ -732,7 +744,7 @@ def up(
             loaded = [r for r in results if r.status is IngestStatus.LOADED]
             console.print(
                 f"demo data: {sum(r.inserted for r in loaded):,} observations from {len(loaded)} files "
-                f"in {sum(r.seconds for r in results):.1f} s ({settings.var_dir / 'demo'})"
+                f"in {sum(r.seconds for r in results):.1f} s ({demo_folder(settings)})"
             )
             failed = [r for r in results if r.status is IngestStatus.FAILED]
             for result in failed:
@@ -767,9 +779,28 @@ def up(
             if smoke:
                 console.print("[green]smoke check passed[/green]")
                 return
-            console.print("running — press Ctrl-C to stop everything started here")
-            _wait_for_interrupt()
+            with _background_worker(settings, datastore, bucket):
+                console.print(f"worker     running submitted notebook jobs, {settings.worker_concurrency} at once",
+                              soft_wrap=True)
+                console.print("running — press Ctrl-C to stop everything started here")
+                _wait_for_interrupt()
     console.print("stopped")
+
+
+@contextmanager
+def _background_worker(settings: Settings, datastore: Datastore, bucket: Bucket) -> Iterator[None]:
+    """One job worker in a thread of this process for the block (`up`); stopped and joined after it."""
+    from opencdms_kernel.notebooks import run_worker
+
+    stop = threading.Event()
+    thread = threading.Thread(target=run_worker, args=(settings, None, stop),
+                              kwargs={"datastore": datastore, "bucket": bucket}, name="opencdms-worker")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def _run_pipeline(
@@ -816,16 +847,6 @@ def _wait_for_interrupt() -> None:
 _FOLDER_HELP = "notebook folder (default: OPENCDMS_NOTEBOOK_DIR, else the project's notebooks/)"
 
 
-@contextmanager
-def _request_errors() -> Iterator[None]:
-    """A refused notebook request as one line (escaped: types like list[str] look like markup), exit 2."""
-    try:
-        yield
-    except OpenCDMSError as exc:
-        console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
-        raise typer.Exit(2) from exc
-
-
 def _registry(settings: Settings, folder: Path | None):  # type: ignore[no-untyped-def]
     from opencdms_kernel.notebooks import default_notebook_folder, open_registry
 
@@ -855,8 +876,7 @@ def notebooks_show(
     """A notebook's description and parameter schema."""
     import json
 
-    with _request_errors():
-        info = _registry(_settings(ctx), folder).get(name)
+    info = _registry(_settings(ctx), folder).get(name)
     if json_schema:
         sys.stdout.write(json.dumps(info.parameter_schema(), indent=2) + "\n")
         return
@@ -877,7 +897,7 @@ def _parameter_pairs(args: list[str]) -> list[tuple[str, str]]:
     index = 0
     while index < len(args):
         if args[index] not in ("-p", "--parameter") or index + 2 >= len(args):
-            raise typer.BadParameter(f"unexpected {args[index]!r}: give parameters as -p KEY VALUE")
+            raise ParameterError(args[index], "unexpected here: give parameters as -p KEY VALUE")
         pairs.append((args[index + 1], args[index + 2]))
         index += 3
     return pairs
@@ -901,16 +921,10 @@ def notebooks_run(
 
     settings = _settings(ctx)
     registry = _registry(settings, folder)
-    with _request_errors():
-        try:
-            pairs = _parameter_pairs(list(ctx.args))
-        except typer.BadParameter as exc:
-            console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
-            raise typer.Exit(2) from exc
-        parameters = registry.get(name).parameters_from_text(pairs)
-        with _open(settings) as (datastore, bucket), _working(f"notebook {name}"):
-            job = run_notebook(name, parameters, settings=settings, datastore=datastore, bucket=bucket,
-                               registry=registry, timeout=timeout)
+    parameters = registry.get(name).parameters_from_text(_parameter_pairs(list(ctx.args)))
+    with _open(settings) as (datastore, bucket), _working(f"notebook {name}"):
+        job = run_notebook(name, parameters, settings=settings, datastore=datastore, bucket=bucket,
+                           registry=registry, timeout=timeout)
     colour = "green" if job.status is JobStatus.SUCCESSFUL else "red"
     console.print(f"job {job.id}: [{colour}]{job.status.value}[/{colour}] ({job.message})", soft_wrap=True)
     if job.error:
@@ -944,6 +958,29 @@ def notebooks_jobs(
     console.print(table)
 
 
+@app.command()
+def worker(
+    ctx: typer.Context,
+    concurrency: int | None = typer.Option(
+        None, min=1, help="notebooks run at once (default: OPENCDMS_WORKER_CONCURRENCY)"),
+) -> None:
+    """Run submitted notebook jobs until Ctrl-C or SIGTERM; several workers may share one datastore.
+
+    Running jobs are given back to the queue on the way out (another worker runs them again).
+    """
+    from opencdms_kernel.notebooks import run_worker
+
+    settings = _settings(ctx)
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with _open(settings) as (datastore, bucket):
+        console.print(f"worker: running jobs, {concurrency or settings.worker_concurrency} at once "
+                      f"(log {_log_path}); Ctrl-C to stop", soft_wrap=True)
+        run_worker(settings, concurrency, stop, datastore=datastore, bucket=bucket)
+    console.print("worker stopped")
+
+
 @kernel_app.command("install")
 def kernel_install(
     ctx: typer.Context,
@@ -959,25 +996,8 @@ def kernel_install(
 
 
 def run() -> None:
-    """The ``opencdms`` command: the one place where errors become messages and exit codes.
-
-    A user's error (``OpenCDMSError``) is one whole line and its ``exit_code``; Ctrl-C exits
-    130; anything else is logged with its traceback and reported in one line, without internals.
-    """
-    try:
-        app()
-    except OpenCDMSError as exc:
-        console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
-        sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        console.print("[red]stopped (Ctrl-C)[/red]")
-        sys.exit(EXIT_INTERRUPTED)
-    except Exception as exc:  # noqa: BLE001 - the last resort: logged whole, reported in one line
-        log.exception("unexpected failure of: opencdms %s", " ".join(sys.argv[1:]))
-        where = f"; the log has the details: {_log_path}" if _log_path else ""
-        console.print(f"[red]unexpected error ({type(exc).__name__}: {escape(str(exc))}){where}[/red]",
-                      soft_wrap=True)
-        sys.exit(EXIT_FAILED)
+    """The ``opencdms`` command (errors are mapped to messages and exit codes by its root group)."""
+    app()
 
 
 if __name__ == "__main__":

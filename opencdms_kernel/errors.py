@@ -74,3 +74,16 @@ class IngestFileError(OpenCDMSError):
 
 class UnknownReferenceError(NotFoundError):
     """A station, element or source named by the user does not exist."""
+
+
+class ParameterError(OpenCDMSError, ValueError):
+    """A parameter a person gave is invalid; ``parameter`` names it, ``reason`` says why.
+
+    Also a ``ValueError``, so that a pydantic validator raising it reports a validation error
+    (with this message) rather than an unexpected exception.
+    """
+
+    def __init__(self, parameter: str, reason: str) -> None:
+        self.parameter = parameter
+        self.reason = reason
+        super().__init__(f"parameter '{parameter}': {reason}")

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Iterator
 
 from opencdms_kernel.errors import OpenCDMSError
-from opencdms_kernel.notebooks.runner import kernel_environment
+from opencdms_kernel.notebooks.execution import kernel_environment
 from opencdms_kernel.settings import Settings
 
 

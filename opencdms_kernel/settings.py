@@ -7,7 +7,9 @@ variable (e.g. ``OPENCDMS_DATABASE_URL``) and has a default that serves the embe
 
 from __future__ import annotations
 
+import json
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -72,6 +74,49 @@ class Settings(BaseSettings):
         description="Identity recorded in the audit trail for changes made by this process.",
         min_length=1,
     )
+    # Job workers (`opencdms worker`, notebooks/worker.py). Durations: ISO 8601 (PT5S) or seconds.
+    worker_concurrency: int = Field(
+        default=2, ge=1, le=64, description="Notebooks one worker process runs at once.",
+    )
+    job_heartbeat_interval: timedelta = Field(
+        default=timedelta(seconds=5), gt=timedelta(0),
+        description="How often a worker renews the heartbeat of the jobs it runs (and looks for stale ones).",
+    )
+    job_stale_timeout: timedelta = Field(
+        default=timedelta(seconds=60), gt=timedelta(0),
+        description="A running job whose heartbeat is older than this lost its worker: it is retried or failed.",
+    )
+    job_max_attempts: int = Field(
+        default=3, ge=1, le=100, description="Runs a job gets when its worker dies, before it is failed.",
+    )
+    job_retry_backoff: timedelta = Field(
+        default=timedelta(seconds=10), ge=timedelta(0),
+        description="Wait before a job whose worker died runs again; doubled for each attempt used.",
+    )
+    # OGC API service (services/api): `opencdms api serve`.
+    api_host: str = Field(default="127.0.0.1", description="Address the API listens on.")
+    api_port: int = Field(default=5000, ge=1, le=65535, description="Port the API listens on.")
+    api_prefix: str = Field(
+        default="",
+        description="URL path prefix of the API, e.g. /services/api behind JupyterHub; empty: none.",
+        pattern=r"^(/[A-Za-z0-9._~-]+)*$",
+    )
+    api_public_url: str | None = Field(
+        default=None,
+        description="Base URL clients see (a proxy in front). Empty: http://<api_host>:<api_port><api_prefix>.",
+        pattern=r"^https?://[^\s?#]+[^/\s?#]$",
+    )
+    api_sync_timeout: float = Field(
+        default=30.0, ge=0, le=3600,
+        description="Seconds a synchronous execution waits for its job before answering as an asynchronous one.",
+    )
+    api_max_body_bytes: int = Field(
+        default=1_000_000, ge=1_000, description="Largest request body the API reads; larger ones are refused (413)."
+    )
+    api_cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins allowed to read the API from a browser (CORS, GET only); empty: CORS off.",
+    )
 
     @field_validator("bucket_url")
     @classmethod
@@ -91,6 +136,16 @@ class Settings(BaseSettings):
         return value.replace("postgres://", "postgresql://", 1).replace(
             "postgresql://", "postgresql+psycopg://", 1
         )
+
+    @model_validator(mode="after")
+    def _heartbeat_within_stale_timeout(self) -> "Settings":
+        # A worker that beats less often than this would see its own live jobs taken over.
+        if self.job_stale_timeout < 2 * self.job_heartbeat_interval:
+            raise ValueError(
+                f"job_stale_timeout ({self.job_stale_timeout.total_seconds():g} s) must be at least twice "
+                f"job_heartbeat_interval ({self.job_heartbeat_interval.total_seconds():g} s)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _absolute_paths(self) -> "Settings":
@@ -140,7 +195,9 @@ class Settings(BaseSettings):
         for name, value in self.model_dump(exclude_none=True).items():
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            environment[f"{self.model_config['env_prefix']}{name.upper()}"] = str(value)
+            # pydantic-settings reads a list from its variable as JSON.
+            text = json.dumps(value) if isinstance(value, list) else str(value)
+            environment[f"{self.model_config['env_prefix']}{name.upper()}"] = text
         return environment
 
 

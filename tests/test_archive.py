@@ -44,13 +44,13 @@ from opencdms_kernel.archive import (
 from opencdms_kernel.bucket import Bucket, open_bucket
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.db.schema import observation
-from opencdms_kernel.demo_data import DemoDataset, DemoSpec, generate_demo_data
+from opencdms_kernel.demo import DemoDataset, DemoSpec, generate_demo_data
 from opencdms_kernel.ingest.mapping import load_mapping
 from opencdms_kernel.ingest.pipeline import IngestRequest, IngestStatus, ingest
-from opencdms_kernel.products.synthetic import observation_table, write_archive
+from opencdms_kernel.demo.synthetic_archive import observation_table, write_archive
 from opencdms_kernel.settings import Settings
 from opencdms_kernel.stations import import_stations
-from opencdms_kernel.system import check_archive
+from opencdms_kernel.health import check_archive
 
 # Three daily stations 1991-1992 and one hourly AWS station in 1992 (local time, so its first
 # three hours fall in UTC 1991: small partitions such as RH/1991).

@@ -1,5 +1,5 @@
-"""Backup and restore (pg_dump/pg_restore from the pgserver wheel) on both servers: the round trip,
-the archive after a restore, and no password on the tools' command lines."""
+"""Backup and restore (pg_dump/pg_restore from the embedded server's wheel) on both servers: the
+round trip, the archive after a restore, and no password on the tools' command lines."""
 
 from __future__ import annotations
 

@@ -35,8 +35,8 @@ from opencdms_kernel.catalog import (
 )
 from opencdms_kernel.db import migrate
 from opencdms_kernel.db.engine import Datastore, DatastoreError
-from opencdms_kernel.demo_data import DemoSpec
-from opencdms_kernel.gridded import GRIDDED_KEY, analysis_bytes, gridded_analysis, write_gridded_analysis
+from opencdms_kernel.demo import DemoSpec
+from opencdms_kernel.demo.gridded import GRIDDED_KEY, analysis_bytes, gridded_analysis, write_gridded_analysis
 from opencdms_kernel.ingest import IngestRequest, IngestStatus, ingest
 from opencdms_kernel.products import Period, monthly_summaries, write_product
 from opencdms_kernel.settings import Settings

@@ -1,4 +1,4 @@
-"""Tests for the deterministic demo climate network (opencdms_kernel.demo_data)."""
+"""Tests for the deterministic demo climate network (opencdms_kernel.demo)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from opencdms_kernel import demo_data
-from opencdms_kernel.demo_data import (
+import opencdms_kernel
+from opencdms_kernel.demo import (
     AirportSpec,
     DemoDataset,
     DemoSpec,
@@ -23,11 +23,14 @@ from opencdms_kernel.demo_data import (
     read_demo_dataset,
     station_network,
 )
+from opencdms_kernel.demo.files import format_scaled, scaled_integers
+from opencdms_kernel.demo.injected_errors import REFERENCE_CLUSTER_STATION_YEARS, SPATIAL_OUTLIERS
+from opencdms_kernel.demo.streams import ar1
 
 SMALL = DemoSpec(stations=4, start_year=2001, years=3, aws_stations=1, aws_years=1, seed=7)
 # Enough stations for the dense cluster (stations 1-9 and 11-13).
 CLUSTERED = DemoSpec(stations=16, start_year=2001, years=4, aws_stations=0, aws_years=0, seed=7)
-ELEMENTS_CSV = Path(demo_data.__file__).parent / "db" / "elements.csv"
+ELEMENTS_CSV = Path(opencdms_kernel.__file__).parent / "db" / "elements.csv"
 # A network too small for the dense cluster has no spatial outliers (they need neighbours).
 KINDS = {"spike", "flat_line", "tmin_gt_tmax", "unit_mistake"}
 AWS_TO_ELEMENT = {  # column -> (element, factor to the element's canonical unit)
@@ -367,17 +370,17 @@ def test_ar1_matches_recursion() -> None:
     for i, v in enumerate(e):
         x = 0.8 * x + v
         expected[i] = x
-    assert np.allclose(demo_data.ar1(e, 0.8, initial=0.4), expected)
+    assert np.allclose(ar1(e, 0.8, initial=0.4), expected)
 
 
 def test_format_scaled_matches_printf() -> None:
     values = np.array([0.0, -0.04, -0.1, 12.3, -12.35, 1999.96, 5.0])
     for decimals in (0, 1, 2):
-        scaled = demo_data._scale(values, decimals)
-        text = demo_data.format_scaled(scaled, decimals).to_pylist()
+        scaled = scaled_integers(values, decimals)
+        text = format_scaled(scaled, decimals).to_pylist()
         assert text == [f"{v / 10**decimals:.{decimals}f}" for v in scaled]
     missing = np.array([False, True])
-    assert demo_data.format_scaled(np.array([5, 7]), 1, missing).to_pylist() == ["0.5", None]
+    assert format_scaled(np.array([5, 7]), 1, missing).to_pylist() == ["0.5", None]
 
 
 def test_invalid_spec_rejected() -> None:
@@ -454,7 +457,7 @@ def test_spatial_outliers_sit_at_cluster_stations_and_look_ordinary_in_their_own
     members = {stations[i].wigos_id for i in cluster_indices(CLUSTERED.stations)}
     errors = pd.DataFrame(manifest["errors"])
     outliers = errors[errors.kind == "spatial_outlier"]
-    expected = round(demo_data.SPATIAL_OUTLIERS * 12 * CLUSTERED.years / demo_data.REFERENCE_CLUSTER_STATION_YEARS)
+    expected = round(SPATIAL_OUTLIERS * 12 * CLUSTERED.years / REFERENCE_CLUSTER_STATION_YEARS)
     assert len(outliers) == expected > 0
     assert set(outliers.station) <= members and set(outliers.element) <= {"TMAX", "TMIN"}
     assert (outliers.recorded_value - outliers.true_value).abs().between(4.5, 7.5).all()

@@ -284,6 +284,24 @@ def test_a_file_read_in_many_chunks_keeps_lines_and_refuses_repeats_across_chunk
 
 
 @pytest.mark.usefixtures("stations")
+def test_a_key_refused_as_a_conflict_in_one_chunk_is_refused_in_every_later_chunk(
+    datastore: Datastore, bucket: Bucket, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reader_module, "CHUNK_ROWS", 4)
+    monkeypatch.setattr(reader_module, "BLOCK_BYTES", 64)
+    lines = ["station,element,time,value",
+             "0-20000-0-60001,TMAX,2020-01-01,20.1",  # line 2
+             "0-20000-0-60001,TMAX,2020-01-01,25.0"]  # line 3: conflicts with line 2, same chunk
+    lines += [f"0-20000-0-60001,TMAX,2020-01-{day:02d},{20 + day / 10:.1f}" for day in range(2, 21)]
+    lines.append("0-20000-0-60001,TMAX,2020-01-01,20.1")  # line 23, a later chunk: the same key again
+    result = load(datastore, bucket, "\n".join(lines) + "\n")
+    report = bucket.fs.cat_file(bucket.path(result.reject_report)).decode()
+    assert (result.inserted, result.rejected) == (19, 3), report
+    assert '"incoming/obs.csv",23,"value","20.1","conflicts with line 3 (value 25)"' in report
+    assert scalar(datastore, "SELECT count(*) FROM observation WHERE phenomenon_time = '2020-01-01T00:00Z'") == 0
+
+
+@pytest.mark.usefixtures("stations")
 def test_reject_report_keys_are_unique_even_when_ledger_ids_repeat(datastore: Datastore, bucket: Bucket) -> None:
     bad = DAYS + "0-20000-0-60001,TMAX,2020-01-09,hot\n"
     first = load(datastore, bucket, bad)

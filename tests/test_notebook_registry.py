@@ -38,7 +38,7 @@ from opencdms_kernel.notebooks import (
     kernel_environment,
     list_jobs,
     run_notebook,
-    submit_notebook,
+    submit_job,
 )
 from opencdms_kernel.notebooks import runner
 from opencdms_kernel.notebooks.kernelspec import KERNEL_NAME, kernel_spec_dir
@@ -157,7 +157,12 @@ BAD_REQUESTS = [
     ({"object_key": "incomingx/file.csv"}, "object_key", "not under an allowed prefix"),
     ({"station": "60001"}, "station", "is not a WIGOS identifier"),
     ({"element": "T MAX"}, "element", "not an element code"),
-    ({"month": "2020-13"}, "month", "not a month"),
+    ({"month": "2020-13"}, "month", "month 13 is not 01-12"),
+    ({"month": "July"}, "month", "is not a month like 2020-07"),
+    ({"element": "XYZ"}, "element", "'XYZ' is not an element code (known: TMAX"),
+    ({"station": "15-20000-0-60001"}, "station", "the identifier series 15 is beyond 14"),
+    ({"count": 2.5}, "count", "must be an integer, not float 2.5"),
+    ({"stations": ["0-20000-0-60001", None]}, "stations", "not NoneType None (item 1)"),
     ({"stations": "0-20000-0-60001"}, "stations", "must be a list"),
     ({"stations": ["0-20000-0-60001", "bad"]}, "stations", "(item 1)"),
     ({"station": None}, "station", "not null"),
@@ -323,10 +328,10 @@ def test_a_text_parameter_declared_wrongly_leaves_the_notebook_out(
 def test_text_limits_decide_what_reaches_the_job_table(datastore: Datastore, text_registry: NotebookRegistry) -> None:
     for refused in ({"code": "abc"}, {"title": "t" * 21}, {"note": "bell\x07"}, {"note": "x" * 1001}):
         with pytest.raises(NotebookParameterError):
-            submit_notebook("texts", refused, datastore=datastore, registry=text_registry, trigger="test", user="t")
+            submit_job(datastore, text_registry, "texts", refused, trigger="test", user="t")
     assert job_count(datastore) == 0
-    job = submit_notebook("texts", {"code": "WXYZ", "note": "a\r\n\tb"}, datastore=datastore,
-                          registry=text_registry, trigger="test", user="t")
+    job = submit_job(datastore, text_registry, "texts", {"code": "WXYZ", "note": "a\r\n\tb"}, trigger="test",
+                     user="t")
     with datastore.engine.connect() as connection:
         stored = connection.execute(sa.select(job_table.c.parameters).where(job_table.c.id == job.id)).scalar_one()
     assert stored == {"code": "WXYZ", "note": "a\n\tb"} and job_count(datastore) == 1
@@ -409,7 +414,7 @@ def test_a_bad_request_starts_no_kernel_and_writes_no_job(
     def no_kernel(*args: object, **kwargs: object) -> None:
         raise AssertionError("a kernel was started for a refused request")
 
-    monkeypatch.setattr(runner, "_execute", no_kernel)
+    monkeypatch.setattr(runner, "execute_notebook", no_kernel)
     with pytest.raises(error):
         run_notebook(name, parameters, settings=settings, datastore=datastore, registry=registry)
     assert job_count(datastore) == 0
@@ -483,7 +488,7 @@ def test_a_notebook_failing_midway_leaves_a_failed_job_a_partial_notebook_and_no
 
 @pytest.mark.postgres
 def test_a_job_runs_once(settings: Settings, datastore: Datastore, bucket: Bucket, registry: NotebookRegistry) -> None:
-    job = submit_notebook("plain", {}, datastore=datastore, registry=registry, trigger="schedule", user="events")
+    job = submit_job(datastore, registry, "plain", {}, trigger="schedule", user="events")
     assert job.status is JobStatus.ACCEPTED and job.started_at is None
     done = execute_job(job, settings=settings, datastore=datastore, bucket=bucket, registry=registry)
     assert done.status is JobStatus.SUCCESSFUL and done.outputs == {}
@@ -600,3 +605,34 @@ def test_the_notebooks_commands(settings: Settings, datastore: Datastore, bucket
     assert installed.exit_code == 0, installed.output
     spec = json.loads((tmp_path / "env/share/jupyter/kernels/opencdms/kernel.json").read_text())
     assert spec["env"]["OPENCDMS_HOME"] == str(settings.home)
+
+
+def test_period_and_month_parameters_are_the_vocabularys(tmp_path: Path) -> None:
+    write_notebook(tmp_path, "years", (
+        'period: Period = "1991-2020"  # the years\n'
+        'span: Optional[Period] = None  # more years\n'
+        'months: list[YearMonth] = []  # months\n'
+    ), body="print(period)")
+    notebook = tmp_path / "years.ipynb"
+    text = notebook.read_text().replace("import BucketKey, record_output", "import BucketKey, Period, YearMonth, record_output")
+    notebook.write_text(text)
+    registry = NotebookRegistry(tmp_path)
+    assert registry.problems() == {}
+    info = registry.get("years")
+    properties = info.parameter_schema()["properties"]
+    assert properties["period"]["type"] == "string" and properties["period"]["x-opencdms-kind"] == "Period"
+    assert properties["span"]["type"] == ["string", "null"]
+    assert properties["months"]["items"]["type"] == "string" and "pattern" in properties["months"]["items"]
+    # Normalised to the vocabulary's text: what a notebook receives is one spelling.
+    assert info.validate({"period": " 1961/1990 ", "span": "2020", "months": ["2020-07"]}) == \
+        {"period": "1961-1990", "span": "2020-2020", "months": ["2020-07"]}
+    for parameters, parameter, words in [
+        ({"period": "2020-1991"}, "period", "start year 2020 is after end year 1991"),
+        ({"period": "1991-20"}, "period", "is not a year or a range like 1991-2020"),
+        ({"period": 1991}, "period", "must be a text (Period), not int 1991"),
+        ({"months": ["2020-07", "2020-7"]}, "months", "write the month with two digits) (item 1)"),
+    ]:
+        with pytest.raises(NotebookParameterError) as raised:
+            info.validate(parameters)
+        assert (raised.value.notebook, raised.value.parameter) == ("years", parameter)
+        assert words in str(raised.value), str(raised.value)

@@ -31,15 +31,17 @@ import sqlalchemy as sa
 from opencdms_kernel.archive import connect_archive, export_archive
 from opencdms_kernel.bucket import Bucket
 from opencdms_kernel.db.engine import Datastore
-from opencdms_kernel.demo_data import AWS_MAPPING_YAML, DemoSpec
+from opencdms_kernel.demo import DemoSpec
+from opencdms_kernel.demo.aws import AWS_MAPPING_YAML
+from opencdms_kernel.demo.load import load_demo
+from opencdms_kernel.health import observation_count
 from opencdms_kernel.ingest import IngestStatus
 from opencdms_kernel.notebooks import NotebookRegistry, ensure_kernel_spec, run_notebook
-from opencdms_kernel.notebooks.runner import Job, JobStatus
+from opencdms_kernel.notebooks.jobs import Job, JobStatus
 from opencdms_kernel.products import read_product
 from opencdms_kernel.reports import read_text
 from opencdms_kernel.settings import Settings
 from opencdms_kernel.stations import import_stations
-from opencdms_kernel.system import load_demo, observation_count
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO / "notebooks"

@@ -30,7 +30,7 @@ from opencdms_kernel.products.climat_bufr import ClimatStation, produce_climat_b
 from opencdms_kernel.products.daycli import DaycliStation, produce_daycli
 from opencdms_kernel.products.model import figure
 from opencdms_kernel.products.sql import select
-from opencdms_kernel.products.synthetic import observation_table, write_archive
+from opencdms_kernel.demo.synthetic_archive import observation_table, write_archive
 from opencdms_kernel.reports import Report, daily_table, daily_values, month_overview
 
 NAIROBI = "0-20000-0-63740"

@@ -40,7 +40,7 @@ from opencdms_kernel.products.completeness import (
 )
 from opencdms_kernel.products.indices import Frequency, climate_indices, period_validity
 from opencdms_kernel.products.normals import NormalStatistic, normals_from_monthly
-from opencdms_kernel.products.synthetic import observation_table, write_archive
+from opencdms_kernel.demo.synthetic_archive import observation_table, write_archive
 
 SEED = 20260501
 STATIONS = [f"0-20000-0-{61000 + i}" for i in range(16)]

@@ -17,7 +17,7 @@ import pytest
 from opencdms_kernel.archive import connect_archive
 from opencdms_kernel.bucket import Bucket
 from opencdms_kernel.products import INDICES, CompletenessRule, Period, ProductParameterError, climate_indices
-from opencdms_kernel.products.synthetic import observation_table, write_archive
+from opencdms_kernel.demo.synthetic_archive import observation_table, write_archive
 
 P1, P2, P3 = "0-20000-0-62001", "0-20000-0-62002", "0-20000-0-62003"
 PERIOD = Period(1991, 1993)

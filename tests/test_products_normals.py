@@ -27,7 +27,7 @@ from opencdms_kernel.products import (
     Threshold,
     climate_normals,
 )
-from opencdms_kernel.products.synthetic import observation_table, write_archive
+from opencdms_kernel.demo.synthetic_archive import observation_table, write_archive
 
 A, B, C, D = (f"0-20000-0-6100{i}" for i in range(1, 5))
 PERIOD = Period(1991, 2020)

@@ -29,7 +29,7 @@ from opencdms_kernel.products import (
     daily_summaries,
     monthly_summaries,
 )
-from opencdms_kernel.products.synthetic import observation_table, write_archive
+from opencdms_kernel.demo.synthetic_archive import observation_table, write_archive
 
 S1, S2, S3 = "0-20000-0-60001", "0-20000-0-60002", "0-20000-0-60003"
 NAIROBI = "Africa/Nairobi"

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from opencdms_kernel.demo_data import ar1
+from opencdms_kernel.demo.streams import ar1
 from opencdms_kernel.qc import (
     PersistenceMethod,
     QcTest,

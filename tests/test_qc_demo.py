@@ -17,7 +17,7 @@ The buddy check's own recall counts the values its entry flagged, at cluster sta
 False positives: flagged values not in the manifest, over all values not in the manifest
 (daily and hourly).
 
-The airport record (:func:`opencdms_kernel.demo_data.generate_airport_data`) is a
+The airport record (:func:`opencdms_kernel.demo.generate_airport_data`) is a
 mid-latitude station with fronts, whole-°F temperatures and whole-hPa pressure and no
 injected errors: every flag there is a false positive.  It is checked twice, first with
 the network's rules only (a fresh installation), then with thresholds derived from its own
@@ -40,7 +40,7 @@ from conftest import PostgresServer, service_missing
 from opencdms_kernel.archive import connect_archive
 from opencdms_kernel.bucket import Bucket, open_bucket
 from opencdms_kernel.db.engine import Datastore
-from opencdms_kernel.demo_data import (
+from opencdms_kernel.demo import (
     AirportDataset,
     AirportSpec,
     DemoDataset,

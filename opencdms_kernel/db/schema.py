@@ -159,6 +159,13 @@ job = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
+    # 0006: the job table is also the queue the workers claim from (notebooks/jobs.py).
+    sa.Column("idempotency_key", sa.Text, unique=True),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("max_attempts", sa.Integer, nullable=False, server_default="3"),
+    sa.Column("worker", sa.Text),
+    sa.Column("heartbeat_at", sa.DateTime(timezone=True)),
+    sa.Column("not_before", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
 archive_export = sa.Table(

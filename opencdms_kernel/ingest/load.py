@@ -29,17 +29,20 @@ CREATE TEMP TABLE ingest_staging (
     epoch_seconds bigint   NOT NULL,
     value         double precision,
     flag          text,
+    source        text,
     line          bigint   NOT NULL
 ) ON COMMIT DROP
 """
-STAGED_COLUMNS = ("station_id", "element_id", "epoch_seconds", "value", "flag", "line")
+STAGED_COLUMNS = ("station_id", "element_id", "epoch_seconds", "value", "flag", "source", "line")
 
 # The statements are assembled from these constant fragments (never from input), so that the
 # MERGE and the plain INSERT cannot drift apart.  The staged rows as observations.  The
-# source's own flag is kept as the 'ingest' entry of result_quality, beside the QC entries.
+# source's own flag, and the file's word for where a value came from, are kept as the 'ingest'
+# entry of result_quality, beside the QC entries.
 STAGED_ROWS = """
 SELECT station_id, element_id, to_timestamp(epoch_seconds) AS phenomenon_time, value,
-       CASE WHEN flag IS NULL THEN NULL ELSE jsonb_build_object('flag', flag) END AS ingest_quality
+       CASE WHEN flag IS NULL AND source IS NULL THEN NULL
+            ELSE jsonb_strip_nulls(jsonb_build_object('flag', flag, 'source', source)) END AS ingest_quality
 FROM ingest_staging
 """
 NEW_RESULT_QUALITY = """CASE WHEN s.ingest_quality IS NULL THEN '{}'::jsonb
@@ -128,6 +131,30 @@ WHERE (station_id, element_id) IN (SELECT * FROM unnest(CAST(:stations AS intege
 GROUP BY station_id, element_id, epoch_seconds
 HAVING count(*) > 1
 """
+# Keys validation refused as conflicts within a chunk, and the staged rows (of other chunks)
+# that give one of them again: each is refused, naming a conflicting line with another value.
+CONFLICTS_DDL = """
+CREATE TEMP TABLE ingest_conflicts (
+    station_id integer, element_id smallint, epoch_seconds bigint, line bigint, value double precision, flag text
+) ON COMMIT DROP
+"""
+CONFLICTS_INSERT_SQL = """
+INSERT INTO ingest_conflicts
+SELECT * FROM unnest(CAST(:station_id AS integer[]), CAST(:element_id AS smallint[]),
+                     CAST(:epoch_seconds AS bigint[]), CAST(:line AS bigint[]),
+                     CAST(:value AS double precision[]), CAST(:flag AS text[]))
+"""
+STAGED_CONFLICTS_SQL = """
+SELECT s.line, s.element_id, s.value, o.line AS other_line, o.value AS other_value
+FROM ingest_staging AS s
+JOIN LATERAL (
+    SELECT c.line, c.value FROM ingest_conflicts AS c
+    WHERE c.station_id = s.station_id AND c.element_id = s.element_id AND c.epoch_seconds = s.epoch_seconds
+    ORDER BY (c.value IS NOT DISTINCT FROM s.value AND c.flag IS NOT DISTINCT FROM s.flag), c.line
+    LIMIT 1
+) AS o ON true
+ORDER BY s.line
+"""
 DROP_STAGED_SQL = """
 DELETE FROM ingest_staging
 WHERE (line, element_id) IN (SELECT * FROM unnest(CAST(:lines AS bigint[]), CAST(:elements AS smallint[])))
@@ -187,7 +214,7 @@ def _csv_chunks(rows: pa.Table) -> Iterator[bytes]:
 
 
 def stage_rows(connection: Connection, rows: pa.Table) -> None:
-    """COPY validated ``rows`` (station_id, element_id, epoch_seconds, value, flag, line) into staging."""
+    """COPY validated ``rows`` (station_id, element_id, epoch_seconds, value, flag, source, line) into staging."""
     if not rows.num_rows:
         return
     raw = connection.connection.driver_connection  # the psycopg connection, for COPY
@@ -204,6 +231,13 @@ class StagedKeys:
 
     ranges: dict[tuple[int, int], list[tuple[int, int]]] = field(default_factory=dict)
     overlapping: set[tuple[int, int]] = field(default_factory=set)
+    # Rows validation refused as conflicts (few): their keys are refused in every other chunk.
+    conflicts: list[pa.Table] = field(default_factory=list)
+
+    def add_conflicts(self, rows: pa.Table) -> None:
+        """Note the rows of one chunk refused because their key came with different values."""
+        if rows.num_rows:
+            self.conflicts.append(rows)
 
     def add(self, rows: pa.Table) -> None:
         """Note the series and time ranges of one chunk's accepted rows."""
@@ -235,15 +269,35 @@ def remove_cross_chunk_duplicates(
     from opencdms_kernel.ingest.validate import REJECT_SCHEMA
 
     rejects: dict[str, list[object]] = {"line": [], "column": [], "value": [], "reason": []}
+    drop_lines: list[int] = []
+    drop_elements: list[int] = []
+
+    def refuse(line: int, element_id: int, value: float | None, reason: str) -> None:
+        column, prefix = labels.get(element_id, ("value", ""))
+        rejects["line"].append(line)
+        rejects["column"].append(column)
+        rejects["value"].append(_text(value))
+        rejects["reason"].append(prefix + reason)
+        drop_lines.append(line)
+        drop_elements.append(element_id)
+
+    if staged.conflicts:
+        connection.execute(sa.text(CONFLICTS_DDL))
+        conflicts = pa.concat_tables(staged.conflicts)
+        connection.execute(sa.text(CONFLICTS_INSERT_SQL), {
+            name: conflicts.column(name).to_pylist() for name in conflicts.column_names})
+        for row in connection.execute(sa.text(STAGED_CONFLICTS_SQL)):
+            refuse(row.line, row.element_id, row.value,
+                   f"conflicts with line {row.other_line} (value {_text(row.other_value)})")
+        _drop_staged(connection, drop_lines, drop_elements)
+        drop_lines.clear()
+        drop_elements.clear()
     if staged.overlapping:
         series = sorted(staged.overlapping)
         repeated = connection.execute(sa.text(REPEATED_KEYS_SQL), {
             "stations": [station for station, _ in series], "elements": [element for _, element in series],
         }).all()
-        drop_lines: list[int] = []
-        drop_elements: list[int] = []
         for row in repeated:
-            column, prefix = labels.get(row.element_id, ("value", ""))
             same = len(set(zip(row.values, row.flags))) == 1
             for index, line in enumerate(row.lines):
                 if same and index == 0:
@@ -253,15 +307,14 @@ def remove_cross_chunk_duplicates(
                 else:
                     other = 1 if index == 0 else 0
                     reason = f"conflicts with line {row.lines[other]} (value {_text(row.values[other])})"
-                rejects["line"].append(line)
-                rejects["column"].append(column)
-                rejects["value"].append(_text(row.values[index]))
-                rejects["reason"].append(prefix + reason)
-                drop_lines.append(line)
-                drop_elements.append(row.element_id)
-        if drop_lines:
-            connection.execute(sa.text(DROP_STAGED_SQL), {"lines": drop_lines, "elements": drop_elements})
+                refuse(line, row.element_id, row.values[index], reason)
+        _drop_staged(connection, drop_lines, drop_elements)
     return pa.table(rejects, schema=REJECT_SCHEMA).sort_by([("line", "ascending")])
+
+
+def _drop_staged(connection: Connection, lines: list[int], elements: list[int]) -> None:
+    if lines:
+        connection.execute(sa.text(DROP_STAGED_SQL), {"lines": lines, "elements": elements})
 
 
 def _text(value: float | None) -> str:

@@ -5,7 +5,8 @@ A mapping is a small YAML file::
     layout: wide                 # wide: one column per element; long: station,element,time,value[,flag]
     source: demo-aws             # the data source recorded with each observation
     encoding: utf-8
-    delimiter: ","               # one character: ";" or "\t" (tab) too
+    delimiter: ","               # one character: ";" or "\t" (tab) too, or "whitespace": runs of
+                                 # spaces and tabs, as in column-aligned text files
     decimal: "."                 # or "," (decimal comma: 12,5)
     header_line: 1               # the line holding the column names; lines before it are skipped
     time: {column: datetime, format: "%Y-%m-%d %H:%M", timezone: Africa/Nairobi}
@@ -20,10 +21,11 @@ A mapping is a small YAML file::
     missing_values: ["-9999", M] # codes meaning "missing" in every value column ("" always is)
     trace_values: [T]            # codes meaning "trace": stored as 0 with the flag "trace"
     columns:                     # wide layout: file column -> element (and the units it is in)
-      air_temp: {element: TMEAN, units: degC, flag_column: air_temp_flag, missing_values: ["999.9"]}
+      air_temp: {element: TMEAN, units: degC, flag_column: air_temp_flag, missing_values: ["999.9"],
+                 source_column: air_temp_source}   # flag and source are kept with each value
     units: {PRCP: in}            # long layout: the units of an element, where not the element's own
 
-Files in the long layout need no mapping: :data:`DEFAULT_LONG_MAPPING` applies.
+A long file may add the columns ``flag`` and ``source``.  Files in the long layout need no mapping: :data:`DEFAULT_LONG_MAPPING` applies.
 """
 
 from __future__ import annotations
@@ -39,11 +41,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from opencdms_kernel.errors import MappingError
+from opencdms_kernel.vocabulary import IsoDuration
 
 LONG_COLUMNS = ("station", "element", "time", "value")
-_ISO_DURATION = re.compile(
-    r"^P(?:(?P<days>\d+)D)?(?:T(?:(?P<hours>\d+)H)?(?:(?P<minutes>\d+)M)?(?:(?P<seconds>\d+)S)?)?$"
-)
+LONG_OPTIONAL_COLUMNS = ("flag", "source")  # a value's flag, and where it came from
+WHITESPACE = "whitespace"  # the delimiter value for column-aligned files
 
 
 class Layout(str, Enum):
@@ -148,6 +150,8 @@ class ColumnSpec(_Frozen):
     element: str
     units: str | None = None
     flag_column: str | None = Field(default=None, description="the column holding this value's flag")
+    source_column: str | None = Field(
+        default=None, description="the column naming where this value came from (kept with it, as is)")
     missing_values: tuple[str, ...] = Field(default=(), description="codes for missing, besides the mapping's")
     trace_values: tuple[str, ...] = Field(default=(), description="codes for trace, besides the mapping's")
 
@@ -158,13 +162,13 @@ class Mapping(_Frozen):
     layout: Layout = Layout.LONG
     source: str = Field(default="csv-ingest", min_length=1)
     encoding: str = "utf-8"
-    delimiter: str = Field(default=",", min_length=1, max_length=1)
+    delimiter: str = Field(default=",", description='one character, or "whitespace" (runs of spaces/tabs)')
     decimal: str = Field(default=".", pattern=r"^[.,]$", description="decimal mark of the values")
     header_line: int = Field(default=1, ge=1, description="the line holding the column names")
     missing_values: tuple[str, ...] = Field(default=(), description='codes for "missing" in every value column')
     trace_values: tuple[str, ...] = Field(default=(), description='codes for "trace" (stored as 0, flag "trace")')
     time: TimeSpec = TimeSpec()
-    duration: str = Field(default="P1D", description="ISO 8601 period, e.g. P1D, PT1H, PT10M")
+    duration: IsoDuration = Field(default=timedelta(days=1), description="ISO 8601 period, e.g. P1D, PT1H, PT10M")
     level: float = 0.0
     station: StationSpec = StationSpec(column="station")
     unmapped_columns: Unmapped = Unmapped.IGNORE
@@ -172,11 +176,11 @@ class Mapping(_Frozen):
     units: dict[str, str] = Field(default_factory=dict)
     name: str = Field(default="(default long layout)", exclude=True)
 
-    @field_validator("duration")
+    @field_validator("delimiter")
     @classmethod
-    def _iso_duration(cls, value: str) -> str:
-        if duration_seconds(value) is None:
-            raise ValueError(f"not an ISO 8601 duration like P1D or PT1H: {value!r}")
+    def _one_character_or_whitespace(cls, value: str) -> str:
+        if value != WHITESPACE and len(value) != 1:
+            raise ValueError(f'one character (",", ";", "\\t" ...) or "{WHITESPACE}", not {value!r}')
         return value
 
     @field_validator("encoding")
@@ -196,6 +200,8 @@ class Mapping(_Frozen):
             raise ValueError("a wide layout needs 'columns' (file column -> element)")
         if self.layout is Layout.LONG and self.columns:
             raise ValueError("'columns' is for the wide layout; use 'units' in the long layout")
+        if self.whitespace_delimited and not _ascii_compatible(self.encoding):
+            raise ValueError(f"delimiter: {WHITESPACE} needs an ASCII-compatible encoding, not {self.encoding}")
         if self.decimal == self.delimiter:
             raise ValueError("the decimal mark and the delimiter must differ (decimal comma: use delimiter ';')")
         line = self.station.header_line
@@ -204,33 +210,39 @@ class Mapping(_Frozen):
         return self
 
     @property
+    def whitespace_delimited(self) -> bool:
+        """Fields are separated by runs of spaces and tabs (leading and trailing ones ignored)."""
+        return self.delimiter == WHITESPACE
+
+    @property
+    def parser_delimiter(self) -> str:
+        """The one character the CSV parser splits on (whitespace runs are read as one tab)."""
+        return "\t" if self.whitespace_delimited else self.delimiter
+
+    @property
     def duration_seconds(self) -> int:
         """The mapping's duration in seconds."""
-        seconds = duration_seconds(self.duration)
-        assert seconds is not None  # checked by the validator
-        return seconds
+        return int(self.duration.total_seconds())
 
     def required_columns(self) -> tuple[str, ...]:
         """Columns a file must have under this mapping."""
         station = (self.station.column,) if self.station.column else ()
         if self.layout is Layout.LONG:
             return (*station, "element", *self.time.source_columns, "value")
-        flags = tuple(spec.flag_column for spec in self.columns.values() if spec.flag_column)
-        return (*station, *self.time.source_columns, *flags)
+        companions = tuple(
+            name for spec in self.columns.values() for name in (spec.flag_column, spec.source_column) if name)
+        return (*station, *self.time.source_columns, *companions)
 
     def known_columns(self) -> frozenset[str]:
         """Columns this mapping names (the rest are ignored or refused)."""
-        extra = {"flag"} if self.layout is Layout.LONG else set(self.columns)
+        extra = set(LONG_OPTIONAL_COLUMNS) if self.layout is Layout.LONG else set(self.columns)
         return frozenset(self.required_columns()) | extra
 
 
-def duration_seconds(text: str) -> int | None:
-    """Seconds in an ISO 8601 duration of days/hours/minutes/seconds, or None if not one."""
-    match = _ISO_DURATION.match(text)
-    if not match or text in ("P", "PT"):
-        return None
-    parts = {name: int(value) for name, value in match.groupdict(default="0").items()}
-    return int(timedelta(**parts).total_seconds())
+def _ascii_compatible(encoding: str) -> bool:
+    """Whether spaces, tabs and line breaks are the same single bytes as in ASCII (a byte-order
+    mark in front, as utf-8-sig writes, does not matter)."""
+    return "x \t\n".encode(encoding).endswith(b"x \t\n")
 
 
 DEFAULT_LONG_MAPPING = Mapping()

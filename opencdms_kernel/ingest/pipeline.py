@@ -51,7 +51,9 @@ from opencdms_kernel.ingest.load import (
 from opencdms_kernel.ingest.mapping import DEFAULT_LONG_MAPPING, Layout, Mapping
 from opencdms_kernel.ingest import reader
 from opencdms_kernel.ingest.reader import CsvReading, MalformedRow, Opener, ParsedChunk
-from opencdms_kernel.ingest.validate import REJECT_SCHEMA, ReferenceData, load_reference_data, validate_rows
+from opencdms_kernel.ingest.validate import (
+    REJECT_SCHEMA, ReferenceData, Validated, load_reference_data, validate_rows,
+)
 
 REJECTS_PREFIX = "rejects"
 # Rejected rows kept in memory for display; the report in the bucket has them all.
@@ -379,10 +381,12 @@ def _load(
                 copying: Future[None] | None = None
                 for chunk in reading.chunks():
                     rows_read += chunk.row_count
-                    accepted = _validated(chunk, mapping, reference, rejects, now)
+                    validated = _validated(chunk, mapping, reference, rejects, now)
+                    accepted = validated.accepted
                     if copying is not None:
                         copying.result()
                     staged.add(accepted)
+                    staged.add_conflicts(validated.conflicts)
                     copying = copier.submit(stage_rows, connection, accepted)
                 if copying is not None:
                     copying.result()
@@ -416,14 +420,14 @@ def _ledger_uid(connection: sa.Connection, ledger_id: int) -> str:
 
 
 def _validated(chunk: ParsedChunk, mapping: Mapping, reference: ReferenceData, rejects: _Rejects,
-               now: datetime) -> pa.Table:
+               now: datetime) -> Validated:
     validated = validate_rows(chunk.rows, mapping, reference, now=now)
     if chunk.malformed:
         rejects.add(pa.concat_tables([_malformed_rejects(chunk.malformed), validated.rejects])
                     .sort_by([("line", "ascending")]))
     else:
         rejects.add(validated.rejects)
-    return validated.accepted
+    return validated
 
 
 def _reject_labels(mapping: Mapping, reference: ReferenceData) -> dict[int, tuple[str, str]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import re
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterator
 
@@ -36,6 +37,7 @@ NORMALISED = pa.schema(
         ("time", pa.string()),
         ("value", pa.string()),
         ("flag", pa.string()),
+        ("source", pa.string()),
         # Constant over a file or a column of it: dictionary-encoded, so they cost nothing.
         ("station_column", pa.dictionary(pa.int8(), pa.string())),
         ("value_column", pa.dictionary(pa.int8(), pa.string())),
@@ -101,15 +103,50 @@ class _CheckedStream(io.RawIOBase):
         return True
 
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        data = self._raw.read(len(buffer))
+        data = self._read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def _read(self, size: int) -> bytes:
+        """Up to ``size`` bytes of the file, checked."""
+        data = self._raw.read(size)
         if self._check_nul and (at := data.find(b"\x00")) >= 0:
             line = self._lines_before + data.count(b"\n", 0, at) + 1
             raise IngestFileError(
                 self._file, "not a text file: it contains binary data (a NUL byte)", line=line
             )
         self._lines_before += data.count(b"\n")
-        buffer[: len(data)] = data
-        return len(data)
+        return data
+
+
+class _WhitespaceStream(_CheckedStream):
+    """A column-aligned file as tab-separated text: every run of spaces and tabs becomes one tab,
+    and those at the start and end of a line go.  Line breaks are kept, so line numbers hold."""
+
+    _RUNS = re.compile(rb"[ \t]+")
+    _EDGES = re.compile(rb"^\t|\t(?=\r?$)", re.MULTILINE)
+
+    def __init__(self, file: str, raw: BinaryIO, check_nul: bool) -> None:
+        super().__init__(file, raw, check_nul)
+        self._partial_line = b""  # read, but its line not yet complete
+        self._ready = b""  # rewritten, not yet handed out
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._ready:
+            block = self._read(BLOCK_BYTES)
+            if not block:
+                self._ready, self._partial_line = self._rewrite(self._partial_line), b""
+                break
+            text = self._partial_line + block
+            end = text.rfind(b"\n") + 1
+            self._ready, self._partial_line = self._rewrite(text[:end]), text[end:]
+        size = min(len(buffer), len(self._ready))
+        buffer[:size] = self._ready[:size]
+        self._ready = self._ready[size:]
+        return size
+
+    def _rewrite(self, lines: bytes) -> bytes:
+        return self._EDGES.sub(b"", self._RUNS.sub(b"\t", lines))
 
     def close(self) -> None:
         self._raw.close()
@@ -150,6 +187,8 @@ def _lines_to_header(file: str, open_file: Opener, mapping: Mapping) -> list[str
 
 
 def _fields(line: str, mapping: Mapping) -> list[str]:
+    if mapping.whitespace_delimited:
+        return line.split()
     return next(csv.reader([line], delimiter=mapping.delimiter), [])
 
 
@@ -332,7 +371,8 @@ class CsvReading:
 
         mapping = self.mapping
         check_nul = not mapping.encoding.lower().replace("_", "-").startswith("utf-16")
-        stream = _CheckedStream(self.file, self._open(), check_nul)
+        stream_type = _WhitespaceStream if mapping.whitespace_delimited else _CheckedStream
+        stream = stream_type(self.file, self._open(), check_nul)
         try:
             reader = self._open_reader(stream, skip_row)
             pending: list[pa.RecordBatch] = []
@@ -360,7 +400,7 @@ class CsvReading:
                     encoding=mapping.encoding, use_threads=False, block_size=BLOCK_BYTES,
                     skip_rows=mapping.header_line - 1),
                 parse_options=pacsv.ParseOptions(
-                    delimiter=mapping.delimiter, ignore_empty_lines=False, invalid_row_handler=skip_row),
+                    delimiter=mapping.parser_delimiter, ignore_empty_lines=False, invalid_row_handler=skip_row),
                 # Everything as text: validation decides what is a number or a time.
                 convert_options=pacsv.ConvertOptions(
                     column_types={name: pa.string() for name in self.columns},
@@ -412,9 +452,10 @@ class CsvReading:
         time = _time_text(table, mapping)
         if mapping.layout is Layout.LONG:
             flag = table.column("flag") if "flag" in table.column_names else _constant(None, n)
+            source = table.column("source") if "source" in table.column_names else _constant(None, n)
             value, flag = _coded(table.column("value"), flag, mapping, (), ())
             return pa.table(
-                [lines, stations, table.column("element"), time, value, flag,
+                [lines, stations, table.column("element"), time, value, flag, source,
                  _constant_label(self._station_column, n), _constant_label("value", n),
                  _constant_label(None, n)],
                 schema=NORMALISED,
@@ -425,9 +466,10 @@ class CsvReading:
             # In the wide layout an empty cell means "not observed", not a missing observation.
             present = pc.not_equal(pc.utf8_trim_whitespace(values), "")
             flag = table.column(spec.flag_column) if spec.flag_column else _constant(None, n)
+            source = table.column(spec.source_column) if spec.source_column else _constant(None, n)
             value, flag = _coded(values, flag, mapping, spec.missing_values, spec.trace_values)
             parts.append(pa.table(
-                [lines, stations, _constant(spec.element, n), time, value, flag,
+                [lines, stations, _constant(spec.element, n), time, value, flag, source,
                  _constant_label(self._station_column, n), _constant_label(column, n),
                  _constant_label(spec.units, n)],
                 schema=NORMALISED,

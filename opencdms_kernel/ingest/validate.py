@@ -37,6 +37,7 @@ from opencdms_kernel.db.schema import element, station
 from opencdms_kernel.errors import MappingError
 from opencdms_kernel.ingest.mapping import Layout, Mapping
 from opencdms_kernel.ingest.units import conversion
+from opencdms_kernel.vocabulary import ElementInfo
 
 REJECT_SCHEMA = pa.schema(
     [("line", pa.int64()), ("column", pa.string()), ("value", pa.string()), ("reason", pa.string())]
@@ -76,17 +77,6 @@ NON_ZERO_MANTISSA = r"^[^eE]*[1-9]"
 
 
 @dataclass(frozen=True)
-class ElementInfo:
-    """What validation needs to know of an element."""
-
-    id: int
-    code: str
-    units: str
-    valid_min: float | None
-    valid_max: float | None
-
-
-@dataclass(frozen=True)
 class StationInfo:
     """What validation needs to know of a station: its id and when it observed (local dates)."""
 
@@ -115,7 +105,7 @@ def load_reference_data(connection: sa.Connection) -> ReferenceData:
         )
     }
     elements = {
-        row.code: ElementInfo(row.id, row.code, row.units, row.valid_min, row.valid_max)
+        row.code: ElementInfo(row.id, row.code, row.valid_min, row.valid_max, units=row.units)
         for row in connection.execute(
             sa.select(element.c.id, element.c.code, element.c.units, element.c.valid_min, element.c.valid_max)
         )
@@ -125,11 +115,15 @@ def load_reference_data(connection: sa.Connection) -> ReferenceData:
 
 @dataclass(frozen=True)
 class Validated:
-    """Accepted rows (station_id, element_id, epoch_seconds, value, flag, line), sorted by key,
-    and refused rows (line, column, value, reason), sorted by line."""
+    """Accepted rows (station_id, element_id, epoch_seconds, value, flag, source, line), sorted by key,
+    and refused rows (line, column, value, reason), sorted by line.  ``conflicts``: the rows
+    refused because their key was given with different values (station_id, element_id,
+    epoch_seconds, line, value, flag): a later chunk of the file that gives the key again is
+    refused too."""
 
     accepted: pa.Table
     rejects: pa.Table
+    conflicts: pa.Table
 
 
 def _conversions(mapping: Mapping, elements: dict[str, ElementInfo]) -> pa.Table:
@@ -249,7 +243,7 @@ ROWS_PER_DISTINCT_TIME = 4
 CHECK_SQL = """
 CREATE TEMP TABLE checked AS
 WITH joined AS (
-    SELECT r.rid, r.line, r.station, r.element, r.time, r.value AS written, r.flag, r.station_column,
+    SELECT r.rid, r.line, r.station, r.element, r.time, r.value AS written, r.flag, r.source, r.station_column,
            r.value_column, s.id AS station_id, s.opened, s.closed, s.observes_from, s.observes_until,
            e.id AS element_id, e.units AS element_units, e.valid_min, e.valid_max, c.scale, c."offset",
            r.epoch_seconds, r.time_text_problem,
@@ -293,6 +287,7 @@ WITH joined AS (
     FROM converted
 )
 SELECT rid, line, station_id, element_id, epoch_seconds, v AS value, nullif(trim(flag), '') AS flag,
+       nullif(trim(source), '') AS source,
        -- The report's columns for refused rows only: accepted rows carry no text.
        CASE WHEN station_problem IS NOT NULL THEN station_column
             WHEN element_problem IS NOT NULL THEN 'element'
@@ -344,7 +339,7 @@ WITH shared AS (
       ON k.station_id = s.station_id AND k.element_id = s.element_id AND k.epoch_seconds = s.epoch_seconds
     WHERE k.firsts[2] IS NOT NULL OR s.pos <> k.firsts[1]
 )
-SELECT f.rid, f.line, r.value_column AS "column", r.value,
+SELECT f.rid, f.line, f.conflict, r.value_column AS "column", r.value,
        CASE WHEN $name_element THEN trim(r.element) || ': ' ELSE '' END
        || CASE WHEN NOT f.conflict THEN 'duplicate of line ' || (f.other // $pos_scale)
                ELSE 'conflicts with line ' || o.line || ' ('
@@ -461,9 +456,15 @@ def validate_rows(
         if repeated:
             con.execute(REPEATED_SQL, {"pos_scale": POS_SCALE, "name_element": name_element})
         accepted = con.sql(
-            "SELECT station_id, element_id, epoch_seconds, value, flag, line FROM checked AS c "
+            "SELECT station_id, element_id, epoch_seconds, value, flag, source, line FROM checked AS c "
             + ("ANTI JOIN repeated USING (rid) " if repeated else "")
             + "WHERE c.reason IS NULL ORDER BY station_id, element_id, epoch_seconds"
+        ).to_arrow_table()
+        conflicts = con.sql(
+            "SELECT c.station_id, c.element_id, c.epoch_seconds, c.line, c.value, c.flag "
+            "FROM checked AS c SEMI JOIN (SELECT rid FROM repeated WHERE conflict) USING (rid)"
+            if repeated else
+            "SELECT station_id, element_id, epoch_seconds, line, value, flag FROM checked LIMIT 0"
         ).to_arrow_table()
         rejects = con.sql(
             "SELECT line, reject_column AS \"column\", reject_value AS value, reason "
@@ -473,4 +474,4 @@ def validate_rows(
         ).to_arrow_table()
     finally:
         con.close()
-    return Validated(accepted=accepted, rejects=rejects.cast(REJECT_SCHEMA))
+    return Validated(accepted=accepted, rejects=rejects.cast(REJECT_SCHEMA), conflicts=conflicts)

@@ -7,7 +7,7 @@ without a per-user install).  It runs ``<this python> -m ipykernel_launcher -f
 person's own session finds the installation's settings and catalog without set-up.
 
 Recorded runs do not rely on the spec's ``env``: the runner gives the kernel the run's settings
-as its environment, and those win (see :mod:`opencdms_kernel.notebooks.runner`).
+as its environment, and those win (see :mod:`opencdms_kernel.notebooks.execution`).
 """
 
 from __future__ import annotations

@@ -39,12 +39,20 @@ Kinds (annotation -> JSON Schema -> accepted values):
   at the end of the comment as ``[prefixes: incoming/ uploads/]`` (space or comma separated; a
   prefix ends with ``/``).  Without the tag any key inside the bucket is accepted.
 - ``WigosId`` -> string like ``0-20000-0-60001`` (the pattern the ``station`` table checks).
-- ``ElementCode`` -> string like ``TMAX`` (letters, digits, ``_``; lower case is upper-cased).
-- ``YearMonth`` -> string ``YYYY-MM``.
+- ``ElementCode`` -> string like ``TMAX``: an element of the vocabulary (``db/elements.csv``);
+  blanks around are dropped and lower case is upper-cased.
+- ``YearMonth`` -> string ``YYYY-MM`` (read by ``vocabulary.Month``).
+- ``Period`` -> string ``YYYY-YYYY`` (or one year ``YYYY``; read by ``vocabulary.Period``, passed on
+  as ``YYYY-YYYY``).
 - ``list[K]`` for any kind K above (``list`` alone is ``list[str]``) -> array of K.
 - ``Optional[K]``, or a default of ``None``, also accepts ``null``.
 - No annotation: the kind is inferred from the default (``3`` -> int, ``"x"`` -> str, …; a
   default that is not a literal accepts any JSON scalar or list of scalars).
+
+Each kind is one pydantic ``Annotated`` type (``Integer``, ``Number``, ``Boolean``, ``text_type()``,
+``bucket_key_type()``, ``StationId``, ``Element``, ``MonthText``, ``PeriodText``, ``JsonValue``):
+a parameter's JSON Schema and its validation both come from it (``TypeAdapter``), and a refusal
+is reworded to name the notebook and the parameter.
 
 Tags are ``[name: value]`` at the end of the comment (``prefixes``, ``max_length``, ``pattern``;
 each at most once, on a parameter of the kind it belongs to); an unknown ``[name: …]`` there
@@ -57,15 +65,21 @@ from __future__ import annotations
 
 import ast
 import json
-import math
 import re
 from dataclasses import dataclass, replace
 from enum import Enum
-from typing import Any, Callable, Mapping, NewType
+from functools import cached_property
+from typing import Annotated, Any, Callable, Mapping, NewType, Optional
+
+from pydantic import AfterValidator, AllowInfNan, BeforeValidator, Field, PlainValidator, Strict, TypeAdapter
+from pydantic import ValidationError, WithJsonSchema
 
 from opencdms_kernel.bucket import bucket_key_problem
+from opencdms_kernel.errors import ParameterError
 from opencdms_kernel.notebooks.errors import NotebookDefinitionError, NotebookParameterError
-from opencdms_kernel.vocabulary import WIGOS_ID_PATTERN, wigos_id_problem
+from opencdms_kernel.vocabulary import MONTH_PATTERN, PERIOD_PATTERN, Month, Period as PeriodValue, wigos_id_problem
+from opencdms_kernel.vocabulary import ElementCode as VocabularyElementCode
+from opencdms_kernel.vocabulary import WigosId as VocabularyWigosId
 
 BucketKey = NewType("BucketKey", str)
 """A key in the file bucket (annotation for a notebook parameter)."""
@@ -75,6 +89,9 @@ ElementCode = NewType("ElementCode", str)
 """An element code such as TMAX (annotation for a notebook parameter)."""
 YearMonth = NewType("YearMonth", str)
 """A month as YYYY-MM (annotation for a notebook parameter)."""
+Period = NewType("Period", str)
+"""Whole years as YYYY-YYYY (annotation for a notebook parameter; the value is text, which
+``opencdms_kernel.vocabulary.Period.parse`` reads)."""
 
 
 class Kind(str, Enum):
@@ -88,11 +105,11 @@ class Kind(str, Enum):
     WIGOS_ID = "WigosId"
     ELEMENT_CODE = "ElementCode"
     YEAR_MONTH = "YearMonth"
+    PERIOD = "Period"
     ANY = "any"
 
 
 ELEMENT_CODE_PATTERN = r"^[A-Z][A-Z0-9_]{0,31}$"
-YEAR_MONTH_PATTERN = r"^[0-9]{4}-(0[1-9]|1[0-2])$"
 DEFAULT_MAX_LENGTH = 1000
 """Characters a ``str`` parameter may hold unless its comment says ``[max_length: N]``."""
 
@@ -106,18 +123,129 @@ _TAG_NAMES = {"prefixes": "prefixes", "prefix": "prefixes", "max_length": "max_l
 _TEXT_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _SURROGATE = re.compile(r"[\ud800-\udfff]")
 
-_STRING_KINDS = {Kind.STR, Kind.BUCKET_KEY, Kind.WIGOS_ID, Kind.ELEMENT_CODE, Kind.YEAR_MONTH}
-_BASE_SCHEMAS: dict[Kind, dict[str, Any]] = {
-    Kind.INT: {"type": "integer"},
-    Kind.FLOAT: {"type": "number"},
-    Kind.BOOL: {"type": "boolean"},
-    Kind.STR: {"type": "string"},
-    Kind.BUCKET_KEY: {"type": "string"},
-    Kind.WIGOS_ID: {"type": "string", "pattern": WIGOS_ID_PATTERN},
-    Kind.ELEMENT_CODE: {"type": "string", "pattern": ELEMENT_CODE_PATTERN},
-    Kind.YEAR_MONTH: {"type": "string", "pattern": YEAR_MONTH_PATTERN},
-    Kind.ANY: {},
+
+# --------------------------------------------------------------------------- the kinds as pydantic types
+#
+# Each kind is one Annotated type: pydantic validates a value with it and writes its JSON
+# Schema from it.  Strict(): a request's JSON is not coerced ("3" is not an integer); the
+# few conversions a kind makes are its own validators.  A validator's ValueError becomes the
+# reason a request is refused (see ParameterSpec.validate).
+
+
+def _whole_number(value: Any) -> Any:
+    """3.0 is the integer 3 (JSON does not tell them apart); 3.5 stays a float, and is refused."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def _plain_text(value: str) -> str:
+    """Text a notebook and the database can hold: a Windows line end becomes a newline;
+    control characters (but tab and newline) and lone surrogates are refused."""
+    value = value.replace("\r\n", "\n")
+    if surrogate := _SURROGATE.search(value):
+        raise ValueError(f"is not valid Unicode (a lone surrogate {surrogate.group()!r} at position {surrogate.start()})")
+    if control := _TEXT_CONTROL.search(value):
+        raise ValueError(
+            f"contains a control character {control.group()!r} at position {control.start()} "
+            "(of those only tab and newline are allowed)"
+        )
+    return value
+
+
+def _matching(pattern: str) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if not re.fullmatch(pattern, value):
+            raise ValueError(f"{_shortened(value)} does not match the pattern {pattern}")
+        return value
+
+    return check
+
+
+def _in_bucket(prefixes: tuple[str, ...]) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if problem := bucket_key_problem(value, prefixes):
+            raise ValueError(problem)
+        return value
+
+    return check
+
+
+def _month_text(value: str) -> str:
+    return Month.parse(value, "month").label
+
+
+def _period_text(value: str) -> str:
+    return PeriodValue.parse(value, "period").label
+
+
+def _json_scalar(value: Any) -> Any:
+    """An item of an untyped list: a JSON scalar; text as free text."""
+    if isinstance(value, str):
+        return _free_text(DEFAULT_MAX_LENGTH)(value)
+    if value is None or isinstance(value, (int, float, bool)):
+        return value
+    raise ValueError(f"must be a text, number or boolean, not {_describe(value)}")
+
+
+def _json_value(value: Any) -> Any:
+    """A parameter without a type: a JSON scalar, or a list of scalars; text as free text."""
+    if isinstance(value, (list, tuple)) and all(item is None or isinstance(item, (str, int, float, bool)) for item in value):
+        return [_json_scalar(item) for item in value]
+    try:
+        return _json_scalar(value)
+    except ValueError:
+        raise ValueError(f"must be a text, number, boolean or list of those, not {_describe(value)}") from None
+
+
+def _free_text(limit: int) -> Callable[[str], str]:
+    def check(value: str) -> str:
+        if len(value) > limit:
+            raise ValueError(f"{len(value):,} characters long, more than the {limit:,} allowed")
+        return _plain_text(value)
+
+    return check
+
+
+Integer = Annotated[int, BeforeValidator(_whole_number), Strict()]
+Number = Annotated[float, Strict(), AllowInfNan(False)]
+Boolean = Annotated[bool, Strict()]
+StationId = Annotated[VocabularyWigosId, Strict()]
+# Blanks around and lower case are forgiven; then the element vocabulary decides.
+Element = Annotated[str, Strict(), AfterValidator(lambda value: value.strip().upper()),
+                    *VocabularyElementCode.__metadata__, Field(json_schema_extra={"pattern": ELEMENT_CODE_PATTERN})]
+MonthText = Annotated[str, Strict(), AfterValidator(_month_text), Field(json_schema_extra={"pattern": MONTH_PATTERN})]
+PeriodText = Annotated[str, Strict(), AfterValidator(_period_text), Field(json_schema_extra={"pattern": PERIOD_PATTERN})]
+JsonValue = Annotated[Any, PlainValidator(_json_value), WithJsonSchema({})]
+JsonScalar = Annotated[Any, PlainValidator(_json_scalar), WithJsonSchema({})]
+
+_FIXED_TYPES: dict[Kind, Any] = {
+    Kind.INT: Integer, Kind.FLOAT: Number, Kind.BOOL: Boolean, Kind.WIGOS_ID: StationId,
+    Kind.ELEMENT_CODE: Element, Kind.YEAR_MONTH: MonthText, Kind.PERIOD: PeriodText, Kind.ANY: JsonValue,
 }
+_NOUNS = {Kind.INT: "an integer", Kind.FLOAT: "a finite number", Kind.BOOL: "true or false",
+          Kind.ANY: "a text, number, boolean or list of those"}
+# Why a value does not match a kind's pattern, in the vocabulary's words.
+_PATTERN_PROBLEMS: dict[Kind, Callable[[str], str | None]] = {Kind.WIGOS_ID: wigos_id_problem}
+
+
+def text_type(limit: int, pattern: str | None = None) -> Any:
+    """The ``str`` kind with its length limit and, if declared, the pattern it must match.
+
+    The length is checked first (the useful message for a huge value, and cheap), on the text
+    as given; then the characters; then the pattern, with ``re.fullmatch``.  The schema shows
+    the pattern anchored (``^(?:…)$``), since a JSON Schema pattern matches anywhere.
+    """
+    parts: list[Any] = [Strict(), Field(max_length=limit), AfterValidator(_plain_text)]
+    if pattern is not None:
+        parts += [AfterValidator(_matching(pattern)), Field(json_schema_extra={"pattern": f"^(?:{pattern})$"})]
+    return Annotated[str, *parts]
+
+
+def bucket_key_type(prefixes: tuple[str, ...]) -> Any:
+    """The ``BucketKey`` kind: a key inside the bucket, under one of ``prefixes`` if any."""
+    parts: list[Any] = [Strict(), AfterValidator(_in_bucket(prefixes))]
+    if prefixes:
+        parts.append(Field(json_schema_extra={"pattern": "^(?:" + "|".join(re.escape(p) for p in prefixes) + ")"}))
+    return Annotated[str, *parts]
 
 
 @dataclass(frozen=True)
@@ -143,19 +271,32 @@ class ParameterSpec:
             return self.max_length if self.max_length is not None else DEFAULT_MAX_LENGTH
         return None
 
+    @property
+    def item_type(self) -> Any:
+        """The pydantic type of one value of this parameter (an item, for a list)."""
+        if self.kind is Kind.STR:
+            return text_type(self.length_limit or DEFAULT_MAX_LENGTH, self.pattern)
+        if self.kind is Kind.BUCKET_KEY:
+            return bucket_key_type(self.prefixes)
+        if self.kind is Kind.ANY and self.is_list:
+            return JsonScalar
+        return _FIXED_TYPES[self.kind]
+
+    @cached_property
+    def _adapter(self) -> TypeAdapter[Any]:
+        item = self.item_type
+        whole = list[item] if self.is_list else item  # type: ignore[valid-type]
+        return TypeAdapter(Optional[whole] if self.nullable else whole)  # noqa: UP007
+
     def json_schema(self) -> dict[str, Any]:
         """This parameter as a JSON Schema (with ``x-opencdms-kind`` and, for keys, prefixes)."""
-        item = dict(_BASE_SCHEMAS[self.kind])
-        if self.kind is Kind.BUCKET_KEY and self.prefixes:
-            item["pattern"] = "^(?:" + "|".join(re.escape(p) for p in self.prefixes) + ")"
-        if self.length_limit is not None:
-            item["maxLength"] = self.length_limit  # JSON Schema applies it to strings only
-        if self.pattern is not None:
-            # Enforced with re.fullmatch; a JSON Schema pattern matches anywhere, so anchor it.
-            item["pattern"] = f"^(?:{self.pattern})$"
-        schema: dict[str, Any] = {"type": "array", "items": item} if self.is_list else item
-        if self.nullable and "type" in schema:
-            schema["type"] = [schema["type"], "null"]
+        schema = self._adapter.json_schema()
+        if self.nullable:
+            # pydantic writes anyOf [T, null]; the one-type form reads better and means the same.
+            options = schema.pop("anyOf")
+            schema.update(next(option for option in options if option != {"type": "null"}))
+            if "type" in schema:
+                schema["type"] = [schema["type"], "null"]
         schema["x-opencdms-kind"] = self.kind.value
         if self.prefixes:
             schema["x-opencdms-prefixes"] = list(self.prefixes)
@@ -173,17 +314,32 @@ class ParameterSpec:
 
     def validate(self, value: Any, notebook: str) -> Any:
         """The value checked against this parameter (normalised), or NotebookParameterError."""
+        try:
+            return self._adapter.validate_python(value)
+        except ValidationError as exc:
+            raise NotebookParameterError(notebook, self.name, self._reason(exc.errors()[0], value)) from None
+
+    def _reason(self, error: Mapping[str, Any], value: Any) -> str:
+        """A pydantic error in the words of this parameter's kind."""
+        location = [part for part in error["loc"] if isinstance(part, int)]
+        where = f" (item {location[0]})" if self.is_list and location else ""
+        given = error.get("input")
+        kind = error["type"]
+        if kind in ("value_error", "assertion_error"):
+            cause = error["ctx"]["error"]
+            return (cause.reason if isinstance(cause, ParameterError) else str(cause)) + where
+        if kind == "string_unicode" and isinstance(given, str) and (surrogate := _SURROGATE.search(given)):
+            return f"is not valid Unicode (a lone surrogate {surrogate.group()!r} at position {surrogate.start()}){where}"
+        if kind == "string_too_long":
+            return f"{len(given):,} characters long, more than the {error['ctx']['max_length']:,} allowed{where}"
+        if kind == "string_pattern_mismatch" and self.kind in _PATTERN_PROBLEMS:
+            return (_PATTERN_PROBLEMS[self.kind](given) or f"{given!r} does not match {error['ctx']['pattern']}") + where
         if value is None:
-            if self.nullable:
-                return None
-            raise NotebookParameterError(notebook, self.name, f"must be a {self.type_label}, not null")
-        if self.is_list:
-            if not isinstance(value, (list, tuple)):
-                raise NotebookParameterError(
-                    notebook, self.name, f"must be a list of {self.kind.value}, not {_describe(value)}"
-                )
-            return [self._scalar(item, notebook, f" (item {index})") for index, item in enumerate(value)]
-        return self._scalar(value, notebook, "")
+            return f"must be a {self.type_label}, not null"
+        if self.is_list and not where:
+            return f"must be a list of {self.kind.value}, not {_describe(value)}"
+        noun = _NOUNS.get(self.kind, f"a text ({self.kind.value})")
+        return f"must be {noun}, not {_describe(given)}{where}"
 
     def parse_text(self, text: str, notebook: str) -> Any:
         """A value typed as text (command line) converted to this parameter's kind and checked."""
@@ -224,71 +380,6 @@ class ParameterSpec:
             except json.JSONDecodeError:
                 return text
         return text
-
-    def _scalar(self, value: Any, notebook: str, where: str) -> Any:
-        def refuse(reason: str) -> NotebookParameterError:
-            return NotebookParameterError(notebook, self.name, reason + where)
-
-        kind = self.kind
-        if kind is Kind.ANY:
-            if isinstance(value, str):
-                return self._text(value, refuse)
-            if value is None or isinstance(value, (int, float, bool)):
-                return value
-            if isinstance(value, (list, tuple)) and not self.is_list and all(
-                item is None or isinstance(item, (str, int, float, bool)) for item in value
-            ):
-                return [self._text(item, refuse) if isinstance(item, str) else item for item in value]
-            raise refuse(f"must be a text, number, boolean or list of those, not {_describe(value)}")
-        if kind is Kind.BOOL:
-            if isinstance(value, bool):
-                return value
-            raise refuse(f"must be true or false, not {_describe(value)}")
-        if kind is Kind.INT:
-            if isinstance(value, int) and not isinstance(value, bool):
-                return value
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise refuse(f"must be an integer, not {_describe(value)}")
-        if kind is Kind.FLOAT:
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                return float(value)
-            raise refuse(f"must be a finite number, not {_describe(value)}")
-        if not isinstance(value, str):
-            raise refuse(f"must be a text ({kind.value}), not {_describe(value)}")
-        if kind is Kind.STR:
-            return self._text(value, refuse)
-        if kind is Kind.BUCKET_KEY:
-            problem = bucket_key_problem(value, self.prefixes)
-            if problem:
-                raise refuse(problem)
-        elif kind is Kind.WIGOS_ID and (problem := wigos_id_problem(value)) is not None:
-            raise refuse(problem)
-        elif kind is Kind.ELEMENT_CODE:
-            value = value.strip().upper()
-            if not re.fullmatch(ELEMENT_CODE_PATTERN, value):
-                raise refuse(f"{value!r} is not an element code like TMAX")
-        elif kind is Kind.YEAR_MONTH and not re.fullmatch(YEAR_MONTH_PATTERN, value):
-            raise refuse(f"{value!r} is not a month like 2020-07")
-        return value
-
-    def _text(self, value: str, refuse: Callable[[str], NotebookParameterError]) -> str:
-        """Free text checked: length first (cheap, and the useful message for a huge value),
-        then the characters, then the declared pattern."""
-        limit = self.length_limit
-        if limit is not None and len(value) > limit:
-            raise refuse(f"{len(value):,} characters long, more than the {limit:,} allowed")
-        value = value.replace("\r\n", "\n")
-        if surrogate := _SURROGATE.search(value):
-            raise refuse(f"is not valid Unicode (a lone surrogate {surrogate.group()!r} at position {surrogate.start()})")
-        if control := _TEXT_CONTROL.search(value):
-            raise refuse(
-                f"contains a control character {control.group()!r} at position {control.start()} "
-                "(of those only tab and newline are allowed)"
-            )
-        if self.pattern is not None and not re.fullmatch(self.pattern, value):
-            raise refuse(f"{_shortened(value)} does not match the pattern {self.pattern}")
-        return value
 
 
 def _shortened(value: Any) -> str:

@@ -90,7 +90,7 @@ from opencdms_kernel.products.normals import NormalStatistic, check_normals_rule
 from opencdms_kernel.products.sql import Selection, select
 from opencdms_kernel.products.store import Replaced, write_versioned
 from opencdms_kernel.products.summaries import check_rule, monthly_table
-from opencdms_kernel.vocabulary import parse_wigos_id
+from opencdms_kernel.vocabulary import Month, check_year, parse_wigos_id
 
 CLIMAT_PREFIX = "products/climat"
 
@@ -103,12 +103,13 @@ MAX_LINE = 69
 
 
 def check_year_month(year: object, month: object) -> tuple[int, int]:
-    """``(year, month)`` as integers, or :class:`ProductParameterError` naming the bad one."""
-    if isinstance(year, bool) or not isinstance(year, int) or not 1800 <= year <= 2999:
-        raise ProductParameterError("year", f"{year!r} is not a year between 1800 and 2999")
-    if isinstance(month, bool) or not isinstance(month, int) or not 1 <= month <= 12:
-        raise ProductParameterError("month", f"{month!r} is not a month number 1..12")
-    return year, month
+    """``(year, month)`` as integers, or :class:`ProductParameterError` naming the bad one
+    (``year`` or ``month``), by the vocabulary's :class:`~opencdms_kernel.vocabulary.Month`."""
+    try:
+        checked = Month(year, month)  # type: ignore[arg-type]
+    except ProductParameterError as exc:
+        raise ProductParameterError(exc.parameter.removeprefix("month."), exc.reason) from None
+    return checked.year, checked.month
 
 
 def split_wigos_id(wigos_id: str) -> tuple[int, int, int, str]:
@@ -303,9 +304,7 @@ class ClimatNormals:
 
     def __post_init__(self) -> None:
         for name in ("first_year", "last_year"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not 1800 <= value <= 2999:
-                raise ProductParameterError(name, f"{value!r} is not a year between 1800 and 2999")
+            check_year(getattr(self, name), name)
         if self.last_year <= self.first_year:
             raise ProductParameterError("last_year", f"{self.last_year} is not after first_year {self.first_year}")
         _check_range(self, ("station_pressure", "sea_level_pressure"), 0.0, 1100.0, upper_open=True)

@@ -62,6 +62,7 @@ from opencdms_kernel.products.model import (
     QcPolicy,
 )
 from opencdms_kernel.products.store import Replaced, write_versioned
+from opencdms_kernel.vocabulary import FinalFlag, QcStatus
 
 if TYPE_CHECKING:
     from opencdms_kernel.db.engine import Datastore
@@ -122,9 +123,9 @@ class DaycliEncodingError(bufr.BufrEncodingError):
 
 def daycli_flag(qc_status: str | None, final_flag: str | None = None) -> int:
     """The DAYCLI quality flag of a value that counts, from its QC status and final flag."""
-    if final_flag in ("verified", "corrected") or qc_status == "passed":
+    if final_flag in (FinalFlag.VERIFIED, FinalFlag.CORRECTED) or qc_status == QcStatus.PASSED:
         return FLAG_GOOD
-    if qc_status == "suspect":
+    if qc_status == QcStatus.SUSPECT:
         return FLAG_SUSPECT
     return FLAG_UNCHECKED
 

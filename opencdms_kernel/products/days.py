@@ -44,6 +44,7 @@ from opencdms_kernel.products.sql import (
     rows_sql,
     zones_table,
 )
+from opencdms_kernel.vocabulary import QcStatus
 
 DAILY_SCHEMA = pa.schema(
     [
@@ -199,7 +200,7 @@ def derived_days(
                    CASE daily_column WHEN 'total' THEN total WHEN 'maximum' THEN maximum
                                      WHEN 'minimum' THEN minimum ELSE mean END AS value,
                    CAST(NULL AS DOUBLE) AS excluded_value, value IS NOT NULL AS counted, true AS derived,
-                   CASE WHEN suspect_values > 0 THEN 'suspect' END AS qc_status,
+                   CASE WHEN suspect_values > 0 THEN '{QcStatus.SUSPECT.value}' END AS qc_status,
                    CAST(NULL AS VARCHAR) AS final_flag,
                    CAST(NULL AS TIMESTAMPTZ) AS period_start,
                    duration_seconds, suspect_values, excluded_values,
@@ -231,15 +232,16 @@ def _with_derived_status_and_start(
             columns=f"wigos_id, element, {LOCAL_DAY} AS day, qc_status", where=IN_PERIOD,
         )
         zone_of = "coalesce(z.timezone, 'UTC')" if zones else "'UTC'"
+        NONE = QcStatus.NONE.value  # noqa: N806 - a constant of the statement
         sql = f"""
             WITH statuses AS (
-                SELECT wigos_id, element, day, bool_or(coalesce(qc_status, 'none') = 'none') AS unchecked
+                SELECT wigos_id, element, day, bool_or(coalesce(qc_status, '{NONE}') = '{NONE}') AS unchecked
                 FROM ({inner}) AS v GROUP BY wigos_id, element, day
             )
             SELECT d.wigos_id, d.element, d.day, d.value, d.excluded_value, d.counted, d.derived,
                    CASE WHEN NOT d.counted THEN NULL
                         WHEN d.qc_status IS NOT NULL THEN d.qc_status
-                        WHEN s.unchecked THEN 'none' ELSE 'passed' END AS qc_status,
+                        WHEN s.unchecked THEN '{NONE}' ELSE '{QcStatus.PASSED.value}' END AS qc_status,
                    d.final_flag,
                    timezone({zone_of}, CAST(d.day AS TIMESTAMP)) AS period_start,
                    d.duration_seconds, d.suspect_values, d.excluded_values

@@ -45,9 +45,11 @@ from opencdms_kernel.products.model import (
     ProductKind,
     ProductParameterError,
     QcPolicy,
+    check_period,
 )
 from opencdms_kernel.products.sql import Selection, select
 from opencdms_kernel.products.summaries import check_rule, qc_note, qc_summary
+from opencdms_kernel.vocabulary import elements
 
 DAY_US = 86_400_000_000
 
@@ -148,11 +150,19 @@ INDICES: dict[str, IndexDefinition] = {
     )
 }
 
-# CF attributes xclim checks on its inputs.
+
+def _input_attrs(element: Element, **changed: str) -> dict[str, str]:
+    """The CF attributes xclim checks on an input, from the element's vocabulary entry."""
+    known = elements()[element.value]
+    return {"units": known.units, "standard_name": known.standard_name,
+            "cell_methods": f"{known.cell_method} within days"} | changed
+
+
+# xclim takes precipitation as a flux: each day's amount per day.
 _INPUT_ATTRS = {
-    TX: {"units": "degC", "standard_name": "air_temperature", "cell_methods": "time: maximum within days"},
-    TN: {"units": "degC", "standard_name": "air_temperature", "cell_methods": "time: minimum within days"},
-    PR: {"units": "mm d-1", "standard_name": "precipitation_flux", "cell_methods": "time: sum within days"},
+    TX: _input_attrs(TX),
+    TN: _input_attrs(TN),
+    PR: _input_attrs(PR, units=f"{elements()[PR.value].units} d-1", standard_name="precipitation_flux"),
 }
 
 INDEX_SCHEMA = pa.schema(
@@ -222,8 +232,7 @@ def climate_indices(
     where the period does not meet ``rule``.  A station gets the indices whose inputs it has
     any counted value of in the period.
     """
-    if not isinstance(period, Period):
-        raise ProductParameterError("period", f"expected a Period(start_year, end_year), not {period!r}")
+    period = check_period(period)
     definitions = _check_indices(indices)
     wanted_frequencies = _check_frequencies(frequencies)
     rule = check_rule(rule)

@@ -1,13 +1,16 @@
-"""Values shared by the climate products: periods, rules, elements, thresholds, errors, results.
+"""Values shared by the climate products: rules, elements, thresholds, QC policy, results.
 
 Everything here is a frozen dataclass or an enum, validated when built, so a product function
 can trust its arguments and a bad one fails early with a message that names the parameter.
+The domain's words come from :mod:`opencdms_kernel.vocabulary` (re-exported here where product
+code has always found them): :class:`Period`, the elements of ``db/elements.csv`` and what
+their cell methods say, :class:`QcStatus`; the parameter error is the kernel's
+(:class:`~opencdms_kernel.errors.ParameterError`).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from datetime import date
 from decimal import ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal
@@ -17,25 +20,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pyarrow as pa
 
-from opencdms_kernel.archive import QC_STATUSES
-from opencdms_kernel.errors import OpenCDMSError, UnknownReferenceError
-
-# Years a product may cover: instrumental records start in the 17th century; a year far in the
-# future is a typing mistake, not a request.
-MIN_YEAR = 1600
-MAX_YEAR = 2200
-
+from opencdms_kernel.errors import ParameterError, UnknownReferenceError
+from opencdms_kernel.vocabulary import Period as Period
+from opencdms_kernel.vocabulary import QcStatus, elements
 
 # --------------------------------------------------------------------------- errors
 
-
-class ProductParameterError(OpenCDMSError, ValueError):
-    """A product parameter is invalid; ``parameter`` names it, the message says why."""
-
-    def __init__(self, parameter: str, reason: str) -> None:
-        self.parameter = parameter
-        self.reason = reason
-        super().__init__(f"parameter '{parameter}': {reason}")
+# The kernel's one parameter error, under the name product code and its callers have used: a
+# bad product parameter and a bad month or period (from the vocabulary) are the same error.
+ProductParameterError = ParameterError
 
 
 class ProductReferenceError(UnknownReferenceError):
@@ -83,38 +76,29 @@ class Statistic(StrEnum):
     TOTAL = "total"
 
 
-class Element(StrEnum):
-    """The element codes of the datastore's catalogue (``db/elements.csv``)."""
+# The element codes of the vocabulary (``db/elements.csv``), as an enum whose members are the
+# codes (``Element.TMAX == "TMAX"``): built from the CSV, so a row added there is an element of
+# every product; what an element is (units, cell method, range) is the vocabulary's Element.
+Element = StrEnum("Element", [(code, code) for code in elements()], module=__name__)  # type: ignore[misc]
+Element.__doc__ = "The element codes of the datastore's catalogue (``db/elements.csv``)."
 
-    TMAX = "TMAX"
-    TMIN = "TMIN"
-    TMEAN = "TMEAN"
-    PRCP = "PRCP"
-    WSPD = "WSPD"
-    WDIR = "WDIR"
-    WGUST = "WGUST"
-    PRES = "PRES"
-    MSLP = "MSLP"
-    RH = "RH"
-    TDEW = "TDEW"
-    SUN = "SUN"
-    SNWD = "SNWD"
-    EVAP = "EVAP"
-    TSOIL = "TSOIL"
+
+def _elements_whose(method: str) -> frozenset[Element]:
+    return frozenset(Element(code) for code, element in elements().items() if element.time_method == method)
 
 
 # Elements whose days add up (cell method "time: sum"); every other summarised element is
-# averaged.  Wind direction is an angle: its arithmetic mean is meaningless (the mean of 350°
-# and 10° is not 180°), so it has no summary here.
-TOTAL_ELEMENTS = frozenset({Element.PRCP, Element.SUN, Element.EVAP})
-UNSUMMARISED_ELEMENTS = frozenset({Element.WDIR})
+# averaged.  An angle (wind direction, units "degree") has no meaningful arithmetic mean (the
+# mean of 350° and 10° is not 180°), so it has no summary here.
+TOTAL_ELEMENTS = _elements_whose("sum")
+UNSUMMARISED_ELEMENTS = frozenset(Element(code) for code, element in elements().items() if element.is_angle)
 
 
-# The element's cell method (db/elements.csv) says which summary of its sub-daily values is
-# its daily value: the highest of hourly maxima, the lowest of minima, the sum of amounts; the
-# mean of everything else (means and point values).
-MAXIMUM_ELEMENTS = frozenset({Element.TMAX, Element.WGUST})
-MINIMUM_ELEMENTS = frozenset({Element.TMIN})
+# The element's cell method says which summary of its sub-daily values is its daily value: the
+# highest of hourly maxima, the lowest of minima, the sum of amounts; the mean of everything
+# else (means and point values).
+MAXIMUM_ELEMENTS = _elements_whose("maximum")
+MINIMUM_ELEMENTS = _elements_whose("minimum")
 
 
 def statistic_of(element: str) -> Statistic:
@@ -163,55 +147,17 @@ def _whole_number(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-@dataclass(frozen=True, order=True)
-class Period:
-    """Whole calendar years ``start_year`` to ``end_year``, both included (local time)."""
-
-    start_year: int
-    end_year: int
-
-    def __post_init__(self) -> None:
-        for name in ("start_year", "end_year"):
-            year = getattr(self, name)
-            if not _whole_number(year):
-                raise ProductParameterError(f"period.{name}", f"a year must be a whole number, not {year!r}")
-            if not MIN_YEAR <= year <= MAX_YEAR:
-                raise ProductParameterError(f"period.{name}", f"year {year} is outside {MIN_YEAR}-{MAX_YEAR}")
-        if self.start_year > self.end_year:
-            raise ProductParameterError(
-                "period", f"start year {self.start_year} is after end year {self.end_year}"
-            )
-
-    @classmethod
-    def parse(cls, text: str) -> "Period":
-        """``"1991-2020"`` or ``"2020"`` (one year)."""
-        match = re.fullmatch(r"\s*(\d{4})\s*(?:[-/–]\s*(\d{4})\s*)?", text or "")
-        if not match:
-            raise ProductParameterError("period", f"'{text}' is not a year or a range like 1991-2020")
-        start = int(match.group(1))
-        return cls(start, int(match.group(2) or start))
-
-    @property
-    def years(self) -> int:
-        return self.end_year - self.start_year + 1
-
-    @property
-    def first_day(self) -> date:
-        return date(self.start_year, 1, 1)
-
-    @property
-    def last_day(self) -> date:
-        return date(self.end_year, 12, 31)
-
-    @property
-    def label(self) -> str:
-        return f"{self.start_year}-{self.end_year}"
-
-    def __str__(self) -> str:
-        return self.label
-
-
 STANDARD_NORMAL_PERIOD = Period(1991, 2020)
+
+
+def check_period(period: object, parameter: str = "period") -> Period:
+    """``period`` if it is a :class:`Period`, text such as ``"1991-2020"`` parsed as one
+    (:meth:`Period.parse`), else an error naming ``parameter``."""
+    if isinstance(period, Period):
+        return period
+    if isinstance(period, str):
+        return Period.parse(period, parameter)
+    raise ProductParameterError(parameter, f"expected a Period(start_year, end_year) or text like 1991-2020, not {period!r}")
 
 
 @dataclass(frozen=True)
@@ -335,6 +281,9 @@ DEFAULT_THRESHOLDS: tuple[Threshold, ...] = (
 
 # --------------------------------------------------------------------------- stations and QC
 
+# The values of ``qc_status``, in the archive's order.
+QC_STATUSES: tuple[str, ...] = tuple(s.value for s in QcStatus)
+
 
 @dataclass(frozen=True)
 class Station:
@@ -377,7 +326,7 @@ class QcPolicy:
     how many suspect values it used and how many values it excluded.
     """
 
-    counted: tuple[str, ...] = ("none", "passed", "suspect")
+    counted: tuple[QcStatus, ...] = (QcStatus.NONE, QcStatus.PASSED, QcStatus.SUSPECT)
 
     def __post_init__(self) -> None:
         counted = (self.counted,) if isinstance(self.counted, str) else tuple(self.counted)
@@ -388,19 +337,19 @@ class QcPolicy:
         if not statuses:
             raise ProductParameterError("qc", "at least one QC status must count, or every value is missing")
         # In the archive's order, so equal policies compare (and hash into product names) equal.
-        object.__setattr__(self, "counted", tuple(s for s in QC_STATUSES if s in statuses))
+        object.__setattr__(self, "counted", tuple(s for s in QcStatus if s in statuses))
 
     @property
-    def excluded(self) -> tuple[str, ...]:
+    def excluded(self) -> tuple[QcStatus, ...]:
         """The statuses whose values do not count."""
-        return tuple(s for s in QC_STATUSES if s not in self.counted)
+        return tuple(s for s in QcStatus if s not in self.counted)
 
     def counts(self, status: str | None) -> bool:
         """Whether a value of this QC status counts (a missing status is 'none')."""
-        return (status or "none") in self.counted
+        return (status or QcStatus.NONE) in self.counted
 
     def as_dict(self) -> dict[str, Any]:
-        return {"counted": list(self.counted), "excluded": list(self.excluded)}
+        return {"counted": [s.value for s in self.counted], "excluded": [s.value for s in self.excluded]}
 
     def describe(self) -> str:
         excluded = ", ".join(self.excluded) or "nothing"

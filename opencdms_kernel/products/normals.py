@@ -53,6 +53,7 @@ from opencdms_kernel.products.model import (
     Statistic,
     Threshold,
     check_elements,
+    check_period,
     statistic_of,
 )
 from opencdms_kernel.products.sql import arrow, registered, select
@@ -193,8 +194,7 @@ def climate_normals(
     years' months); ``value`` is NULL where the rule of years is not met.  ``elements`` restricts ``spec`` to some of its elements.  The other parameters are
     those of :func:`~opencdms_kernel.products.summaries.monthly_summaries`.
     """
-    if not isinstance(period, Period):
-        raise ProductParameterError("period", f"expected a Period(start_year, end_year), not {period!r}")
+    period = check_period(period)
     if period.years != NORMAL_YEARS:
         raise ProductParameterError(
             "period", f"a climatological standard normal covers {NORMAL_YEARS} years; {period.label} covers {period.years}"

@@ -25,7 +25,6 @@ from typing import Iterator, Mapping, Sequence
 import duckdb
 import pyarrow as pa
 
-from opencdms_kernel.archive import QC_STATUSES
 from opencdms_kernel.products.model import (
     DEFAULT_QC_POLICY,
     Element,
@@ -35,10 +34,12 @@ from opencdms_kernel.products.model import (
     QcPolicy,
     Station,
     check_elements,
+    check_period,
     check_qc_policy,
     check_timezone,
     is_utc,
 )
+from opencdms_kernel.vocabulary import QcStatus
 
 DAY_SECONDS = 86400
 
@@ -86,8 +87,7 @@ def select(
     parameter: a station that the archive (or a ``stations`` relation, when the connection
     has one) does not know is an error; a known station without data in the period is not.
     """
-    if not isinstance(period, Period):
-        raise ProductParameterError("period", f"expected a Period(start_year, end_year), not {period!r}")
+    period = check_period(period)
     checked_elements = check_elements(elements)
     qc = check_qc_policy(qc)
     wanted = _check_station_ids(connection, stations)
@@ -213,11 +213,11 @@ def qc_condition(statuses: Sequence[str], column: str = "o.qc_status") -> str:
     read on their own.  Safe, because the statuses are checked against the archive's fixed
     set (:class:`~opencdms_kernel.products.model.QcPolicy`) before they get here.
     """
-    known = [status for status in statuses if status in QC_STATUSES]
+    known = [QcStatus(status) for status in statuses if status in tuple(QcStatus)]
     if len(known) != len(statuses) or not known:
-        raise ProductParameterError("qc", f"unknown QC statuses {list(statuses)!r}")
-    condition = f"{column} IN ({', '.join(repr(status) for status in known)})"
-    return f"({condition} OR {column} IS NULL)" if "none" in known else condition
+        raise ProductParameterError("qc", f"unknown QC statuses {[str(s) for s in statuses]!r}")
+    condition = f"{column} IN ({', '.join(repr(status.value) for status in known)})"
+    return f"({condition} OR {column} IS NULL)" if QcStatus.NONE in known else condition
 
 
 # The QC part of the WHERE clause of rows_sql, by what the caller reads.
@@ -257,7 +257,7 @@ def rows_sql(
         FROM (SELECT o.wigos_id, o.element, o.value, o.qc_status, o.final_flag, o.changed_at, o.source_id,
                      o.level, o.duration_seconds, o.phenomenon_time,
                      {counted} AS counted,
-                     CAST(o.qc_status = 'suspect' AS INTEGER) AS suspect,
+                     CAST(o.qc_status = '{QcStatus.SUSPECT.value}' AS INTEGER) AS suspect,
                      {local_time_sql(zones, "CAST(o.duration_seconds AS BIGINT) * 500000")} AS local_mid_us
               FROM observations AS o
               {"" if zones is None else f"LEFT JOIN {zones} AS z ON z.wigos_id = o.wigos_id"}

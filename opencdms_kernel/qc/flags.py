@@ -40,12 +40,8 @@ import sqlalchemy as sa
 
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.qc.frame import Frame
-from opencdms_kernel.qc.model import QcTest, SkippedCheck
+from opencdms_kernel.qc.model import FinalFlag, QcStatus, QcTest, Severity, SkippedCheck
 from opencdms_kernel.qc.rules import Resolved, rule_labels
-
-# Archive columns whose values mean "look at this value's entries again".
-CANDIDATE_STATUSES = ("suspect", "failed")
-CANDIDATE_FLAGS = ("verified", "corrected", "rejected")
 
 
 @dataclass(frozen=True, eq=False)
@@ -137,7 +133,7 @@ def staged_rows(frame: Frame, findings: Sequence[Findings], run_id: int) -> pa.T
                 continue
             columns = {
                 "frame_row": pa.array(found.rows, pa.int64()),
-                "result": pa.array(np.where(found.failed, "failed", "suspect")),
+                "result": pa.array(np.where(found.failed, Severity.FAILED.value, Severity.SUSPECT.value)),
                 "flag": found.flag,
                 "rule": found.rule,
                 "version": found.version,
@@ -294,17 +290,18 @@ def attach_quality_view(archive: duckdb.DuckDBPyConnection, datastore: Datastore
     archive.register("qc_coverage_input", coverage)
     archive.execute("CREATE TABLE qc_coverage AS SELECT * FROM qc_coverage_input")
     archive.unregister("qc_coverage_input")
+    # The statuses are the vocabulary's constants, not input (a view's text cannot bind them).
     archive.execute(
-        """
+        f"""
         CREATE OR REPLACE VIEW observation_quality AS
         SELECT o.* REPLACE (
-                   CASE WHEN c.run_id IS NULL THEN o.qc_status ELSE 'passed' END AS qc_status,
-                   CASE WHEN c.run_id IS NULL THEN o.final_flag ELSE 'good' END AS final_flag),
+                   CASE WHEN c.run_id IS NULL THEN o.qc_status ELSE '{QcStatus.PASSED.value}' END AS qc_status,
+                   CASE WHEN c.run_id IS NULL THEN o.final_flag ELSE '{FinalFlag.GOOD.value}' END AS final_flag),
                c.run_id AS checked_by_run
         FROM observations AS o
         LEFT JOIN LATERAL (
             SELECT max(r.run_id) AS run_id FROM qc_coverage AS r
-            WHERE o.qc_status = 'none' AND o.value IS NOT NULL
+            WHERE o.qc_status = '{QcStatus.NONE.value}' AND o.value IS NOT NULL
               AND o.changed_at < r.data_as_of
               AND (r.station_ids IS NULL OR list_contains(r.station_ids, o.station_id))
               AND (r.elements IS NULL OR list_contains(r.elements, o.element))

@@ -34,20 +34,13 @@ import sqlalchemy as sa
 from opencdms_kernel.archive import archive_files, connect_archive, read_manifest
 from opencdms_kernel.bucket import Bucket
 from opencdms_kernel.db.engine import Datastore
+# One element row type for QC and ingest (id, code, valid range), re-exported here.
+from opencdms_kernel.vocabulary import ElementInfo as ElementInfo
+from opencdms_kernel.vocabulary import FinalFlag
 
 US_PER_SECOND = 1_000_000
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 _SMALL_KEYS = 1 << 16  # keys below this sort with numpy's radix sort
-
-
-@dataclass(frozen=True)
-class ElementInfo:
-    """An element as QC needs it: id, code and physical range (the global range limits)."""
-
-    id: int
-    code: str
-    valid_min: float | None
-    valid_max: float | None
 
 
 @dataclass(frozen=True)
@@ -240,7 +233,7 @@ SELECT CAST({key} AS {key_type}) AS key,
        CAST(month(make_timestamp(epoch_us(phenomenon_time)
                                  + CAST(duration_seconds AS BIGINT) * 500000)) - 1 AS TINYINT) AS month,
        value, version,
-       coalesce(final_flag <> 'good', false) AS candidate
+       coalesce(final_flag <> '{good}', false) AS candidate
 FROM observations
 WHERE element = $element AND value IS NOT NULL{filters}
 """
@@ -264,7 +257,7 @@ def _filters(request: FrameRequest) -> tuple[str, dict[str, object]]:
         sql += " AND list_contains($stations, station_id)"
         params["stations"] = sorted(request.read_station_ids)
     if request.without_rejected:
-        sql += " AND final_flag IS DISTINCT FROM 'rejected'"
+        sql += f" AND final_flag IS DISTINCT FROM '{FinalFlag.REJECTED.value}'"
     return sql, params
 
 
@@ -420,7 +413,7 @@ def _query(
     width = len(element_combos)
     small = (layout.max_station + 1) * width <= _SMALL_KEYS
     key = f"CAST(station_id AS BIGINT) * {width} + {combination}"
-    sql = _READ_SQL.format(key=key, key_type="USMALLINT" if small else "BIGINT", filters=filters)
+    sql = _READ_SQL.format(key=key, key_type="USMALLINT" if small else "BIGINT", filters=filters, good=FinalFlag.GOOD.value)
     return archive.sql(sql, params={**params, **combo_params, "element": code}).fetchnumpy()
 
 

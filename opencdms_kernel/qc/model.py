@@ -9,6 +9,10 @@ from types import MappingProxyType
 from typing import Mapping
 
 from opencdms_kernel.errors import OpenCDMSError, UnknownReferenceError
+# A value's status and final flag are the system's words, not only QC's: defined once in the
+# vocabulary, re-exported here (``X as X``) where QC code has always found them.
+from opencdms_kernel.vocabulary import FinalFlag as FinalFlag
+from opencdms_kernel.vocabulary import QcStatus as QcStatus
 
 
 class QcTest(StrEnum):
@@ -26,31 +30,17 @@ ALL_TESTS: tuple[QcTest, ...] = tuple(QcTest)
 THRESHOLD_TESTS: tuple[QcTest, ...] = (QcTest.RANGE, QcTest.STEP, QcTest.PERSISTENCE, QcTest.SPATIAL)
 
 
-class QcStatus(StrEnum):
-    """``observation.qc_status``: derived from the entries (see migration 0002, qc_status_of)."""
-
-    NONE = "none"  # not checked
-    PASSED = "passed"  # checked, nothing raised (or a person accepted or corrected it)
-    SUSPECT = "suspect"  # an automatic test found it doubtful
-    FAILED = "failed"  # an automatic test found it wrong (or a person rejected it)
-
-
 class Severity(StrEnum):
-    """What a rule's finding means: doubtful, or wrong."""
+    """What a rule's finding means: doubtful, or wrong.  Also the ``result`` of a test's entry
+    in ``result_quality``, and so the :class:`QcStatus` it gives the value (:attr:`status`)."""
 
     SUSPECT = "suspect"
     FAILED = "failed"
 
-
-class FinalFlag(StrEnum):
-    """``observation.final_flag``: the last word on a value, manual decisions first."""
-
-    GOOD = "good"  # checked automatically, nothing raised
-    SUSPECT = "suspect"  # an automatic test raised a doubt, nobody decided yet
-    BAD = "bad"  # an automatic test found it wrong, nobody decided yet
-    VERIFIED = "verified"  # a person accepted the value
-    CORRECTED = "corrected"  # a person corrected the value
-    REJECTED = "rejected"  # a person rejected the value
+    @property
+    def status(self) -> QcStatus:
+        """The value's status when this is its worst automatic finding."""
+        return QcStatus(self.value)
 
 
 class Decision(StrEnum):

@@ -1,10 +1,14 @@
-"""The running system as a whole: loading the demo dataset and checking that each part answers."""
+"""Whether each part of the running system answers: datastore, bucket, archive, catalog, notebooks.
+
+`opencdms up` runs :func:`check_parts` after start-up and prints one line per part (its
+:class:`PartCheck`); a part that does not answer makes the command fail.
+"""
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Callable
 
 import duckdb
@@ -14,12 +18,8 @@ from opencdms_kernel.archive import ArchiveError, connect_archive
 from opencdms_kernel.bucket import Bucket, BucketKeyError
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.db.migrate import current_revision, head_revision
-from opencdms_kernel.demo_data import DemoDataset, DemoSpec, generate_demo_data, read_demo_dataset
 from opencdms_kernel.errors import OpenCDMSError
-from opencdms_kernel.gridded import write_gridded_analysis
-from opencdms_kernel.ingest import IngestRequest, IngestResult, ingest_many, load_mapping
 from opencdms_kernel.settings import Settings
-from opencdms_kernel.stations import import_stations
 
 
 @dataclass(frozen=True)
@@ -36,88 +36,6 @@ def observation_count(datastore: Datastore) -> int:
     """Number of observations in the store (all versions' latest rows)."""
     with datastore.engine.connect() as connection:
         return connection.execute(sa.text("SELECT count(*) FROM observation")).scalar_one()
-
-
-def demo_requests(dataset: DemoDataset) -> list[tuple[str, Callable[[], IngestRequest]]]:
-    """Ingest requests for every file of the demo dataset, daily files first."""
-    aws_mapping = load_mapping(dataset.aws_mapping)
-    requests: list[tuple[str, Callable[[], IngestRequest]]] = [
-        (str(path), lambda path=path: IngestRequest.from_path(path)) for path in dataset.daily_files
-    ]
-    requests += [
-        (str(path), lambda path=path: IngestRequest.from_path(path, aws_mapping))
-        for path in dataset.aws_files
-    ]
-    return requests
-
-
-def load_demo(
-    settings: Settings,
-    datastore: Datastore,
-    bucket: Bucket,
-    spec: DemoSpec = DemoSpec(),
-    on_generated: Callable[[DemoDataset], None] | None = None,
-    on_file: Callable[[IngestResult], None] | None = None,
-    *,
-    include_aws: bool = True,
-) -> list[IngestResult]:
-    """Generate the demo dataset under var/demo, ingest it and write the gridded analysis.
-
-    ``include_aws=False`` leaves the hourly AWS files out: `opencdms up` delivers them to
-    ``incoming/`` and ingests them through the notebook pipeline instead.
-    """
-    dataset = generate_demo_data(settings.var_dir / "demo", spec)
-    if on_generated is not None:
-        on_generated(dataset)
-    import_stations(datastore, dataset.stations_csv)
-    write_gridded_analysis(bucket, spec, years=min(2, spec.years))
-    requests = demo_requests(dataset if include_aws else replace(dataset, aws_files=()))
-    return ingest_many(requests, datastore, bucket, settings.user, progress=on_file)
-
-
-def loaded_demo(settings: Settings) -> tuple[DemoDataset, DemoSpec] | None:
-    """The demo dataset this installation generated under var/demo, and its spec, if any."""
-    return read_demo_dataset(settings.var_dir / "demo")
-
-
-# --------------------------------------------------------------------------- the demo pipeline
-
-DEMO_INCOMING = "incoming/aws/"
-
-
-def deliver_aws_files(bucket: Bucket, dataset: DemoDataset) -> tuple[list[str], str]:
-    """Put the demo's hourly AWS files and their mapping under ``incoming/aws/``, as a station would.
-
-    Returns the object keys of the files and of the mapping.
-    """
-    mapping_key = DEMO_INCOMING + dataset.aws_mapping.name
-    bucket.write_bytes(mapping_key, dataset.aws_mapping.read_bytes())
-    keys = []
-    for path in dataset.aws_files:
-        key = DEMO_INCOMING + path.name
-        bucket.write_bytes(key, path.read_bytes())
-        keys.append(key)
-    return keys, mapping_key
-
-
-def demo_pipeline(dataset: DemoDataset, bucket: Bucket, spec: DemoSpec) -> list[tuple[str, dict[str, object]]]:
-    """The demo's notebook runs, in order: ingest each arrived file, QC, archive, monthly report.
-
-    QC covers the last year of the demo period; the report is of its last month, for the whole
-    network.
-    """
-    keys, mapping_key = deliver_aws_files(bucket, dataset)
-    last_year = spec.start_year + spec.years - 1
-    last_month = f"{last_year}-12"
-    runs: list[tuple[str, dict[str, object]]] = [
-        ("ingest_file", {"object_key": key, "mapping_key": mapping_key}) for key in keys
-    ]
-    runs += [
-        ("qc_run", {"start": f"{last_year}-01-01", "end": f"{last_year}-12-31"}),
-        ("archive_refresh", {}),
-        ("monthly_report", {"month": last_month}),
-    ]
-    return runs
 
 
 def _timed(check: Callable[[], str]) -> tuple[bool, str]:

@@ -1,16 +1,17 @@
 """A small gridded daily analysis of the demo territory, written to the bucket as NetCDF-4.
 
 The fields are synthetic, drawn from the same climate model as the demo stations
-(:mod:`opencdms_kernel.demo_data`: its terrain, lapse rate, bimodal rainy seasons and warming
+(:mod:`.climate` and :mod:`.network`: its terrain, lapse rate, bimodal rainy seasons and warming
 trend), so maps and station series tell one story.  They are *not* an interpolation of the
 observations.  Daily mean temperature (``TMEAN``) and daily precipitation total (``PRCP``) on a
 regular latitude/longitude grid (0.5° by default) over the demo network's bounding box, for the
-last years of the demo period (two by default): about 0.5 MB compressed, 2 MB in memory.
+last years of the demo period (two by default): about 0.5 MB compressed, 2 MB in memory.  The
+catalog's ``gridded_analysis`` entry reads it.
 
 Everything is derived from ``DemoSpec.seed`` through its own :class:`numpy.random.SeedSequence`
-stream, so the same spec always gives the same values.  The weather is a few smooth spatial
-patterns whose amplitudes follow AR(1) series in time: neighbouring cells and days are alike,
-as in a real analysis.
+stream (:data:`~.streams.STREAM_GRID`), so the same spec always gives the same values.  The
+weather is a few smooth spatial patterns whose amplitudes follow AR(1) series in time:
+neighbouring cells and days are alike, as in a real analysis.
 """
 
 from __future__ import annotations
@@ -21,30 +22,26 @@ import numpy as np
 import xarray as xr
 
 from opencdms_kernel.bucket import Bucket
-from opencdms_kernel.demo_data import (
+from opencdms_kernel.demo.climate import (
     LAPSE_RATE,
+    LOGISTIC_NORMAL,
     SEA_LEVEL_MEAN_TEMP,
-    WARMING_TREND,
-    DemoSpec,
-    ar1,
-    daily_dates,
     rainy_season,
-    station_network,
+    seasonal_cycle,
+    warming,
     wet_probability,
 )
-# The stations' elevations come from this terrain; the grid uses it too, so they agree.
-from opencdms_kernel.demo_data import _terrain_elevation
+from opencdms_kernel.demo.network import DemoSpec, station_network, terrain_elevation, wetness_at
+from opencdms_kernel.demo.streams import STREAM_GRID, daily_dates, day_of_year, stationary_ar1, stream
 
 GRIDDED_KEY = "gridded/analysis.nc"
 
-# demo_data uses spawn keys (1..5, ...); this one is the grid's own stream.
-_STREAM_GRID = 6
+# The grid's components of its stream (numbered before the stations' COMPONENT_* were shared;
+# kept, so the analysis of a spec stays what it was).
 _COMPONENT_TEMP, _COMPONENT_RAIN = 0, 1
+
 # Smooth patterns per field: products of low-order cosines across the box.
 _MODES_PER_AXIS = 3
-# The logistic curve 1 / (1 + exp(-1.702 z)) is within 0.01 of the normal CDF: it turns the
-# Gaussian rain field into uniform-looking probabilities without scipy.
-_LOGISTIC_NORMAL = 1.702
 
 
 def _axis(low: float, high: float, resolution: float) -> np.ndarray:
@@ -72,10 +69,7 @@ def _weather(rng: np.random.Generator, days: int, patterns: np.ndarray, phi: flo
     count = patterns.shape[0]
     # The large-scale pattern (index 0, uniform) carries most of the variance.
     weights = np.array([1.0] + [0.5 / math.sqrt(count - 1)] * (count - 1))
-    amplitudes = np.stack([
-        ar1(rng.normal(0.0, math.sqrt(1.0 - phi * phi), days), phi, initial=rng.normal())
-        for _ in range(count)
-    ])
+    amplitudes = np.stack([stationary_ar1(rng, days, phi, 1.0) for _ in range(count)])
     field = np.einsum("pd,p,pyx->dyx", amplitudes, weights, patterns)
     return sd * field / field.std()
 
@@ -96,15 +90,15 @@ def gridded_analysis(spec: DemoSpec = DemoSpec(), years: int = 2, resolution: fl
     lon = _axis(min(s.longitude for s in stations), max(s.longitude for s in stations), resolution)
     first_year = spec.start_year + spec.years - years
     dates = daily_dates(first_year, years)
-    doy = (dates - dates.astype("datetime64[Y]")).astype(np.int64).astype(np.float64) + 1
-    elevation = np.vectorize(_terrain_elevation)(lat[:, None], lon[None, :])
-    wetness = np.clip(1.15 - 0.07 * (lon[None, :] - 34) + 0.1 * elevation / 1000, 0.45, 1.4)
+    doy = day_of_year(dates).astype(np.float64)
+    elevation = np.vectorize(terrain_elevation)(lat[:, None], lon[None, :])
+    wetness = np.clip(wetness_at(lon[None, :], elevation), 0.45, 1.4)
     patterns = _patterns(lat, lon)
 
-    rain_rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(_STREAM_GRID, _COMPONENT_RAIN)))
+    rain_rng = stream(spec.seed, STREAM_GRID, _COMPONENT_RAIN)
     latent = _weather(rain_rng, dates.size, patterns, phi=0.35, sd=1.0)
     latent += rain_rng.normal(0.0, 0.5, latent.shape)  # showers: small-scale, day to day
-    chance = 1.0 / (1.0 + np.exp(-_LOGISTIC_NORMAL * latent / math.sqrt(1.25)))
+    chance = 1.0 / (1.0 + np.exp(-LOGISTIC_NORMAL * latent / math.sqrt(1.25)))
     wet_p = wet_probability(doy, 1.0)[:, None, None] * wetness[None, :, :]
     wet_p = np.clip(wet_p, 0.01, 0.9)
     # Where it rains, the lower the draw the heavier the fall: -log(chance / p) is exponential(1).
@@ -112,14 +106,11 @@ def gridded_analysis(spec: DemoSpec = DemoSpec(), years: int = 2, resolution: fl
     wet = chance < wet_p
     prcp = np.where(wet, mean_amount * -np.log(np.where(wet, chance / wet_p, 1.0)), 0.0)
 
-    temp_rng = np.random.default_rng(np.random.SeedSequence(spec.seed, spawn_key=(_STREAM_GRID, _COMPONENT_TEMP)))
-    angle = 2 * np.pi * (doy - 65.0) / 365.25
-    seasonal = 1.6 * np.cos(angle) + 0.4 * np.cos(2 * angle)
-    trend = WARMING_TREND / 10.0 * (dates - np.datetime64(f"{spec.start_year:04d}-01-01", "D")).astype(np.float64) / 365.25
+    temp_rng = stream(spec.seed, STREAM_GRID, _COMPONENT_TEMP)
     tmean = (
         SEA_LEVEL_MEAN_TEMP
         - LAPSE_RATE * elevation[None, :, :] / 1000.0
-        + (seasonal + trend)[:, None, None]
+        + (seasonal_cycle(doy) + warming(dates, spec.start_year))[:, None, None]
         + _weather(temp_rng, dates.size, patterns, phi=0.75, sd=1.1)
         - 0.6 * wet
     )
@@ -151,7 +142,7 @@ def gridded_analysis(spec: DemoSpec = DemoSpec(), years: int = 2, resolution: fl
             "Conventions": "CF-1.10",
             "title": "OpenCDMS demo gridded daily analysis",
             "institution": "OpenCDMS Workbench (demo data)",
-            "source": "synthetic fields from the demo network's climate model (opencdms_kernel.gridded)",
+            "source": "synthetic fields from the demo network's climate model (opencdms_kernel.demo.gridded)",
             "comment": "Synthetic demonstration data, not an analysis of observations.",
             "geospatial_lat_resolution": f"{resolution} degree",
             "geospatial_lon_resolution": f"{resolution} degree",

@@ -1,4 +1,5 @@
-"""Write observation tables in the archive's Parquet layout, for tests and benchmarks.
+"""Synthetic archives: observation tables written in the archive's Parquet layout, for tests
+and benchmarks.
 
 The products read the archive through :func:`opencdms_kernel.archive.connect_archive`: the
 files of the current generation's manifest, ``archive/observations/element=<code>/year=<y>/``,
@@ -126,4 +127,5 @@ def write_partitions(
 
 
 def _local_bucket(bucket_folder: Path) -> Bucket:
+    """A bucket over a local folder (the archive functions take a bucket)."""
     return Bucket(fs=fsspec.filesystem("file"), root=Path(bucket_folder).absolute().as_posix(), protocol="file")

@@ -1,0 +1,1 @@
+"""pygeoapi provider plugins of the OpenCDMS API (named by dotted path in the generated configuration)."""

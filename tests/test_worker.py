@@ -1,0 +1,437 @@
+"""Job workers: claimed once, retried when their worker dies, dismissed, idempotent, resilient.
+
+Workers run as real ``opencdms worker`` processes (so they can be killed with SIGKILL) on the
+test's own database; their notebooks are copies of ``tests/notebooks_fixtures`` (``sleeps``,
+``plain``) and a ``tally`` notebook written here, which appends its job id to a file, so a job
+run twice shows twice.  A kernel is found by the job id in its process environment
+(``OPENCDMS_JOB_ID``), which is how a test sees it stop.
+
+The tests that start workers run on the embedded PostgreSQL only (a kernel start per job makes
+them the slowest of the suite; the claim, heartbeat and stale-job SQL they rely on is tested on
+both servers below, without processes).
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Callable, Iterator
+
+import nbformat
+import pytest
+import sqlalchemy as sa
+
+from opencdms_kernel.db.engine import Datastore
+from opencdms_kernel.db.schema import job as job_table
+from opencdms_kernel.notebooks import (
+    IdempotencyKeyConflictError,
+    Job,
+    JobStateError,
+    JobStatus,
+    NotebookRegistry,
+    dismiss_job,
+    ensure_kernel_spec,
+    get_job,
+    list_jobs,
+    submit_job,
+    wait_for_job,
+)
+from opencdms_kernel.notebooks.execution import kernel_environment
+from opencdms_kernel.notebooks.jobs import (
+    claim_next_job,
+    finish_job,
+    heartbeat_jobs,
+    release_job,
+    requeue_stale_jobs,
+    seconds_until_due,
+)
+from opencdms_kernel.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "notebooks_fixtures"
+EMBEDDED_ONLY = pytest.mark.parametrize("postgres_server", ["embedded"], indirect=True)
+STALE = timedelta(seconds=3)
+
+pytestmark = pytest.mark.postgres
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def write_tally(folder: Path) -> None:
+    """A trivial notebook that appends its job id to <OPENCDMS_HOME>/tally.txt."""
+    notebook = nbformat.v4.new_notebook(metadata={
+        "kernelspec": {"display_name": "OpenCDMS (Python 3)", "language": "python", "name": "opencdms"},
+        "language_info": {"name": "python"},
+    })
+    notebook.cells = [
+        nbformat.v4.new_markdown_cell("# Tally\n\nAppends the job id to a file, to count runs."),
+        nbformat.v4.new_code_cell(
+            "import os\n"
+            "with open(os.path.join(os.environ['OPENCDMS_HOME'], 'tally.txt'), 'a') as tally:\n"
+            "    tally.write(os.environ['OPENCDMS_JOB_ID'] + '\\n')"
+        ),
+    ]
+    nbformat.write(notebook, folder / "tally.ipynb")
+
+
+@pytest.fixture
+def worker_settings(settings: Settings, tmp_path: Path) -> Settings:
+    """This test's settings with its own notebooks, a fast heartbeat and a short stale timeout."""
+    ensure_kernel_spec(ROOT)
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    for name in ("sleeps", "plain"):
+        (folder / f"{name}.ipynb").write_bytes((FIXTURES / f"{name}.ipynb").read_bytes())
+    write_tally(folder)
+    return settings.model_copy(update={
+        "notebook_dir": folder, "job_heartbeat_interval": timedelta(seconds=0.5), "job_stale_timeout": STALE,
+        "job_retry_backoff": timedelta(seconds=0.5), "job_max_attempts": 3,
+    })
+
+
+@pytest.fixture
+def registry(worker_settings: Settings) -> NotebookRegistry:
+    return NotebookRegistry(worker_settings.notebook_folder)
+
+
+class Workers:
+    """``opencdms worker`` processes started by a test, all stopped at its end."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.processes: list[subprocess.Popen[str]] = []
+
+    def start(self, concurrency: int = 1) -> subprocess.Popen[str]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "opencdms_kernel.cli", "worker", "--concurrency", str(concurrency)],
+            env=kernel_environment(self.settings) | {"COLUMNS": "200"}, cwd=self.settings.home,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        self.processes.append(process)
+        banner = process.stdout.readline()  # type: ignore[union-attr]
+        assert "worker: running jobs" in banner, banner + process.stdout.read()  # type: ignore[union-attr]
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def workers(worker_settings: Settings) -> Iterator[Workers]:
+    started = Workers(worker_settings)
+    yield started
+    started.stop_all()
+
+
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> object:
+    """Poll ``condition`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"after {timeout} s still not: {what}")
+        time.sleep(0.1)
+
+
+def kernel_pids(job_id: uuid.UUID) -> list[int]:
+    """The processes whose environment names this job (its kernel), read from /proc."""
+    marker = f"OPENCDMS_JOB_ID={job_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environment = (entry / "environ").read_bytes()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        if marker in environment.split(b"\0"):
+            found.append(int(entry.name))
+    return found
+
+
+def status_of(datastore: Datastore, job: Job) -> JobStatus:
+    return get_job(datastore, job.id).status
+
+
+def running_with_kernel(datastore: Datastore, job: Job) -> Job | None:
+    current = get_job(datastore, job.id)
+    return current if current.status is JobStatus.RUNNING and kernel_pids(job.id) else None
+
+
+# --------------------------------------------------------------------------- workers at work
+
+
+@EMBEDDED_ONLY
+def test_two_workers_run_each_of_100_jobs_exactly_once(
+    worker_settings: Settings, datastore: Datastore, registry: NotebookRegistry, workers: Workers
+) -> None:
+    workers.start(concurrency=2)
+    workers.start(concurrency=2)
+    jobs = [submit_job(datastore, registry, "tally", {}, trigger="test", user="t") for _ in range(100)]
+
+    finished = [wait_for_job(datastore, job.id, timeout=300) for job in jobs]
+
+    assert [job.status for job in finished] == [JobStatus.SUCCESSFUL] * 100, [j.error for j in finished if j.error]
+    assert all(job.attempts == 1 for job in finished)
+    tally = (worker_settings.home / "tally.txt").read_text().split()
+    assert sorted(tally) == sorted(str(job.id) for job in jobs)  # each ran, none twice
+    assert len({job.worker for job in finished}) == 2  # both took their share
+
+
+@EMBEDDED_ONLY
+def test_a_job_whose_worker_is_killed_is_retried_by_another(
+    worker_settings: Settings, datastore: Datastore, registry: NotebookRegistry, workers: Workers
+) -> None:
+    first = workers.start()
+    job = submit_job(datastore, registry, "sleeps", {"seconds": 3}, trigger="test", user="t")
+    running = wait_until(lambda: running_with_kernel(datastore, job), 30, "the job running in a kernel")
+    orphan = kernel_pids(job.id)
+    killed_at = time.monotonic()
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    workers.start()
+
+    # Noticed by its stale heartbeat, put back, run again by the other worker: no attempt lost.
+    done = wait_for_job(datastore, job.id, timeout=60)
+    assert done.status is JobStatus.SUCCESSFUL, done.error
+    assert done.attempts == 2 and done.worker != running.worker  # type: ignore[union-attr]
+    assert done.error is None
+    assert time.monotonic() - killed_at < STALE.total_seconds() + 3 + 15  # stale, backoff, the second run
+    # The dead worker's kernel went with it (ipykernel watches its parent).
+    wait_until(lambda: not any(pid in orphan for pid in kernel_pids(job.id)), 10, "the orphaned kernel gone")
+
+
+@EMBEDDED_ONLY
+def test_a_job_whose_workers_keep_dying_fails_with_the_reason_after_max_attempts(
+    worker_settings: Settings, datastore: Datastore, registry: NotebookRegistry, workers: Workers
+) -> None:
+    job = submit_job(datastore, registry, "sleeps", {"seconds": 60}, trigger="test", user="t", max_attempts=2)
+    for attempt in (1, 2):
+        worker = workers.start()
+        wait_until(lambda: (current := running_with_kernel(datastore, job)) and current.attempts == attempt, 30,
+                   f"attempt {attempt} running")
+        worker.send_signal(signal.SIGKILL)
+        worker.wait()
+        killed_at = time.monotonic()
+    workers.start()  # a live worker notices the stale heartbeat
+
+    failed = wait_for_job(datastore, job.id, timeout=30)
+    assert failed.status is JobStatus.FAILED
+    assert time.monotonic() - killed_at < STALE.total_seconds() + 10
+    assert failed.attempts == 2 and failed.finished_at is not None and failed.worker is None
+    assert "stopped answering during attempt 2 of 2" in (failed.error or "")
+    assert "2 of 2 attempts used" in (failed.message or "")
+
+
+@EMBEDDED_ONLY
+def test_dismissing_jobs_an_accepted_one_never_runs_a_running_ones_kernel_stops(
+    worker_settings: Settings, datastore: Datastore, registry: NotebookRegistry, workers: Workers
+) -> None:
+    waiting = submit_job(datastore, registry, "tally", {}, trigger="test", user="t")
+    assert dismiss_job(datastore, waiting.id).status is JobStatus.DISMISSED
+    assert dismiss_job(datastore, waiting.id).status is JobStatus.DISMISSED  # twice: the same answer
+    workers.start()
+
+    long = submit_job(datastore, registry, "sleeps", {"seconds": 120}, trigger="test", user="t")
+    wait_until(lambda: running_with_kernel(datastore, long), 30, "the long job running in a kernel")
+    dismissed = dismiss_job(datastore, long.id)
+    assert dismissed.status is JobStatus.DISMISSED and dismissed.message == "dismissed while running"
+    wait_until(lambda: not kernel_pids(long.id), 10, "the dismissed job's kernel gone")
+
+    # The worker is free again, and recorded nothing over the dismissal.
+    after = submit_job(datastore, registry, "plain", {}, trigger="test", user="t")
+    assert wait_for_job(datastore, after.id, timeout=60).status is JobStatus.SUCCESSFUL
+    assert get_job(datastore, long.id).status is JobStatus.DISMISSED
+    never = get_job(datastore, waiting.id)
+    assert never.attempts == 0 and never.started_at is None
+    assert not (worker_settings.home / "tally.txt").exists()  # the dismissed tally never ran
+    with pytest.raises(JobStateError, match="has finished"):
+        dismiss_job(datastore, after.id)
+
+
+@EMBEDDED_ONLY
+def test_a_worker_that_loses_its_database_connections_recovers(
+    worker_settings: Settings, datastore: Datastore, registry: NotebookRegistry, workers: Workers
+) -> None:
+    workers.start()
+    job = submit_job(datastore, registry, "sleeps", {"seconds": 3}, trigger="test", user="t")
+    wait_until(lambda: running_with_kernel(datastore, job), 30, "the job running in a kernel")
+
+    # Every other session of this database is cut: the worker's pool, its listener.
+    with datastore.engine.connect() as connection:
+        cut = connection.execute(sa.text(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()")).scalar_one()
+    assert cut >= 2
+
+    assert wait_for_job(datastore, job.id, timeout=60).status is JobStatus.SUCCESSFUL
+    after = submit_job(datastore, registry, "plain", {}, trigger="test", user="t")
+    done = wait_for_job(datastore, after.id, timeout=60)
+    assert done.status is JobStatus.SUCCESSFUL and done.attempts == 1
+
+
+@EMBEDDED_ONLY
+def test_a_worker_stopped_gives_its_running_job_back_and_stops_the_kernel(
+    worker_settings: Settings, datastore: Datastore, registry: NotebookRegistry, workers: Workers
+) -> None:
+    worker = workers.start()
+    job = submit_job(datastore, registry, "sleeps", {"seconds": 120}, trigger="test", user="t")
+    wait_until(lambda: running_with_kernel(datastore, job), 30, "the job running in a kernel")
+
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+
+    back = get_job(datastore, job.id)
+    assert back.status is JobStatus.ACCEPTED and back.attempts == 0 and back.worker is None
+    assert "released by worker" in (back.message or "")
+    wait_until(lambda: not kernel_pids(job.id), 10, "the kernel gone")
+
+
+# --------------------------------------------------------------------------- the queue's SQL, both servers
+
+
+def test_the_same_idempotency_key_at_once_gives_one_job(datastore: Datastore, registry: NotebookRegistry) -> None:
+    barrier = threading.Barrier(8)
+    found: list[uuid.UUID] = []
+
+    def submit() -> None:
+        barrier.wait()
+        found.append(submit_job(datastore, registry, "sleeps", {"seconds": 1}, trigger="test", user="t",
+                                idempotency_key="incoming/aws/a.csv@etag-1").id)
+
+    threads = [threading.Thread(target=submit) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(found) == 8 and len(set(found)) == 1
+    assert len(list_jobs(datastore)) == 1
+    # The key again later, even after the job ended: the same job, nothing new to run.
+    finished = claim_next_job(datastore, "w")
+    assert finished is not None
+    finish_job(datastore, finished, JobStatus.SUCCESSFUL, "done", None, {})
+    again = submit_job(datastore, registry, "sleeps", {"seconds": 1.0}, trigger="test", user="t",
+                       idempotency_key="incoming/aws/a.csv@etag-1")
+    assert again.id == found[0] and again.status is JobStatus.SUCCESSFUL
+    # The key for another request is refused, naming the job that has it.
+    with pytest.raises(IdempotencyKeyConflictError, match=str(found[0])):
+        submit_job(datastore, registry, "sleeps", {"seconds": 2}, trigger="test", user="t",
+                   idempotency_key="incoming/aws/a.csv@etag-1")
+    for bad in ("", "x" * 256, "tab\there"):
+        with pytest.raises(Exception, match="idempotency key must be"):
+            submit_job(datastore, registry, "plain", {}, trigger="test", user="t", idempotency_key=bad)
+    assert len(list_jobs(datastore)) == 1
+
+
+def test_two_claimers_at_once_never_take_one_job(datastore: Datastore, registry: NotebookRegistry) -> None:
+    jobs = {submit_job(datastore, registry, "plain", {}, trigger="test", user="t").id for _ in range(40)}
+    claimed: dict[str, list[uuid.UUID]] = {"a": [], "b": [], "c": []}
+    barrier = threading.Barrier(3)
+
+    def claim(worker: str) -> None:
+        barrier.wait()
+        while (job := claim_next_job(datastore, worker)) is not None:
+            claimed[worker].append(job.id)
+
+    threads = [threading.Thread(target=claim, args=(name,)) for name in claimed]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [job_id for taken in claimed.values() for job_id in taken]
+    assert sorted(every) == sorted(jobs)  # each job once, none left
+    assert claim_next_job(datastore, "d") is None
+
+
+def test_a_stale_job_is_retried_with_backoff_then_failed_and_its_old_worker_cannot_write(
+    datastore: Datastore, registry: NotebookRegistry
+) -> None:
+    job = submit_job(datastore, registry, "plain", {}, trigger="test", user="t", max_attempts=2)
+
+    def age_heartbeat() -> None:
+        with datastore.engine.begin() as connection:
+            connection.execute(sa.update(job_table).where(job_table.c.id == job.id)
+                               .values(heartbeat_at=sa.func.now() - sa.text("interval '1 hour'")))
+
+    first = claim_next_job(datastore, "ghost")
+    assert first is not None and first.attempts == 1 and heartbeat_jobs(datastore, "ghost", {job.id}) == {job.id}
+    assert requeue_stale_jobs(datastore, timedelta(minutes=5), timedelta(seconds=30)) == []  # fresh: kept
+    age_heartbeat()
+    [requeued] = requeue_stale_jobs(datastore, timedelta(minutes=5), timedelta(seconds=30))
+    assert requeued.status is JobStatus.ACCEPTED and requeued.attempts == 1
+    assert "retrying" in (requeued.message or "") and "ghost stopped answering" in (requeued.error or "")
+    assert claim_next_job(datastore, "other") is None  # backing off
+    assert 20 < (seconds_until_due(datastore) or 0) <= 30
+    # The presumed dead worker wakes up: it holds nothing, and cannot record a result.
+    assert heartbeat_jobs(datastore, "ghost", {job.id}) == set()
+    assert finish_job(datastore, first, JobStatus.SUCCESSFUL, "late", None, {}) is None
+
+    with datastore.engine.begin() as connection:
+        connection.execute(sa.update(job_table).where(job_table.c.id == job.id).values(not_before=sa.func.now()))
+    second = claim_next_job(datastore, "other")
+    assert second is not None and second.attempts == 2 and second.error is None
+    age_heartbeat()
+    [failed] = requeue_stale_jobs(datastore, timedelta(minutes=5), timedelta(seconds=30))
+    assert failed.status is JobStatus.FAILED and failed.finished_at is not None
+    assert "other stopped answering during attempt 2 of 2" in (failed.error or "")
+    assert get_job(datastore, job.id).status is JobStatus.FAILED
+
+
+def test_release_and_waiting(datastore: Datastore, registry: NotebookRegistry) -> None:
+    job = submit_job(datastore, registry, "plain", {}, trigger="test", user="t")
+    started = time.monotonic()
+    assert wait_for_job(datastore, job.id, timeout=0.5).status is JobStatus.ACCEPTED  # no worker: as it is
+    assert time.monotonic() - started < 5
+    claimed = claim_next_job(datastore, "w")
+    assert claimed is not None and release_job(datastore, claimed)
+    back = get_job(datastore, job.id)
+    assert back.status is JobStatus.ACCEPTED and back.attempts == 0
+    assert not release_job(datastore, claimed)  # not this attempt's any more
+
+    again = claim_next_job(datastore, "w")
+    assert again is not None
+
+    def finish_soon() -> None:
+        time.sleep(0.5)
+        finish_job(datastore, again, JobStatus.SUCCESSFUL, "done", None, {})
+
+    threading.Thread(target=finish_soon).start()
+    assert wait_for_job(datastore, job.id, timeout=30).status is JobStatus.SUCCESSFUL  # woken by NOTIFY
+    assert time.monotonic() - started < 10
+    with pytest.raises(Exception, match="no job"):
+        get_job(datastore, "not-a-uuid")
+    assert [j.id for j in list_jobs(datastore, status="successful", limit=1, offset=0)] == [job.id]
+    assert list_jobs(datastore, limit=1, offset=1) == []
+
+
+def test_worker_settings_read_iso_8601_durations_and_refuse_a_stale_timeout_below_two_beats(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings = Settings(job_heartbeat_interval="PT2S", job_stale_timeout="PT1M", job_retry_backoff=1.5)
+    assert settings.job_heartbeat_interval == timedelta(seconds=2)
+    assert settings.job_stale_timeout == timedelta(minutes=1) and settings.job_retry_backoff == timedelta(seconds=1.5)
+    # A worker or kernel rebuilds the settings from its environment: the durations survive the trip.
+    for name, value in settings.as_environment().items():
+        monkeypatch.setenv(name, value)
+    assert Settings() == settings
+    with pytest.raises(ValueError, match="must be at least twice job_heartbeat_interval"):
+        Settings(job_heartbeat_interval="PT10S", job_stale_timeout="PT15S")
+    with pytest.raises(ValueError):
+        Settings(job_heartbeat_interval="PT0S")

@@ -101,7 +101,7 @@ def embedded_server() -> Iterator[PostgresServer]:
     server = PostgresServer(url)
     yield server
     server.close()
-    handle.cleanup()  # type: ignore[attr-defined]
+    handle.cleanup()
     shutil.rmtree(folder, ignore_errors=True)
 
 

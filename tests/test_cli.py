@@ -95,3 +95,21 @@ def test_a_command_on_a_database_without_the_schema_says_what_to_run(home: Path)
     assert result.returncode == 1
     assert "run `opencdms db upgrade`" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_every_command_shows_its_help_and_exits_0(tmp_path: Path) -> None:
+    """--help ends a command early (click raises its Exit): never reported as an error."""
+    import typer.main
+    from typer.testing import CliRunner
+
+    from opencdms_kernel.cli import app
+
+    root = typer.main.get_command(app)
+    paths = [[name, *([sub] if sub else [])]
+             for name, command in root.commands.items()  # type: ignore[attr-defined]
+             for sub in [None, *getattr(command, "commands", {})]]
+    runner = CliRunner()
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"], env={"OPENCDMS_HOME": str(tmp_path)})
+        assert result.exit_code == 0, (path, result.output)
+        assert "unexpected error" not in result.output

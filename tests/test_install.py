@@ -52,3 +52,15 @@ def test_a_non_editable_install_finds_its_catalog_and_notebooks(tmp_path: Path) 
     assert found["catalog"] == str(venv / "share" / "opencdms" / "catalog" / "opencdms.yaml")
     assert {"stations", "observations_live", "observations_archive"} <= set(found["entries"])
     assert found["notebooks"] == sorted(path.stem for path in (PROJECT / "notebooks").glob("*.ipynb"))
+
+    # A shipped notebook runs from the installed copy, on the embedded datastore it starts.  The
+    # dependencies' data files (nbconvert's templates) are this environment's, as their code is.
+    env["JUPYTER_PATH"] = str(Path(sysconfig.get_path("data")) / "share" / "jupyter")
+    opencdms = str(venv / "bin" / "opencdms")
+    subprocess.run([opencdms, "db", "upgrade"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                   timeout=300, check=True)
+    run = subprocess.run([opencdms, "notebooks", "run", "archive_refresh"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "successful" in run.stdout
+    assert len(list((tmp_path / "var" / "bucket" / "runs").glob("*/archive_refresh.html"))) == 1

@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Callable, Iterator
@@ -27,6 +28,7 @@ import nbformat
 import pytest
 import sqlalchemy as sa
 
+from opencdms_kernel.bucket import Bucket
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.db.schema import job as job_table
 from opencdms_kernel.notebooks import (
@@ -39,6 +41,7 @@ from opencdms_kernel.notebooks import (
     ensure_kernel_spec,
     get_job,
     list_jobs,
+    run_notebook,
     submit_job,
     wait_for_job,
 )
@@ -435,3 +438,33 @@ def test_worker_settings_read_iso_8601_durations_and_refuse_a_stale_timeout_belo
         Settings(job_heartbeat_interval="PT10S", job_stale_timeout="PT15S")
     with pytest.raises(ValueError):
         Settings(job_heartbeat_interval="PT0S")
+
+
+@EMBEDDED_ONLY
+def test_a_direct_run_keeps_a_heartbeat_and_stops_when_dismissed(
+    worker_settings: Settings, datastore: Datastore, registry: NotebookRegistry, bucket: Bucket
+) -> None:
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(run_notebook, "sleeps", {"seconds": 120}, settings=worker_settings,
+                              datastore=datastore, bucket=bucket, registry=registry)
+        wait_until(lambda: list_jobs(datastore), 30, "the job recorded")
+        [job] = list_jobs(datastore)
+        wait_until(lambda: running_with_kernel(datastore, job), 30, "the job running in a kernel")
+        beat = get_job(datastore, job.id).heartbeat_at
+        wait_until(lambda: get_job(datastore, job.id).heartbeat_at != beat, 5, "a newer heartbeat")
+        assert get_job(datastore, job.id).max_attempts == 1  # a direct run is not retried elsewhere
+        dismiss_job(datastore, job.id)
+        ended = running.result(timeout=30)
+    assert ended.status is JobStatus.DISMISSED and ended.message == "dismissed while running"
+    assert not kernel_pids(ended.id)
+
+
+def test_an_idempotency_key_is_the_requesters_own(datastore, registry) -> None:  # type: ignore[no-untyped-def]
+    """Another user's same key is another request: it neither returns nor blocks their job."""
+    from opencdms_kernel.notebooks import count_jobs, submit_job
+
+    first = submit_job(datastore, registry, "plain", {}, trigger="api", user="ana", idempotency_key="k-1")
+    again = submit_job(datastore, registry, "plain", {}, trigger="api", user="ana", idempotency_key="k-1")
+    other = submit_job(datastore, registry, "tally", {}, trigger="api", user="ben", idempotency_key="k-1")
+    assert again.id == first.id and other.id != first.id and other.requested_by == "ben"
+    assert count_jobs(datastore, process="plain") == 1 and count_jobs(datastore) == 2

@@ -138,15 +138,16 @@ def check_version(pgdata: Path, version: int) -> None:
     """Refuse a folder of a version this installation can neither run nor upgrade."""
     if version == EMBEDDED_POSTGRES_MAJOR:
         return
+    # A new folder gets the roles from `db upgrade`; the backup's grants name them.
     restore_here = (
         "back it up with the OpenCDMS version that made it (`opencdms backup FILE`), move the folder "
-        "away, and restore the backup into a new folder here (`opencdms restore FILE`)"
+        "away, then here run `opencdms db upgrade` (a new folder) and `opencdms restore FILE`"
     )
     if version > EMBEDDED_POSTGRES_MAJOR:
         raise DatastoreError(
             f"the embedded PostgreSQL's data folder {pgdata} was made by PostgreSQL {version}, newer than "
             f"this installation's PostgreSQL {EMBEDDED_POSTGRES_MAJOR}, which cannot read it. Nothing was "
-            f"changed. Use the OpenCDMS version that made it, or {restore_here}"
+            f"changed: use the OpenCDMS version that made it, or {restore_here}"
         )
     if version not in _wheel_versions():
         upgradable = ", ".join(str(v) for v in sorted(_wheel_versions()) if v < EMBEDDED_POSTGRES_MAJOR)
@@ -181,7 +182,7 @@ def _output_of(stream: IO[str]) -> str:
     return stream.read()
 
 
-def _run(command: list[str], user: str | None, what: str, *, cwd: Path | None = None, check: bool = True) -> str:
+def _run(command: list[str], user: str | None, what: str, *, cwd: Path | None = None) -> str:
     """Run one of the wheel's programs as ``user`` (the server's owner) and return its output.
 
     The output goes through temporary files, not pipes: a server that pg_ctl or pg_upgrade
@@ -191,7 +192,7 @@ def _run(command: list[str], user: str | None, what: str, *, cwd: Path | None = 
             command, user=user, cwd=cwd, stdin=subprocess.DEVNULL, stdout=out, stderr=err, text=True, check=False
         )
         output, errors = _output_of(out), _output_of(err)
-    if check and completed.returncode != 0:
+    if completed.returncode != 0:
         logger.error("%s failed (exit %s): %s\n%s\n%s", what, completed.returncode, command, output, errors)
         tail = "\n".join((errors.strip() or output.strip()).splitlines()[-12:])
         raise DatastoreError(f"{what} failed: {tail}")
@@ -398,8 +399,11 @@ def finish_interrupted_upgrade(pgdata: Path) -> None:
     marker = _marker(pgdata)
     if not marker.exists():
         return
-    plan = json.loads(marker.read_text(encoding="utf-8"))
-    names = (plan.get("upgraded"), plan.get("kept"))
+    try:
+        plan = json.loads(marker.read_text(encoding="utf-8"))
+        names = (plan.get("upgraded"), plan.get("kept"))
+    except (ValueError, AttributeError) as exc:
+        raise DatastoreError(f"{marker} is not an upgrade record ({exc}): remove or repair it") from exc
     if not all(isinstance(name, str) and name and Path(name).name == name for name in names):
         raise DatastoreError(f"{marker} does not name two folders beside {pgdata}: remove or repair it")
     upgraded, kept = (pgdata.with_name(name) for name in names)

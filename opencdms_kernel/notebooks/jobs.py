@@ -173,7 +173,7 @@ def submit_job(
     """Validate a request and record it as an ``accepted`` job for a worker to run.
 
     A bad request raises :class:`NotebookRequestError` before anything is written.  With an
-    ``idempotency_key``, a request whose key is already recorded returns that job (whatever its
+    ``idempotency_key``, a request whose key ``user`` already used returns that job (whatever its
     state) and runs nothing; the same key for another notebook or other parameters raises
     :class:`IdempotencyKeyConflictError`.  Concurrent requests with one key give one job.
     ``max_attempts`` (default: the datastore's settings, else 3) limits the runs a job gets
@@ -192,12 +192,13 @@ def submit_job(
         # row, and the job it made is read back: one job per key, however many ask at once.
         row = connection.execute(
             pg_insert(job_table).values(**values)
-            .on_conflict_do_nothing(index_elements=[job_table.c.idempotency_key])
+            .on_conflict_do_nothing(index_elements=[job_table.c.requested_by, job_table.c.idempotency_key])
             .returning(*job_table.c)
         ).mappings().one_or_none()
         if row is None:
             row = connection.execute(
-                sa.select(job_table).where(job_table.c.idempotency_key == idempotency_key)
+                sa.select(job_table).where(job_table.c.requested_by == user,
+                                           job_table.c.idempotency_key == idempotency_key)
             ).mappings().one()
             existing = Job.from_row(row)
             if existing.process != info.name or existing.parameters != checked:
@@ -227,14 +228,25 @@ def list_jobs(
     """The latest jobs first, optionally of one notebook and/or in one state; ``offset`` pages."""
     if limit < 0 or offset < 0:
         raise ValueError("limit and offset must not be negative")
-    query = (sa.select(job_table).order_by(job_table.c.created_at.desc(), job_table.c.id)
-             .limit(limit).offset(offset))
+    query = _job_filter(sa.select(job_table), process, status)
+    query = query.order_by(job_table.c.created_at.desc(), job_table.c.id).limit(limit).offset(offset)
+    with datastore.engine.connect() as connection:
+        return [Job.from_row(row) for row in connection.execute(query).mappings()]
+
+
+def count_jobs(datastore: Datastore, *, process: str | None = None, status: JobStatus | str | None = None) -> int:
+    """How many jobs :func:`list_jobs` would page through with the same filters."""
+    query = _job_filter(sa.select(sa.func.count()).select_from(job_table), process, status)
+    with datastore.engine.connect() as connection:
+        return int(connection.execute(query).scalar_one())
+
+
+def _job_filter(query: sa.Select, process: str | None, status: JobStatus | str | None) -> sa.Select:
     if process is not None:
         query = query.where(job_table.c.process == process)
     if status is not None:
         query = query.where(job_table.c.status == JobStatus(status).value)
-    with datastore.engine.connect() as connection:
-        return [Job.from_row(row) for row in connection.execute(query).mappings()]
+    return query
 
 
 def dismiss_job(datastore: Datastore, job_id: uuid.UUID | str) -> Job:

@@ -275,7 +275,8 @@ def create_app(settings: Settings | None = None) -> Any:
     routes.append(Route(f"{prefix}/processes/{{process_id}}/execution", execution, methods=["POST"]))
     routes.append(Route(f"{prefix}/jobs/{{job_id}}/files/{{key:path}}", job_file))
     routes.append(Route(f"{prefix}/jobs/{{job_id}}", dismissal, methods=["DELETE"]))
-    routes.append(Mount("/", app=pygeoapi_app.APP))
+    # pygeoapi's own routes have no prefix (its url_prefix API rule is not used): mount them under ours.
+    routes.append(Mount(prefix or "/", app=pygeoapi_app.APP))
     async def error_answer(request: Any, exc: Exception) -> Response:
         status, body = exception_body(exc)
         return Response(body, status_code=status, media_type="application/json")

@@ -20,13 +20,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import sqlalchemy as sa
 from pygeoapi.process.base import BaseProcessor, JobNotFoundError, JobResultNotFoundError, ProcessorExecuteError
 from pygeoapi.process.manager.base import BaseManager
 from pygeoapi.util import JobStatus as OgcStatus
 from pygeoapi.util import RequestedProcessExecutionMode
 
-from opencdms_kernel.db.schema import job as job_table
 from opencdms_kernel.errors import NotFoundError
 from opencdms_kernel.notebooks import jobs
 from opencdms_kernel.notebooks.errors import JobNotFoundError as KernelJobNotFoundError
@@ -143,10 +141,9 @@ class JobManager(BaseManager):
         limit = min(limit or 100, JOB_LIMIT_MAX)
         with processor_errors():
             datastore = runtime().datastore
-            found = jobs.list_jobs(datastore, status=status.value if status is not None else None,
-                                   limit=limit, offset=offset or 0)
-            with datastore.engine.connect() as connection:
-                matched = connection.execute(sa.select(sa.func.count()).select_from(job_table)).scalar_one()
+            wanted = status.value if status is not None else None
+            found = jobs.list_jobs(datastore, status=wanted, limit=limit, offset=offset or 0)
+            matched = jobs.count_jobs(datastore, status=wanted)
         return {"jobs": [_job_dict(job) for job in found], "numberMatched": matched}
 
     def get_job(self, job_id: str) -> dict[str, Any]:

@@ -8,7 +8,7 @@ Workers (``opencdms worker``, notebooks/worker.py) claim ``accepted`` jobs with
 ``FOR UPDATE SKIP LOCKED`` and keep a heartbeat while they run them; a job whose worker stopped
 answering is put back (or failed after ``max_attempts``) by whichever worker notices first.
 
-- ``idempotency_key`` (unique): the same execution request twice gives the one job.
+- ``idempotency_key`` (unique per requester): the same execution request twice gives the one job.
 - ``attempts`` / ``max_attempts``: runs started so far, and how many may be.
 - ``worker`` / ``heartbeat_at``: who runs the job and when it last said so.
 - ``not_before``: a retried job waits for its backoff before it may be claimed again.
@@ -32,7 +32,8 @@ ALTER TABLE job
     ADD COLUMN worker         text,
     ADD COLUMN heartbeat_at   timestamptz,
     ADD COLUMN not_before     timestamptz NOT NULL DEFAULT now(),
-    ADD CONSTRAINT job_idempotency_key UNIQUE (idempotency_key);
+    -- A key is the requester's own: another user's same key is another request.
+    ADD CONSTRAINT job_idempotency_key UNIQUE (requested_by, idempotency_key);
 
 -- What a worker looks for: the accepted jobs, oldest due first; the running ones' heartbeats.
 CREATE INDEX job_queue ON job (not_before, created_at) WHERE status = 'accepted';

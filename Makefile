@@ -17,9 +17,14 @@ STAMP  := $(VENV)/.installed-stamp
 # Local copies of the scripts and styles pygeoapi's HTML pages load from CDNs (served offline).
 API_STATIC := services/api/static
 API_VENDOR := $(API_STATIC)/node_modules/.package-lock.json
+# JupyterHub's proxy (configurable-http-proxy, npm) into the repository, never globally.
+HUB_PROXY := services/hub/proxy
+HUB_PROXY_VENDOR := $(HUB_PROXY)/node_modules/.package-lock.json
+# The browser of the hub's tests: Debian's chromium (never a browser downloaded by Playwright).
+CHROMIUM := /usr/bin/chromium
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-smoke test bench clean
+.PHONY: install chromium demo demo-smoke test bench clean
 
 $(STAMP): pyproject.toml
 	@# A venv of another Python (e.g. one made before the move to 3.12) is made anew.
@@ -37,19 +42,27 @@ $(STAMP): pyproject.toml
 $(API_VENDOR): $(API_STATIC)/package.json $(API_STATIC)/package-lock.json
 	npm ci --prefix $(API_STATIC) --ignore-scripts --no-audit --no-fund
 
-install: $(STAMP) $(API_VENDOR)
+$(HUB_PROXY_VENDOR): $(HUB_PROXY)/package.json $(HUB_PROXY)/package-lock.json
+	npm ci --prefix $(HUB_PROXY) --ignore-scripts --no-audit --no-fund
+
+## Debian's chromium for the browser tests, only when missing and only as root (no sudo, no download).
+chromium:
+	@if [ ! -x $(CHROMIUM) ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get install -y chromium || (apt-get update && apt-get install -y chromium); fi
+
+install: $(STAMP) $(API_VENDOR) $(HUB_PROXY_VENDOR) chromium
 
 ## Start everything on the embedded defaults and keep running until Ctrl-C.
-demo: $(STAMP) $(API_VENDOR)
+demo: $(STAMP) $(API_VENDOR) $(HUB_PROXY_VENDOR)
 	$(BIN)/opencdms up
 
 ## Start everything, check that each part answers, print a summary and exit.
-demo-smoke: $(STAMP) $(API_VENDOR)
+demo-smoke: $(STAMP) $(API_VENDOR) $(HUB_PROXY_VENDOR)
 	$(BIN)/opencdms up --smoke
 
 ## The whole test suite, against the embedded PostgreSQL and the server at
 ## OPENCDMS_TEST_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
-test: $(STAMP) $(API_VENDOR)
+test: $(STAMP) $(API_VENDOR) $(HUB_PROXY_VENDOR) chromium
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 ## Speed against same-run baselines; prints ratios and medians.

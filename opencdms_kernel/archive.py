@@ -70,6 +70,7 @@ from psycopg import pq
 from opencdms_kernel.bucket import Bucket
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.errors import OpenCDMSError
+from opencdms_kernel.vocabulary import QcStatus
 
 ARCHIVE_PREFIX = "archive/observations"
 # The pointer to the current generation, and the folder of the generations' manifests.
@@ -97,8 +98,9 @@ PARQUET_SCHEMA = pa.schema(
 )
 PARTITION_SCHEMA = pa.schema([("element", pa.string()), ("year", pa.int32())])
 
-# The values the schema's CHECK constraint allows, in the order of their codes on the wire.
-QC_STATUSES = ("none", "passed", "suspect", "failed")
+# The values the schema's CHECK constraint allows, in the order of their codes on the wire
+# (0-3, _COPY_SELECT) and in the Parquet dictionary: the vocabulary's order, which is fixed.
+QC_STATUSES: tuple[str, ...] = tuple(status.value for status in QcStatus)
 
 # Rows received before a batch is decoded: large enough for numpy to pay off, small enough
 # that the raw bytes (about 100 per row) never pile up.

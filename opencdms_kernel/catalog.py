@@ -21,7 +21,6 @@ table).  Every parameter value is bound by the database driver, never formatted 
 
 from __future__ import annotations
 
-import re
 import threading
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
@@ -37,30 +36,30 @@ from sqlalchemy.engine import make_url
 from opencdms_kernel.archive import connect_archive
 from opencdms_kernel.bucket import Bucket, bucket_key_problem, open_bucket
 from opencdms_kernel.db.engine import Datastore
-from opencdms_kernel.errors import OpenCDMSError
+from opencdms_kernel.errors import OpenCDMSError, ParameterError
 from opencdms_kernel.products.model import Element, ProductKind
 from opencdms_kernel.products.store import is_product_name, list_products, product_metadata, read_product
 from opencdms_kernel.settings import Settings, shipped_folder
-from opencdms_kernel.vocabulary import wigos_id_problem
+from opencdms_kernel.vocabulary import Period, wigos_id_problem
 
 CATALOG_PATH = shipped_folder("catalog") / "opencdms.yaml"
 CONNECTIONS_PARAMETER = "opencdms"  # the catalog-level parameter the readers take it from
 INCOMING_PREFIX = "incoming/"
-_PERIOD = re.compile(r"\d{4}-\d{4}")
 
 
 class CatalogError(OpenCDMSError):
     """A catalog entry cannot be read; the message names the entry."""
 
 
-class CatalogParameterError(CatalogError, ValueError):
-    """A parameter of a catalog entry is invalid; names the entry and the parameter."""
+class CatalogParameterError(CatalogError, ParameterError):
+    """A parameter of a catalog entry is invalid: the kernel's :class:`ParameterError` (HTTP
+    400, exit code 2), whose message ``parameter 'x': reason`` is preceded by the entry:
+    ``catalog entry 'e', parameter 'x': reason``."""
 
     def __init__(self, entry: str, parameter: str, reason: str) -> None:
+        super().__init__(parameter, reason)
         self.entry = entry
-        self.parameter = parameter
-        self.reason = reason
-        super().__init__(f"catalog entry '{entry}', parameter '{parameter}': {reason}")
+        self.args = (f"catalog entry '{entry}', {self.args[0]}",)
 
 
 class Connections:
@@ -258,8 +257,11 @@ class StoredProducts(OpenCDMSReader):
         kinds = [member.value for member in ProductKind]
         if kind is not None and kind not in kinds:
             raise CatalogParameterError(entry, "kind", f"unknown kind {kind!r} (known: {', '.join(kinds)})")
-        if period is not None and not (isinstance(period, str) and _PERIOD.fullmatch(period)):
-            raise CatalogParameterError(entry, "period", f"{period!r} is not a period like 1991-2020")
+        if period is not None:
+            try:  # products are kept under the period's canonical text (1991-2020; 2020 is 2020-2020)
+                period = Period.parse(period, "period").label
+            except ParameterError as exc:
+                raise CatalogParameterError(entry, "period", exc.reason) from None
         bucket = connections.bucket()
         if name is None:
             return _product_list(bucket, kind, period)

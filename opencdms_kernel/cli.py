@@ -70,8 +70,6 @@ notebooks_app = typer.Typer(help="Notebooks as parameterised, recorded processes
 kernel_app = typer.Typer(help="The 'opencdms' Jupyter kernel.", no_args_is_help=True)
 app.add_typer(notebooks_app, name="notebooks")
 app.add_typer(kernel_app, name="kernel")
-from services.api.cli import api_app  # noqa: E402 - the API service's commands, defined beside it
-app.add_typer(api_app, name="api")
 console = Console()
 
 # Exit codes a script can rely on (README, "The opencdms command").
@@ -540,8 +538,9 @@ def _store_table_product(bucket: Bucket, product: object) -> None:
 def _qc_policy(exclude_suspect: bool):  # type: ignore[no-untyped-def]
     """The products' QC policy: the default (suspect values count until rejected), or without them."""
     from opencdms_kernel.products import DEFAULT_QC_POLICY, QcPolicy
+    from opencdms_kernel.vocabulary import QcStatus
 
-    return QcPolicy(("none", "passed")) if exclude_suspect else DEFAULT_QC_POLICY
+    return QcPolicy((QcStatus.NONE, QcStatus.PASSED)) if exclude_suspect else DEFAULT_QC_POLICY
 
 
 _EXCLUDE_SUSPECT_HELP = "leave out values QC found suspect (by default they count until a reviewer rejects them)"
@@ -717,13 +716,14 @@ def up(
     demo_stations: int = typer.Option(50, min=1, help="stations of the demo network"),
     demo_years: int = typer.Option(30, min=1, help="years of the demo network"),
 ) -> None:
-    """Start the system: datastore, schema, demo data, the notebook pipeline, JupyterLab; run until Ctrl-C."""
+    """Start the system: datastore, schema, demo data, the notebook pipeline, JupyterHub with its
+    proxy and services (API, events, workers); run until Ctrl-C, which stops everything started."""
     from opencdms_kernel.archive import export_archive
     from opencdms_kernel.db import migrate
     from opencdms_kernel.demo import DemoSpec
     from opencdms_kernel.demo.load import demo_folder, demo_pipeline, load_demo, loaded_demo
     from opencdms_kernel.health import check_parts, observation_count
-    from opencdms_kernel.lab import jupyterlab
+    from opencdms_kernel.hub import running_hub, smoke_check
 
     settings = _settings(ctx)
     spec = DemoSpec(stations=demo_stations, years=demo_years)
@@ -762,28 +762,42 @@ def up(
             dataset, loaded_spec = demo
             jobs = _run_pipeline(settings, datastore, bucket, demo_pipeline(dataset, bucket, loaded_spec))
         checks = check_parts(settings, datastore, bucket)
-        with jupyterlab(settings, database_url=datastore.url.render_as_string(hide_password=False)) as lab:
+        # The hub gives each user a database login of their own: it gets the running datastore's
+        # administrative URL (the embedded superuser, or database_url), never the users' servers.
+        with running_hub(settings, database_url=datastore.url.render_as_string(hide_password=False)) as hub:
             table = Table("part", "status", "detail")
             for check in checks:
                 table.add_row(check.part, "[green]ok[/green]" if check.ok else "[red]FAILED[/red]", check.detail)
-            table.add_row("jupyterlab", "[green]ok[/green]", f"answering on {lab.url}")
+            table.add_row("hub", "[green]ok[/green]",
+                          f"answering on {hub.url}; services: {', '.join(settings.hub_services) or 'none'}")
             console.print(table)
             for check in checks:
                 console.print(f"{check.part:<10} {check.location}", soft_wrap=True)
             report = jobs[-1].outputs.get("report") if jobs else None
             if report is not None:
                 console.print(f"report     {bucket.url(report.key)}", soft_wrap=True)
-            console.print(f"jupyterlab {lab.login_url}  (notebooks/, catalog/; log {lab.log})", soft_wrap=True)
+            console.print(f"hub        {hub.url}  (log {hub.log})", soft_wrap=True)
+            if hub.admin_password is not None:  # printed this once; the hub keeps only its hash
+                console.print(f"admin      user [bold]{hub.admin_user}[/bold], password [bold]{hub.admin_password}"
+                              "[/bold] (shown once: keep it)", soft_wrap=True)
+            else:
+                console.print(f"admin      user {hub.admin_user} (password shown when it was created)")
             if not all(check.ok for check in checks):
                 raise typer.Exit(1)
             if smoke:
+                for line in smoke_check(hub):
+                    console.print(f"smoke      {escape(line)}", soft_wrap=True)
                 console.print("[green]smoke check passed[/green]")
                 return
-            with _background_worker(settings, datastore, bucket):
-                console.print(f"worker     running submitted notebook jobs, {settings.worker_concurrency} at once",
+            if "worker" in settings.hub_services:
+                console.print(f"worker     a hub service, {settings.worker_concurrency} notebooks at once",
                               soft_wrap=True)
                 console.print("running — press Ctrl-C to stop everything started here")
                 _wait_for_interrupt()
+            else:
+                with _background_worker(settings, datastore, bucket):
+                    console.print("running — press Ctrl-C to stop everything started here")
+                    _wait_for_interrupt()
     console.print("stopped")
 
 
@@ -993,6 +1007,73 @@ def kernel_install(
     folder = install_kernel_spec(settings.home, prefix=prefix)
     console.print(f"kernel '{KERNEL_NAME}' ({DISPLAY_NAME}) in {folder}, OPENCDMS_HOME={settings.home}",
                   soft_wrap=True)
+
+
+# Commands of the services and apps (``opencdms api``, ``opencdms events``…) are not imported by
+# name: each distribution declares its own in the entry-point group below (pyproject.toml,
+# ``[project.entry-points."opencdms.commands"]``, ``name = "module:typer_app"``), and they are
+# added here after the kernel's own, so the kernel never imports a service.
+COMMANDS_ENTRY_POINTS = "opencdms.commands"
+
+
+def _kernel_command_names(root: typer.Typer) -> set[str]:
+    names = {group.name for group in root.registered_groups if group.name}
+    for command in root.registered_commands:
+        callback_name = command.callback.__name__ if command.callback is not None else ""
+        names.add(command.name or callback_name.replace("_", "-"))
+    return names
+
+
+def _unavailable_command(name: str, target: str, reason: str) -> typer.Typer:
+    """A stand-in for a contributed command that cannot be loaded: the other commands still
+    work, and this one says why it cannot (its cause is in the log)."""
+    stand_in = typer.Typer(help=f"(unavailable: {reason})", add_completion=False)
+
+    @stand_in.callback(invoke_without_command=True,
+                       context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+    def unavailable() -> None:
+        raise PluginCommandError(f"'opencdms {name}' is not available: entry point {target} "
+                                 f"({COMMANDS_ENTRY_POINTS}) could not be loaded: {reason}")
+
+    return stand_in
+
+
+class PluginCommandError(OpenCDMSError):
+    """A command contributed through an entry point could not be loaded."""
+
+    exit_code = 1
+
+
+def add_contributed_commands(root: typer.Typer) -> list[str]:
+    """Add every command of the ``opencdms.commands`` entry points to ``root``; returns their names.
+
+    A name the kernel already uses, or one declared twice, is left out (logged); an entry point
+    that fails to load, or is not a ``typer.Typer``, becomes a command that explains the failure.
+    """
+    from importlib.metadata import entry_points
+
+    taken = _kernel_command_names(root)
+    added: list[str] = []
+    for entry in sorted(entry_points(group=COMMANDS_ENTRY_POINTS), key=lambda item: item.name):
+        if entry.name in taken:
+            log.warning("entry point %s = %s left out: 'opencdms %s' exists already", entry.name, entry.value,
+                        entry.name)
+            continue
+        try:
+            commands = entry.load()
+        except Exception as exc:  # noqa: BLE001 - any failure of a contributed module; kept and reported
+            log.warning("entry point %s = %s could not be loaded", entry.name, entry.value, exc_info=exc)
+            commands = _unavailable_command(entry.name, entry.value, f"{type(exc).__name__}: {exc}")
+        if not isinstance(commands, typer.Typer):
+            commands = _unavailable_command(entry.name, entry.value,
+                                            f"it is a {type(commands).__name__}, not a typer.Typer")
+        root.add_typer(commands, name=entry.name)
+        taken.add(entry.name)
+        added.append(entry.name)
+    return added
+
+
+add_contributed_commands(app)
 
 
 def run() -> None:

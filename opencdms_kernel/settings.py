@@ -11,6 +11,7 @@ import json
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -118,6 +119,111 @@ class Settings(BaseSettings):
         description="Origins allowed to read the API from a browser (CORS, GET only); empty: CORS off.",
     )
 
+    # JupyterHub (jupyterhub_config.py builds its configuration from these; `opencdms up` starts it).
+    hub_ip: str = Field(default="127.0.0.1", description="Address the hub's proxy listens on (people's URL).")
+    hub_port: int = Field(default=8000, ge=1, le=65535, description="Port of the hub's public proxy.")
+    hub_api_port: int = Field(default=8081, ge=1, le=65535, description="Port of the hub's own API (127.0.0.1).")
+    hub_proxy_api_port: int = Field(
+        default=8001, ge=1, le=65535, description="Port of the proxy's REST API (127.0.0.1)."
+    )
+    hub_authenticator: Literal["native", "oauth", "ldap"] = Field(
+        default="native",
+        description="native: sign-up, admin approval, passwords in the hub; oauth: an OIDC provider; "
+        "ldap: a directory (both configured in hub_extra_config, see docs/hub.md).",
+    )
+    hub_spawner: Literal["simple", "local", "kube"] = Field(
+        default="simple",
+        description="simple: every user's server as this OS user (embedded default); local: one OS user "
+        "each; kube: a pod each (KubeSpawner).",
+    )
+    hub_admin_user: str = Field(
+        default="admin", pattern=r"^[a-z][a-z0-9_.-]{0,63}$",
+        description="The first administrator, created by `opencdms up` with a generated password.",
+    )
+    hub_idle_timeout: timedelta = Field(
+        default=timedelta(hours=1), ge=timedelta(minutes=1),
+        description="Idle user servers and kernels are stopped after this long (jupyterhub-idle-culler).",
+    )
+    hub_services: list[Literal["api", "events", "worker", "idle-culler"]] = Field(
+        default_factory=lambda: ["api", "events", "worker", "idle-culler"],
+        description="Services the hub starts and restarts (JSON list); empty: none.",
+    )
+    hub_clerk_url: str = Field(
+        default="/voila/render/apps/data_entry.ipynb", pattern=r"^/[A-Za-z0-9._~/-]*$",
+        description="Where a clerk's server opens (the data-entry app), relative to the server.",
+    )
+    hub_extra_config: Path | None = Field(
+        default=None,
+        description="A site's JupyterHub config file loaded after ours (OIDC or LDAP details, spawner options).",
+    )
+
+    # Broker credentials (any client of the broker: the event service, publishers).
+    broker_username: str | None = Field(
+        default=None, description="MQTT user name. Empty: the event service's client id (the embedded broker "
+        "refuses anonymous clients, whose offline messages it would not keep).",
+    )
+    broker_password: SecretStr | None = Field(default=None, description="MQTT password.")
+    # Event service (services/events): `opencdms events serve`.
+    events_routes_file: Path | None = Field(
+        default=None, description="routes.yml of the event service. Empty: services/events/routes.yml.",
+    )
+    events_api_url: str | None = Field(
+        default=None, pattern=r"^https?://[^\s?#]+[^/\s?#]$",
+        description="The API the event service asks to run processes. Empty: the API's own URL (api_* settings).",
+    )
+    events_api_token: SecretStr | None = Field(
+        default=None, description="Token the event service sends to the API (Authorization: token …).",
+    )
+    events_client_id: str = Field(
+        default="opencdms-events", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="MQTT client id of the event service (fixed: its persistent session keeps messages "
+        "published while it is down); each replica needs its own.",
+    )
+    events_topic_root: str = Field(
+        default="opencdms", pattern=r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$",
+        description="First levels of every topic the event service reads or writes (routes' topics are below it).",
+    )
+    events_share_group: str | None = Field(
+        default="opencdms", pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description="MQTT v5 shared-subscription group of the replicas ($share/<group>/…). Empty: no sharing.",
+    )
+    events_mqtt_protocol: Literal["auto", "5", "3.1.1"] = Field(
+        default="auto",
+        description="MQTT version of the event service: auto (v5, else 3.1.1; the embedded broker: 3.1.1), 5 or 3.1.1.",
+    )
+    events_concurrency: int = Field(default=4, ge=1, le=64, description="Messages the event service routes at once.")
+    events_sweep_interval: timedelta = Field(
+        default=timedelta(minutes=5), ge=timedelta(0),
+        description="How often incoming/ is compared with the ingest ledger (also at start); 0: only at start.",
+    )
+    events_retry_backoff: timedelta = Field(
+        default=timedelta(seconds=1), gt=timedelta(0),
+        description="First wait before a transient failure (API, bucket, broker) is retried; doubled each time.",
+    )
+    events_retry_backoff_max: timedelta = Field(
+        default=timedelta(seconds=60), gt=timedelta(0), description="Longest wait between retries.",
+    )
+    events_job_poll_interval: timedelta = Field(
+        default=timedelta(seconds=2), gt=timedelta(0),
+        description="How often the event service asks the API about the jobs it follows (chains, status messages).",
+    )
+    events_session_expiry: timedelta = Field(
+        default=timedelta(days=7), gt=timedelta(0),
+        description="How long the broker keeps the event service's session (and its messages) while it is down.",
+    )
+    events_status_host: str = Field(default="127.0.0.1", description="Address of the event service's status page.")
+    events_status_port: int = Field(
+        default=5010, ge=0, le=65535, description="Port of the status page; 0: any free port.",
+    )
+    events_status_prefix: str = Field(
+        default="", pattern=r"^(/[A-Za-z0-9._~-]+)*$",
+        description="URL prefix of the status page, e.g. /services/events under JupyterHub.",
+    )
+    events_embedded_broker_port: int = Field(
+        default=1884, ge=1, le=65535,
+        description="Port (127.0.0.1) of the embedded broker `opencdms up` starts when broker_url is empty.",
+    )
+
     @field_validator("bucket_url")
     @classmethod
     def _known_bucket_protocol(cls, value: str) -> str:
@@ -145,6 +251,21 @@ class Settings(BaseSettings):
                 f"job_stale_timeout ({self.job_stale_timeout.total_seconds():g} s) must be at least twice "
                 f"job_heartbeat_interval ({self.job_heartbeat_interval.total_seconds():g} s)"
             )
+        return self
+
+    @field_validator("broker_url")
+    @classmethod
+    def _mqtt_url(cls, value: str | None) -> str | None:
+        if value in (None, ""):
+            return None
+        if not value.startswith(("mqtt://", "mqtts://")):
+            raise ValueError(f"broker_url must start with mqtt:// or mqtts://, not {value[:40]!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _events_backoff_order(self) -> "Settings":
+        if self.events_retry_backoff_max < self.events_retry_backoff:
+            raise ValueError("events_retry_backoff_max must not be shorter than events_retry_backoff")
         return self
 
     @model_validator(mode="after")
@@ -209,7 +330,9 @@ def shipped_folder(name: str) -> Path:
     if in_tree.is_dir():
         return in_tree
     package = Path(__file__).resolve().parent  # <prefix>/lib/pythonX.Y/site-packages/opencdms_kernel
-    for prefix in (package.parents[3], Path(sys.prefix)):
+    # parents[3] exists only for an installed package (an editable one may sit near /).
+    prefixes = [package.parents[3]] if len(package.parents) > 3 else []
+    for prefix in (*prefixes, Path(sys.prefix)):
         installed = prefix / "share" / "opencdms" / name
         if installed.is_dir():
             return installed

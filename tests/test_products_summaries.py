@@ -458,6 +458,8 @@ def test_a_period_without_data_gives_an_empty_product_that_says_so(edges) -> Non
         (lambda c: monthly_summaries(c, Period(2019, 2019), timezones={S1: "Mars/Olympus"}), "timezones", "Mars/Olympus"),
         (lambda c: monthly_summaries(c, Period(2019, 2019), rule=5), "rule", "CompletenessRule"),
         (lambda c: monthly_summaries(c, (2019, 2020)), "period", "Period"),
+        (lambda c: monthly_summaries(c, "2019-2018"), "period", "after end year"),
+        (lambda c: daily_summaries(c, "19"), "period", "not a year or a range"),
     ],
 )
 def test_bad_parameters_are_named(edges, call, parameter, fragment) -> None:
@@ -498,6 +500,13 @@ def test_period_parse() -> None:
     assert Period.parse("1991-2020") == Period(1991, 2020)
     assert Period.parse("2020") == Period(2020, 2020)
     assert str(Period(1961, 1990)) == "1961-1990"
+
+
+def test_a_period_given_as_text_is_read_as_the_period(edges) -> None:
+    _, connection = edges
+    as_text = monthly_summaries(connection, " 2019 ", stations=[S1])
+    assert as_text.period == Period(2019, 2019)
+    assert as_text.table.equals(monthly_summaries(connection, Period(2019, 2019), stations=[S1]).table)
 
 
 # --------------------------------------------------------------------------- months from hourly values

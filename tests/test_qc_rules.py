@@ -17,7 +17,7 @@ import sqlalchemy as sa
 import opencdms_kernel.qc.run as qc_run_module
 from opencdms_kernel.bucket import Bucket, open_bucket
 from opencdms_kernel.db.engine import Datastore
-from opencdms_kernel.errors import OpenCDMSError, UnknownReferenceError
+from opencdms_kernel.errors import OpenCDMSError, ParameterError, UnknownReferenceError
 from opencdms_kernel.ingest import IngestRequest, IngestStatus, ingest
 from opencdms_kernel.qc import (
     Decision,
@@ -40,6 +40,7 @@ from opencdms_kernel.qc import (
     derive_and_store_thresholds,
     run_qc,
 )
+from opencdms_kernel.qc.rules import load_rules
 from opencdms_kernel.settings import Settings
 from opencdms_kernel.stations import import_stations
 
@@ -165,6 +166,22 @@ def test_network_defaults_and_relations_are_seeded_and_versioned(datastore: Data
     assert [tuple(r) for r in rows] == [(1, 0.0), (2, 0.5)]
 
 
+def test_relations_in_force_come_failed_first_then_in_the_order_they_were_added(datastore: Datastore) -> None:
+    # The severity a relation is sorted by is bound from the enum (Severity.FAILED), not written
+    # into the SQL: a relation that finds a value wrong is tried before one that finds it doubtful.
+    add_relations(datastore, [Relation("TMEAN", "<=", "TMAX", severity=Severity.SUSPECT),
+                              Relation("TMIN", "<=", "TMEAN", severity=Severity.FAILED)],
+                  user="climatologist", reason="order")
+    with datastore.engine.connect() as connection:
+        relations = load_rules(connection).relations
+    severities = [relation.severity for relation in relations]
+    assert Severity.SUSPECT in severities and Severity.FAILED in severities
+    assert severities == sorted(severities, key=lambda severity: severity is not Severity.FAILED)
+    for severity in Severity:
+        ids = [relation.id for relation in relations if relation.severity is severity]
+        assert ids == sorted(ids)
+
+
 @pytest.mark.usefixtures("network")
 def test_derived_thresholds_are_stored_as_new_versions_for_the_scope_asked(datastore: Datastore, bucket: Bucket) -> None:
     method = {"TMAX": DerivationMethod(k=3.0, min_values=20)}
@@ -282,7 +299,13 @@ def test_bad_input_gives_a_clear_error_naming_the_parameter(datastore: Datastore
     def refused(error: type[Exception], parameter: str, action) -> str:
         with pytest.raises(error) as raised:
             action()
-        assert isinstance(raised.value, OpenCDMSError) and str(raised.value).startswith(parameter), str(raised.value)
+        assert isinstance(raised.value, OpenCDMSError) and raised.value.parameter == parameter, str(raised.value)
+        if isinstance(raised.value, ParameterError):
+            # The kernel's one form for a refused parameter, refused as every door refuses it.
+            assert str(raised.value).startswith(f"parameter '{parameter}': "), str(raised.value)
+            assert (raised.value.http_status, raised.value.exit_code) == (400, 2)
+        else:
+            assert str(raised.value).startswith(f"{parameter}: "), str(raised.value)
         return str(raised.value)
 
     assert "'0-9-9-9'" in refused(UnknownReferenceError, "stations",

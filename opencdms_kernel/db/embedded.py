@@ -52,6 +52,7 @@ EXTENSION_UPDATES = "opencdms-update-extensions.sql"
 # Part of the name of pg_upgrade's working folder: its servers' sockets are there, which is how a
 # server left running by an interrupted upgrade is recognised as ours to stop.
 WORK_PREFIX = "opencdms-pgupgrade-"
+SOCKET_PATH_LIMIT = 107  # bytes of a Unix socket's path (sun_path, less its final NUL)
 
 
 def _wheel_versions() -> Mapping[int, Path]:
@@ -268,9 +269,19 @@ def _marker(pgdata: Path) -> Path:
     return pgdata.parent / f".{pgdata.name}.upgrade.json"
 
 
+def _work_folder(pgdata: Path) -> Path:
+    """A new working folder for pg_upgrade: beside the data folder, so that one an interrupted
+    attempt leaves is removed with that attempt's new folder; in the temporary folder when that
+    path would be too long for the sockets of pg_upgrade's servers (``.s.PGSQL.50432``)."""
+    prefix = f".{pgdata.name}-upgrade-{WORK_PREFIX}"
+    if len(str(pgdata.parent / f"{prefix}12345678" / ".s.PGSQL.50432").encode()) <= SOCKET_PATH_LIMIT:
+        return Path(tempfile.mkdtemp(dir=pgdata.parent, prefix=prefix))
+    return Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
+
+
 def _discard_interrupted_attempts(pgdata: Path, bin_path: Path, user: str | None) -> None:
-    """Remove the new folders of earlier attempts that stopped before the swap (no marker names
-    them), stopping a server pg_upgrade may have left running on one."""
+    """Remove the new and working folders of earlier attempts that stopped before the swap (no
+    marker names them), stopping a server pg_upgrade may have left running on a new one."""
     for leftover in pgdata.parent.glob(f".{pgdata.name}-upgrade-*"):
         if leftover.is_dir():
             _stop_upgrade_leftover(leftover, bin_path, user)
@@ -317,8 +328,7 @@ def upgrade_data_folder(pgdata: Path, version: int) -> Path:
             )
 
     upgraded = Path(tempfile.mkdtemp(dir=pgdata.parent, prefix=f".{pgdata.name}-upgrade-"))
-    # A short path (pg_upgrade's servers put their sockets here), writable by the server's user.
-    work = Path(tempfile.mkdtemp(prefix=WORK_PREFIX))
+    work = _work_folder(pgdata)  # writable by the server's user, below
     try:
         if user is not None:
             shutil.chown(work, user)

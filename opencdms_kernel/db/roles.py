@@ -10,6 +10,12 @@ creates them:
   ``observation_history`` (the history is written by the owner's audit trigger);
 - **readonly** reads everything and writes nothing.
 
+The hub's roles reach the data too (migration 0007): four group roles that cannot log in,
+``<prefix>_admin``, ``_sci``, ``_reviewer`` and ``_clerk`` (:class:`HubRole`), each with only the
+grants its hub role needs (:data:`HUB_GRANTS`), and one LOGIN role per hub user
+(:func:`ensure_hub_user`), a member of exactly the group of their hub role, given a new password
+each time their server starts.  The audit trail's ``superseded_by_role`` is that user's role.
+
 Role names are cluster-wide while an installation is one database, so they are derived from
 the database name (``opencdms_<database>_owner`` …; ``OPENCDMS_DATABASE_ROLE_PREFIX`` overrides
 the prefix) and recorded in the database's ``database_role`` table the first time.  A database
@@ -56,6 +62,41 @@ class RoleKind(str, Enum):
     READONLY = "readonly"
 
 
+class HubRole(str, Enum):
+    """The JupyterHub roles, each mapped to a database group role (:data:`HUB_GROUP_SUFFIX`)."""
+
+    ADMIN = "admin"
+    SCIENTIST = "scientist"
+    QC_REVIEWER = "qc-reviewer"
+    CLERK = "clerk"
+
+
+# <prefix>_<suffix>: at most as long as the longest installation suffix ("_readonly"), so every
+# prefix valid for the installation's roles is valid for these too.
+HUB_GROUP_SUFFIX: dict[HubRole, str] = {
+    HubRole.ADMIN: "admin",
+    HubRole.SCIENTIST: "sci",
+    HubRole.QC_REVIEWER: "reviewer",
+    HubRole.CLERK: "clerk",
+}
+# What each hub role may do in the database (set by _grant_hub_groups, from scratch each upgrade):
+HUB_GRANTS: dict[HubRole, str] = {
+    HubRole.ADMIN: "everything the app role may (a member of it): read all, insert and update data; no DDL",
+    HubRole.SCIENTIST: "read every table; write nothing (writing is done by processes, through the API)",
+    HubRole.QC_REVIEWER: "read every table; update an observation's value, flags and comment (decisions)",
+    HubRole.CLERK: "read reference data (stations, elements, sources, QC rules); insert and update keyings",
+}
+# The clerk's reference data, and the prefix of the keying tables (the data-entry app's).
+CLERK_READS = frozenset({"station", "element", "source", "qc_threshold", "qc_relation"})
+KEYING_TABLE = re.compile(r"^keying(_[a-z0-9_]+)?$")
+# The columns a QC decision changes (qc/manual.py); the stamp trigger sets version/changed_*.
+REVIEWER_UPDATES = ("value", "result_quality", "qc_status", "final_flag", "comment")
+# A hub user's login role: <prefix>_u<7 hex of the user name's SHA-256>, no longer than the
+# installation's own suffixes; the table hub_database_user (unique on both) catches a collision.
+_USER_ROLE_SUFFIX = "u"
+_USER_ROLE_HEX = 7
+
+
 class DatabaseRoleError(OpenCDMSError):
     """The installation's database roles cannot be created, found or used; says what to do."""
 
@@ -68,7 +109,7 @@ PREFIX_MAX = 63 - _LONGEST_SUFFIX
 
 # Tables the application role may only read: the history (written by the owner's audit
 # trigger), the record of the roles themselves, and alembic's revision.
-READ_ONLY_FOR_APP = frozenset({"observation_history", "database_role", "alembic_version"})
+READ_ONLY_FOR_APP = frozenset({"observation_history", "database_role", "alembic_version", "hub_database_user"})
 
 # One upgrade of one database at a time creates roles and changes grants (advisory locks are
 # per database; concurrent GRANTs on one object fail with "tuple concurrently updated").
@@ -204,7 +245,7 @@ def _marker(kind: RoleKind, database: str) -> str:
     return f"OpenCDMS {kind.value} role of database {database}"
 
 
-_MARKER = re.compile(r"^OpenCDMS (owner|app|readonly) role of database (.+)$")
+_MARKER = re.compile(r"^OpenCDMS (owner|app|readonly|admin|sci|reviewer|clerk|hub user) role of database (.+)$")
 
 
 def drop_orphaned_roles(connection: Connection) -> list[str]:
@@ -439,6 +480,9 @@ def ensure_roles(connection: Connection, settings: Settings) -> InstallationRole
             )
         _transfer_ownership(connection, roles.owner)
         _grant(connection, roles)
+        if _hub_table_exists(connection):
+            _ensure_hub_groups(connection, roles)
+            _grant_hub_groups(connection, roles)
     except psycopg.errors.InsufficientPrivilege as exc:
         raise DatabaseRoleError(
             f"setting up the database roles of {database} needs more privileges than the "
@@ -506,12 +550,20 @@ def drop_roles(datastore: Datastore) -> None:
 
     In this database their objects go to the connected account and their privileges are
     revoked; the roles themselves can only be dropped when no other database still uses them
-    (a copy made from this one), which PostgreSQL reports.
+    (a copy made from this one), which PostgreSQL reports.  The hub's group roles and the hub
+    users' login roles recorded in this database go with them.
     """
     roles = installation_roles(datastore)
     with datastore.engine.begin() as connection:
         raw = _raw(connection)
-        names = [sql.Identifier(name) for _, name in roles.items()]
+        hub_names: list[str] = []
+        if _hub_table_exists(connection):
+            hub_names = list(connection.execute(sa.text(
+                "SELECT role_name FROM hub_database_user ORDER BY role_name")).scalars())
+            connection.execute(sa.text("DELETE FROM hub_database_user"))
+        hub_names += hub_group_roles(roles).values()
+        present = [name for name in hub_names if _existing_role(connection, name) is not None]
+        names = [sql.Identifier(name) for _, name in roles.items()] + [sql.Identifier(n) for n in present]
         try:
             raw.execute(sql.SQL("REASSIGN OWNED BY {} TO CURRENT_USER").format(names[0]))
             raw.execute(sql.SQL("DROP OWNED BY {}").format(sql.SQL(", ").join(names)))
@@ -519,3 +571,203 @@ def drop_roles(datastore: Datastore) -> None:
             raw.execute(sql.SQL("DROP ROLE {}").format(sql.SQL(", ").join(names)))
         except psycopg.errors.DependentObjectsStillExist as exc:
             raise DatabaseRoleError(f"the roles are still used by another database: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- the hub's roles
+
+
+def hub_group_roles(roles: InstallationRoles) -> dict[HubRole, str]:
+    """The database group role of each hub role: ``<prefix>_admin``, ``_sci``, ``_reviewer``, ``_clerk``.
+
+    The prefix is the installation's (its owner role's name without ``_owner``), so a database
+    copied from this one uses the same groups.
+    """
+    prefix = roles.owner.removesuffix("_" + RoleKind.OWNER.value)
+    return {role: f"{prefix}_{suffix}" for role, suffix in HUB_GROUP_SUFFIX.items()}
+
+
+def hub_user_role_name(roles: InstallationRoles, hub_user: str) -> str:
+    """The login role of hub user ``hub_user`` in this installation (``<prefix>_u<7 hex>``)."""
+    if not hub_user or len(hub_user) > 255:
+        raise DatabaseRoleError(f"hub user name {hub_user[:40]!r}: give 1 to 255 characters")
+    prefix = roles.owner.removesuffix("_" + RoleKind.OWNER.value)
+    digest = hashlib.sha256(hub_user.encode("utf-8")).hexdigest()[:_USER_ROLE_HEX]
+    return f"{prefix}_{_USER_ROLE_SUFFIX}{digest}"
+
+
+def _hub_table_exists(connection: Connection) -> bool:
+    return connection.execute(sa.text("SELECT to_regclass('public.hub_database_user') IS NOT NULL")).scalar_one()
+
+
+def _marked_database(connection: Connection, name: str) -> str | None:
+    """The database named in the OpenCDMS comment of role ``name`` (None: no such comment)."""
+    existing = _existing_role(connection, name)
+    found = _MARKER.fullmatch(existing.marker or "") if existing is not None else None
+    return found.group(2) if found else None
+
+
+def _ensure_hub_groups(connection: Connection, roles: InstallationRoles) -> None:
+    """Create the hub's group roles (NOLOGIN) that are missing; never take over another's."""
+    # A copy of the database (CREATE DATABASE … TEMPLATE) shares the roles of the original,
+    # whose name the owner role's comment carries: the groups must carry the same one.
+    database = _marked_database(connection, roles.owner) or connection.execute(
+        sa.text("SELECT current_database()")).scalar_one()
+    raw = _raw(connection)
+    for role, name in hub_group_roles(roles).items():
+        marker = f"OpenCDMS {HUB_GROUP_SUFFIX[role]} role of database {database}"
+        existing = _existing_role(connection, name)
+        if existing is not None:
+            if existing.marker != marker:
+                raise DatabaseRoleError(
+                    f"role {name} already exists on this server and is not the {role.value} hub role of "
+                    f"database {database}; set OPENCDMS_DATABASE_ROLE_PREFIX to another prefix"
+                )
+            if existing.rolsuper or existing.rolcreaterole or existing.rolbypassrls:
+                raise DatabaseRoleError(f"role {name} has SUPERUSER, CREATEROLE or BYPASSRLS; it must not")
+            continue
+        if not _may_create_roles(connection):
+            raise DatabaseRoleError(
+                f"the hub role {name} does not exist and the account of database_url may not create "
+                "roles: run `opencdms db upgrade` once as a superuser (or a role with CREATEROLE)"
+            )
+        try:
+            with connection.begin_nested():
+                raw.execute(sql.SQL(
+                    "CREATE ROLE {} NOLOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS"
+                ).format(sql.Identifier(name)))
+        except (psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation) as exc:
+            raise DatabaseRoleError(
+                f"role {name} was created at the same time by another database on this server; "
+                "give this installation its own OPENCDMS_DATABASE_ROLE_PREFIX"
+            ) from exc
+        raw.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(name), sql.Literal(marker)))
+
+
+def _member_of(connection: Connection, member: str, group: str) -> bool:
+    return connection.execute(
+        sa.text("SELECT EXISTS (SELECT 1 FROM pg_auth_members WHERE roleid = to_regrole(:group) "
+                "AND member = to_regrole(:member))"),
+        {"group": group, "member": member},
+    ).scalar_one()
+
+
+def _grant_hub_groups(connection: Connection, roles: InstallationRoles) -> None:
+    """Set the hub groups' privileges to exactly :data:`HUB_GRANTS` (from scratch, as ``_grant``)."""
+    raw = _raw(connection)
+    groups = hub_group_roles(roles)
+    ident = {role: sql.Identifier(name) for role, name in groups.items()}
+    every = sql.SQL(", ").join(ident.values())
+    raw.execute(sql.SQL("GRANT USAGE ON SCHEMA public TO {}").format(every))
+    for what in ("TABLES", "SEQUENCES"):  # table-level REVOKE also revokes column privileges
+        raw.execute(sql.SQL("REVOKE ALL ON ALL {} IN SCHEMA public FROM {}").format(sql.SQL(what), every))
+    # admin: the application role's privileges, through membership (one list of them, in _grant).
+    if not _member_of(connection, groups[HubRole.ADMIN], roles.app):
+        raw.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(roles.app), ident[HubRole.ADMIN]))
+    raw.execute(sql.SQL("GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}, {}").format(
+        ident[HubRole.SCIENTIST], ident[HubRole.QC_REVIEWER]))
+    raw.execute(sql.SQL("GRANT UPDATE ({}) ON public.observation TO {}").format(
+        sql.SQL(", ").join(sql.Identifier(column) for column in REVIEWER_UPDATES), ident[HubRole.QC_REVIEWER]))
+    tables = list(connection.execute(sa.text(
+        "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace "
+        "AND relkind IN ('r', 'p', 'v') ORDER BY relname")).scalars())
+    reads = [name for name in tables if name in CLERK_READS]
+    keyings = [name for name in tables if KEYING_TABLE.fullmatch(name)]
+    clerk = ident[HubRole.CLERK]
+    if reads:
+        raw.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(
+            sql.SQL(", ").join(sql.Identifier("public", name) for name in reads), clerk))
+    if keyings:
+        raw.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON {} TO {}").format(
+            sql.SQL(", ").join(sql.Identifier("public", name) for name in keyings), clerk))
+        sequences = list(connection.execute(sa.text(
+            """
+            SELECT s.relname FROM pg_class AS s
+            JOIN pg_depend AS d ON d.classid = 'pg_class'::regclass AND d.objid = s.oid AND d.deptype IN ('a', 'i')
+            JOIN pg_class AS t ON t.oid = d.refobjid
+            WHERE s.relnamespace = 'public'::regnamespace AND s.relkind = 'S' AND t.relname = ANY (:tables)
+            ORDER BY s.relname
+            """), {"tables": keyings}).scalars())
+        if sequences:
+            raw.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(
+                sql.SQL(", ").join(sql.Identifier("public", name) for name in sequences), clerk))
+
+
+def ensure_hub_user(datastore: Datastore, hub_user: str, hub_role: HubRole | str) -> URL:
+    """Give hub user ``hub_user`` their own database login, a member of ``hub_role``'s group only.
+
+    Called by the hub each time the user's server starts: the role is created if missing, gets
+    a **new** password (nothing is stored: the URL returned goes into the server's environment
+    and nowhere else), and its group memberships are set to exactly the one of ``hub_role`` (an
+    administrator who changed the user's hub role changes their database role at the next
+    start).  ``opencdms.user`` defaults to the hub user in this database, so the history's
+    ``superseded_by`` names them; ``superseded_by_role`` is the login role, which a session
+    cannot change.  Needs a superuser or CREATEROLE account (the hub's ``database_url``).
+    """
+    role = HubRole(hub_role)
+    roles = installation_roles(datastore)
+    groups = hub_group_roles(roles)
+    name = hub_user_role_name(roles, hub_user)
+    password = secrets.token_urlsafe(32)
+    with datastore.engine.begin() as connection:
+        connection.execute(sa.text(_LOCK_SQL))
+        if not _hub_table_exists(connection):
+            raise DatabaseRoleError("this database has no hub roles yet (migration 0007): run `opencdms db upgrade`")
+        database = connection.execute(sa.text("SELECT current_database()")).scalar_one()
+        holder = connection.execute(sa.text("SELECT hub_user FROM hub_database_user WHERE role_name = :name"),
+                                    {"name": name}).scalar_one_or_none()
+        if holder is not None and holder != hub_user:
+            raise DatabaseRoleError(f"hub users {holder!r} and {hub_user!r} map to the same database role {name}")
+        raw = _raw(connection)
+        existing = _existing_role(connection, name)
+        verifier = sql.Literal(_verifier(raw, name, password))
+        try:
+            if existing is None:
+                raw.execute(sql.SQL(
+                    "CREATE ROLE {} LOGIN INHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                    "NOBYPASSRLS PASSWORD {}").format(sql.Identifier(name), verifier))
+                raw.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                    sql.Identifier(name), sql.Literal(f"OpenCDMS hub user role of database {database}")))
+            else:
+                found = _MARKER.fullmatch(existing.marker or "")
+                if not found or found.group(1) != "hub user":
+                    raise DatabaseRoleError(f"role {name} exists and is not an OpenCDMS hub user's role")
+                if existing.rolsuper or existing.rolcreaterole or existing.rolbypassrls:
+                    raise DatabaseRoleError(f"role {name} has SUPERUSER, CREATEROLE or BYPASSRLS; it must not")
+                raw.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(sql.Identifier(name), verifier))
+            # Exactly one group: any membership a hand or an earlier role left is taken away.
+            for other in connection.execute(sa.text(
+                    "SELECT g.rolname FROM pg_auth_members AS m JOIN pg_roles AS g ON g.oid = m.roleid "
+                    "WHERE m.member = to_regrole(:name)"), {"name": name}).scalars().all():
+                if other != groups[role]:
+                    raw.execute(sql.SQL("REVOKE {} FROM {}").format(sql.Identifier(other), sql.Identifier(name)))
+            if not _member_of(connection, name, groups[role]):
+                raw.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(groups[role]), sql.Identifier(name)))
+            raw.execute(sql.SQL("ALTER ROLE {} IN DATABASE {} SET {} = {}").format(
+                sql.Identifier(name), sql.Identifier(database), sql.Identifier("opencdms", "user"),
+                sql.Literal(hub_user)))
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise DatabaseRoleError(
+                f"giving hub user {hub_user!r} a database login needs a superuser or CREATEROLE account: {exc}"
+            ) from exc
+        connection.execute(sa.text(
+            "INSERT INTO hub_database_user (role_name, hub_user, hub_role) VALUES (:name, :user, :role) "
+            "ON CONFLICT (role_name) DO UPDATE SET hub_role = excluded.hub_role, updated_at = now()"),
+            {"name": name, "user": hub_user, "role": role.value})
+    return datastore.url.set(username=name, password=password)
+
+
+def drop_hub_user(datastore: Datastore, hub_user: str) -> bool:
+    """Remove hub user ``hub_user``'s database login (a user deleted from the hub); False if none.
+
+    The history keeps naming the role (``superseded_by_role``) and ``hub_database_user`` is the
+    only record of whose it was, so the row stays, marked by the role's absence.
+    """
+    roles = installation_roles(datastore)
+    name = hub_user_role_name(roles, hub_user)
+    with datastore.engine.begin() as connection:
+        if _existing_role(connection, name) is None:
+            return False
+        raw = _raw(connection)
+        raw.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)))
+        raw.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(name)))
+    return True

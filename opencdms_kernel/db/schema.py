@@ -115,6 +115,17 @@ database_role = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )
 
+# Hub users and their own database login roles (migration 0007, db/roles.py).
+hub_database_user = sa.Table(
+    "hub_database_user",
+    metadata,
+    sa.Column("role_name", sa.Text, primary_key=True),
+    sa.Column("hub_user", sa.Text, nullable=False, unique=True),
+    sa.Column("hub_role", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
 ingest_ledger = sa.Table(
     "ingest_ledger",
     metadata,

@@ -1,11 +1,11 @@
-"""Bulk load of validated rows: COPY into a staging table, then one set-based MERGE.
+"""Bulk load of validated rows: new data straight into the table, the rest staged and merged.
 
-Why it is fast (see docs/architecture.md): the rows arrive with integer keys already resolved
-(no text-key joins in the database), sorted in primary-key order (index inserts stay local),
-the staging table is a temporary one (no WAL), the CSV for COPY is produced in a second thread
-while the server parses the previous chunk, referential integrity is checked once per
-statement rather than once per row, and when no stored row can share a key with the file (new
-data) the merge is a plain INSERT without the MERGE's join.
+Why it is fast (see docs/architecture.md, "Ingest"): the rows arrive with integer keys already
+resolved (no text-key joins in the database), sorted in primary-key order (index inserts stay
+local); a chunk that no stored row can share a key with is written with one binary COPY into
+``observation`` (``copy_new_rows``), while the next chunk is validated; other chunks go into a
+temporary staging table (no WAL) and one set-based MERGE at the end.  Referential integrity is
+checked once per statement rather than once per row.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
+
+from opencdms_kernel.ingest import binary_copy
+from opencdms_kernel.ingest.binary_copy import CopyTarget
 
 COPY_CHUNK_ROWS = 250_000
 
@@ -120,6 +123,19 @@ SELECT EXISTS (
 # Each chunk is staged in key order and files run station by station, so the staged rows are
 # nearly sorted already: a sort of the whole file here would cost more than it saves.
 INSERT_SQL = f"INSERT INTO observation {INSERTED_COLUMNS} SELECT {INSERTED_VALUES} FROM ({STAGED_ROWS}) AS s"
+
+# The same question for one chunk's rows before they are written, from their series' time ranges.
+STORED_OVERLAP_SQL = """
+SELECT EXISTS (
+    SELECT 1
+    FROM unnest(CAST(:stations AS integer[]), CAST(:elements AS smallint[]),
+                CAST(:firsts AS bigint[]), CAST(:lasts AS bigint[])) AS k (station_id, element_id, first, last)
+    JOIN observation AS o
+      ON o.station_id = k.station_id AND o.element_id = k.element_id
+     AND o.phenomenon_time BETWEEN to_timestamp(k.first) AND to_timestamp(k.last)
+    WHERE o.duration_seconds = :duration_seconds AND o.level = :level AND o.source_id = :source_id
+)
+"""
 
 # Keys delivered more than once by one file, in different chunks (validation sees one chunk).
 REPEATED_KEYS_SQL = """
@@ -235,9 +251,11 @@ class StagedKeys:
     conflicts: list[pa.Table] = field(default_factory=list)
 
     def add_conflicts(self, rows: pa.Table) -> None:
-        """Note the rows of one chunk refused because their key came with different values."""
+        """Note the rows of one chunk refused because their key came with different values (their
+        times count as the chunk's, so that another chunk giving the key again is seen)."""
         if rows.num_rows:
             self.conflicts.append(rows)
+            self.add(rows)
 
     def add(self, rows: pa.Table) -> None:
         """Note the series and time ranges of one chunk's accepted rows."""
@@ -254,6 +272,32 @@ class StagedKeys:
             if any(first <= other_last and other_first <= last for other_first, other_last in seen):
                 self.overlapping.add(series)
             seen.append((first, last))
+
+
+def overlaps_stored(connection: Connection, rows: pa.Table, series: SeriesDefaults) -> bool:
+    """Whether a stored observation may share a key with ``rows`` (by series and time range)."""
+    if not rows.num_rows:
+        return False
+    spans = rows.group_by(["station_id", "element_id"]).aggregate(
+        [("epoch_seconds", "min"), ("epoch_seconds", "max")])
+    return bool(connection.execute(sa.text(STORED_OVERLAP_SQL), {
+        "stations": spans.column("station_id").to_pylist(), "elements": spans.column("element_id").to_pylist(),
+        "firsts": spans.column("epoch_seconds_min").to_pylist(), "lasts": spans.column("epoch_seconds_max").to_pylist(),
+        "duration_seconds": series.duration_seconds, "level": series.level, "source_id": series.source_id,
+    }).scalar_one())
+
+
+def copy_new_rows(connection: Connection, rows: pa.Table, target: CopyTarget) -> bool:
+    """COPY ``rows`` straight into ``observation`` (binary); False, with nothing written, when
+    they are not suited to it (see binary_copy.encode).  Only for keys no stored row has."""
+    stream = binary_copy.encode(rows, target)
+    if stream is None:
+        return False
+    raw = connection.connection.driver_connection  # the psycopg connection, for COPY
+    with raw.cursor() as cursor, cursor.copy(binary_copy.COPY_SQL) as copy:
+        for block in stream:
+            copy.write(block)
+    return True
 
 
 def remove_cross_chunk_duplicates(

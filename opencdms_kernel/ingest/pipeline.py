@@ -38,12 +38,15 @@ from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.db.schema import ingest_ledger
 from opencdms_kernel.errors import OpenCDMSError
 from opencdms_kernel.ingest.load import (
+    CopyTarget,
     SeriesDefaults,
     StagedKeys,
+    copy_new_rows,
     create_staging,
     identify_writer,
     lock_ingest,
     merge_staging,
+    overlaps_stored,
     remove_cross_chunk_duplicates,
     source_id,
     stage_rows,
@@ -360,56 +363,112 @@ def _load(
     request: IngestRequest, connection: sa.Connection, bucket: Bucket, user: str, ledger_id: int, started: float
 ) -> IngestResult:
     mapping = request.mapping
-    reading = CsvReading(request.object_key, request.open_file, mapping, chunk_rows=reader.CHUNK_ROWS)
-    rejects = _Rejects(request.object_key)
-    rows_read = 0
-    try:
-        with connection.begin():
-            lock_ingest(connection)
-            identify_writer(connection, user, reason=f"ingest of {request.object_key} (ledger {ledger_id})")
-            reference = load_reference_data(connection)
-            series = SeriesDefaults(
-                source_id=source_id(connection, mapping.source),
-                duration_seconds=mapping.duration_seconds,
-                level=mapping.level,
-            )
-            create_staging(connection)
-            staged = StagedKeys()
-            now = datetime.now(UTC)  # "in the future" means the same for every chunk
-            # One thread copies chunk k into the staging table while this one reads chunk k + 1.
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-copy") as copier:
-                copying: Future[None] | None = None
-                for chunk in reading.chunks():
-                    rows_read += chunk.row_count
-                    validated = _validated(chunk, mapping, reference, rejects, now)
-                    accepted = validated.accepted
-                    if copying is not None:
-                        copying.result()
-                    staged.add(accepted)
-                    staged.add_conflicts(validated.conflicts)
-                    copying = copier.submit(stage_rows, connection, accepted)
-                if copying is not None:
-                    copying.result()
-            rejects.add(remove_cross_chunk_duplicates(connection, staged, _reject_labels(mapping, reference)))
-            counts = merge_staging(connection, series, user, ledger_id)
+    with connection.begin():
+        lock_ingest(connection)
+        identify_writer(connection, user, reason=f"ingest of {request.object_key} (ledger {ledger_id})")
+        reference = load_reference_data(connection)
+        series = SeriesDefaults(
+            source_id=source_id(connection, mapping.source),
+            duration_seconds=mapping.duration_seconds,
+            level=mapping.level,
+        )
+        create_staging(connection)
+        target = CopyTarget(series.duration_seconds, series.level, series.source_id, user, ledger_id)
+        now = datetime.now(UTC)  # "in the future" means the same for every chunk
+        before_chunks = connection.begin_nested()
+        try:
+            written = _write_chunks(request, connection, reference, target, now, direct=True)
+        except _ChunksOverlap:
+            # Two chunks share a series' time span after some went straight into the table:
+            # start again from the file's first line, every chunk through the staging table.
+            before_chunks.rollback()
+            before_chunks = connection.begin_nested()
+            written = _write_chunks(request, connection, reference, target, now, direct=False)
+        rejects = written.rejects
+        try:
+            before_chunks.commit()
+            rejects.add(remove_cross_chunk_duplicates(
+                connection, written.staged, _reject_labels(mapping, reference)))
+            merged = merge_staging(connection, series, user, ledger_id)
             report_key = None
             if rejects.count:
                 report_key = f"{REJECTS_PREFIX}/{ledger_id}-{_ledger_uid(connection, ledger_id)}/{request.file_name}.rejects.csv"
                 rejects.store(bucket, report_key)
+            inserted = merged.inserted + written.copied
             _finish_ledger(
                 connection, ledger_id,
-                status=IngestStatus.LOADED.value, rows_read=rows_read, rows_inserted=counts.inserted,
-                rows_updated=counts.updated, rows_unchanged=counts.unchanged, rows_rejected=rejects.count,
-                reject_report=report_key, warnings=list(reading.warnings), loaded_at=sa.func.now(),
+                status=IngestStatus.LOADED.value, rows_read=written.rows_read, rows_inserted=inserted,
+                rows_updated=merged.updated, rows_unchanged=merged.unchanged, rows_rejected=rejects.count,
+                reject_report=report_key, warnings=list(written.warnings), loaded_at=sa.func.now(),
             )
-    finally:
-        rejects.close()
+        finally:
+            rejects.close()
     return IngestResult(
-        object_key=request.object_key, status=IngestStatus.LOADED, ledger_id=ledger_id, rows_read=rows_read,
-        inserted=counts.inserted, updated=counts.updated, unchanged=counts.unchanged, rejected=rejects.count,
-        reject_report=report_key, rejects=rejects.table(), warnings=reading.warnings,
+        object_key=request.object_key, status=IngestStatus.LOADED, ledger_id=ledger_id,
+        rows_read=written.rows_read, inserted=inserted, updated=merged.updated, unchanged=merged.unchanged,
+        rejected=rejects.count, reject_report=report_key, rejects=rejects.table(), warnings=written.warnings,
         seconds=time.perf_counter() - started,
     )
+
+
+class _ChunksOverlap(Exception):
+    """Chunks of one file share a series' time span, and some were already written directly."""
+
+
+@dataclass
+class _Written:
+    """What the chunks of a file left: rows copied into ``observation``, rows staged, rejects."""
+
+    rows_read: int
+    copied: int
+    staged: StagedKeys
+    rejects: _Rejects
+    warnings: tuple[str, ...]
+
+
+def _write_chunks(request: IngestRequest, connection: sa.Connection, reference: ReferenceData,
+                  target: CopyTarget, now: datetime, *, direct: bool) -> _Written:
+    """Read, validate and write every chunk of the file; one thread writes chunk k while this
+    one reads and validates chunk k + 1.
+
+    A chunk goes straight into ``observation`` (binary COPY) when ``direct``, no stored row can
+    share a key with it and no other chunk of the file shares a series' time span with it;
+    otherwise into the staging table, for the merge.  Raises :class:`_ChunksOverlap` when an
+    overlap shows up after a chunk was written directly (the caller starts again, staging all).
+    """
+    mapping = request.mapping
+    reading = CsvReading(request.object_key, request.open_file, mapping, chunk_rows=reader.CHUNK_ROWS)
+    series = SeriesDefaults(target.source_id, target.duration_seconds, target.level)
+    written = _Written(0, 0, StagedKeys(), _Rejects(request.object_key), reading.warnings)
+
+    def write(accepted: pa.Table, allow_direct: bool) -> int:
+        if allow_direct and not overlaps_stored(connection, accepted, series) \
+                and copy_new_rows(connection, accepted, target):
+            return accepted.num_rows
+        stage_rows(connection, accepted)
+        return 0
+
+    try:
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-write") as writer:
+            writing: Future[int] | None = None
+            for chunk in reading.chunks():
+                written.rows_read += chunk.row_count
+                validated = _validated(chunk, mapping, reference, written.rejects, now)
+                if writing is not None:
+                    written.copied += writing.result()
+                written.staged.add(validated.accepted)
+                written.staged.add_conflicts(validated.conflicts)
+                if written.staged.overlapping:
+                    if written.copied:
+                        raise _ChunksOverlap()
+                    direct = False
+                writing = writer.submit(write, validated.accepted, direct)
+            if writing is not None:
+                written.copied += writing.result()
+    except BaseException:
+        written.rejects.close()
+        raise
+    return written
 
 
 def _ledger_uid(connection: sa.Connection, ledger_id: int) -> str:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from opencdms_kernel.errors import NotFoundError, OpenCDMSError
+from opencdms_kernel.errors import NotFoundError, OpenCDMSError, ParameterError
 
 
 class NotebookRequestError(OpenCDMSError, ValueError):
@@ -28,13 +28,23 @@ class UnknownNotebookError(NotebookRequestError):
         super().__init__(notebook, None, f"no such notebook (registered: {listed})")
 
 
-class NotebookParameterError(NotebookRequestError):
-    """A parameter of a request is unknown, badly named or of the wrong type or value."""
+class NotebookParameterError(NotebookRequestError, ParameterError):
+    """A parameter of a request is unknown, badly named or of the wrong type or value.
+
+    Also the kernel's :class:`ParameterError` (HTTP 400, exit code 2): its message is the
+    kernel's ``parameter 'x': reason`` preceded by the notebook, ``notebook 'n', parameter
+    'x': reason``.  The name is written as Python writes it (``repr``), which for a declared
+    name is the same text; a name a request made up is shown with its control characters
+    escaped, since it has not been checked yet.
+    """
 
     parameter: str
 
     def __init__(self, notebook: str, parameter: str, reason: str) -> None:
-        super().__init__(notebook, parameter, reason)
+        # Not NotebookRequestError.__init__: its message is written here, in the kernel's form.
+        ParameterError.__init__(self, parameter, reason)
+        self.notebook = notebook
+        self.args = (f"notebook '{notebook}', parameter {parameter!r}: {reason}",)
 
 
 class NotebookDefinitionError(OpenCDMSError):

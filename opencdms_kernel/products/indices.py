@@ -213,7 +213,7 @@ def _check_frequencies(frequencies: Sequence[str] | str) -> tuple[Frequency, ...
 
 def climate_indices(
     connection: duckdb.DuckDBPyConnection,
-    period: Period,
+    period: Period | str,
     *,
     indices: Sequence[str] | str | None = None,
     frequencies: Sequence[str] | str = (Frequency.ANNUAL, Frequency.MONTHLY),

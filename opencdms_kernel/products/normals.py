@@ -175,7 +175,7 @@ def _statistics(spec: NormalsSpec) -> list[NormalStatistic]:
 
 def climate_normals(
     connection: duckdb.DuckDBPyConnection,
-    period: Period = STANDARD_NORMAL_PERIOD,
+    period: Period | str = STANDARD_NORMAL_PERIOD,
     *,
     stations: Sequence[str] | str | None = None,
     elements: Sequence[str] | str | None = None,

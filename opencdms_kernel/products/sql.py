@@ -75,7 +75,7 @@ class Selection:
 
 def select(
     connection: duckdb.DuckDBPyConnection,
-    period: Period,
+    period: Period | str,
     elements: Sequence[str] | str,
     stations: Sequence[str] | str | None,
     qc: QcPolicy = DEFAULT_QC_POLICY,

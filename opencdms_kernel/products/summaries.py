@@ -67,6 +67,7 @@ from opencdms_kernel.products.model import (
     ProductParameterError,
     QcPolicy,
     Threshold,
+    check_period,
 )
 from opencdms_kernel.products.sql import (
     LOCAL_DAY,
@@ -133,7 +134,7 @@ def qc_note(summary: Mapping[str, object]) -> str:
 
 def monthly_summaries(
     connection: duckdb.DuckDBPyConnection,
-    period: Period,
+    period: Period | str,
     *,
     elements: Sequence[str] | str = DEFAULT_MONTHLY_ELEMENTS,
     stations: Sequence[str] | str | None = None,
@@ -163,6 +164,7 @@ def monthly_summaries(
     WIGOS id for the station-local day (default UTC); ``qc``: which values count;
     ``sub_daily_rule``: when a day made from sub-daily values has a value.
     """
+    period = check_period(period)
     selection = select(connection, period, elements, stations, qc, timezones)
     rule = check_rule(rule)
     sub_daily_rule = check_rule(sub_daily_rule, "sub_daily_rule")
@@ -573,7 +575,7 @@ def _empty_monthly(thresholds: Sequence[Threshold], detail: bool) -> pa.Table:
 
 def daily_summaries(
     connection: duckdb.DuckDBPyConnection,
-    period: Period,
+    period: Period | str,
     *,
     elements: Sequence[str] | str = DEFAULT_DAILY_ELEMENTS,
     stations: Sequence[str] | str | None = None,
@@ -596,6 +598,7 @@ def daily_summaries(
     measured in.  Days changed by daylight saving keep 86400 / duration slots.  These are the
     days the monthly products use for a station without a daily value of the day.
     """
+    period = check_period(period)
     selection = select(connection, period, elements, stations, qc, timezones)
     rule = check_rule(rule)
     table = daily_table(connection, selection, rule)

@@ -8,7 +8,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Mapping
 
-from opencdms_kernel.errors import OpenCDMSError, UnknownReferenceError
+from opencdms_kernel.errors import OpenCDMSError, ParameterError, UnknownReferenceError
 # A value's status and final flag are the system's words, not only QC's: defined once in the
 # vocabulary, re-exported here (``X as X``) where QC code has always found them.
 from opencdms_kernel.vocabulary import FinalFlag as FinalFlag
@@ -54,13 +54,10 @@ class Decision(StrEnum):
 # --------------------------------------------------------------------------- errors
 
 
-class QcParameterError(OpenCDMSError):
-    """A QC request has a bad parameter; the message names it."""
-
-    def __init__(self, parameter: str, reason: str) -> None:
-        self.parameter = parameter
-        self.reason = reason
-        super().__init__(f"{parameter}: {reason}")
+class QcParameterError(ParameterError):
+    """A QC request has a bad parameter: the kernel's :class:`ParameterError` (message
+    ``parameter 'x': reason``; refused with HTTP 400 and exit code 2), raised by QC so that a
+    caller may tell QC's refusals apart."""
 
 
 class UnknownQcReferenceError(UnknownReferenceError):

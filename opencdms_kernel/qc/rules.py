@@ -189,7 +189,7 @@ _CURRENT_RELATIONS_SQL = sa.text(
         ORDER BY left_element_id, operator, right_element_id, right_value, version DESC
     ) AS t
     WHERE t.active
-    ORDER BY t.severity = 'failed' DESC, t.id
+    ORDER BY t.severity = :failed DESC, t.id
     """
 )
 _THRESHOLD_SCHEMA = pa.schema([
@@ -218,7 +218,8 @@ def load_rules(connection: sa.Connection) -> RuleSet:
             right_element_id=row.right_element_id, right_value=row.right_value, tolerance=row.tolerance,
             severity=Severity(row.severity),
         )
-        for row in connection.execute(_CURRENT_RELATIONS_SQL, {"as_of": relation_as_of})
+        for row in connection.execute(_CURRENT_RELATIONS_SQL,
+                                       {"as_of": relation_as_of, "failed": Severity.FAILED.value})
     )
     return RuleSet(thresholds, relations, int(threshold_as_of), int(relation_as_of))
 

@@ -3,10 +3,12 @@
 The notebooks are the processes; this package keeps them short.  It holds what several of
 them need and what is not a climate computation of its own (those live in
 :mod:`opencdms_kernel.products` and :mod:`opencdms_kernel.qc`).  Import from here, the one
-entry point: ``from opencdms_kernel.reports import Report, parse_month, …``.
+entry point: ``from opencdms_kernel.reports import Report, daily_table, …``.
 
-- :mod:`.parameters` — reading the parameters people type (``"2020-07"``, ``"1991-2020"``,
-  ``"2020-01-31"``) with errors that name the parameter;
+- :mod:`.parameters` — the parameters people type that the vocabulary has no word for (a day
+  ``"2020-01-31"`` that may be left empty, a list where empty means all), with errors that
+  name the parameter; months and periods are :class:`~opencdms_kernel.vocabulary.Month` and
+  :class:`~opencdms_kernel.vocabulary.Period` (``Month.parse("2020-07")``);
 - :mod:`.tables` — small read-only tables for display: a station's days, station labels and
   time zones, flagged values and their counts, the monthly data availability, annual values
   and cycles, monthly and normals products laid out for reading;
@@ -48,7 +50,7 @@ from opencdms_kernel.reports.files import (
     write_csv,
 )
 from opencdms_kernel.reports.page import Picture, Report
-from opencdms_kernel.reports.parameters import month_label, optional_list, parse_day, parse_month, parse_period
+from opencdms_kernel.reports.parameters import optional_list, parse_day
 from opencdms_kernel.reports.tables import (
     FLAGGED_STATUSES,
     annual_values,
@@ -93,7 +95,6 @@ __all__ = [
     "figure_png",
     "flag_counts",
     "flagged_values",
-    "month_label",
     "month_overview",
     "monthly_cycle",
     "monthly_series_figure",
@@ -102,8 +103,6 @@ __all__ = [
     "normals_table",
     "optional_list",
     "parse_day",
-    "parse_month",
-    "parse_period",
     "read_text",
     "station_bars_figure",
     "station_map_figure",

@@ -15,14 +15,15 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from opencdms_kernel.reports.parameters import month_label
+from opencdms_kernel.vocabulary import Month, QcStatus
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 # Colours used across plots, so an element looks the same in every report.
 ELEMENT_COLOURS = {"TMAX": "#d62728", "TMIN": "#1f77b4", "TMEAN": "#7f7f7f", "PRCP": "#2ca02c"}
-FLAG_COLOURS = {"suspect": "#ff7f0e", "failed": "#000000"}  # tables.FLAGGED_STATUSES
+# The flagged statuses (tables.FLAGGED_STATUSES), circled in plots and used as bar colours.
+FLAG_COLOURS = {QcStatus.SUSPECT: "#ff7f0e", QcStatus.FAILED: "#000000"}
 
 
 def new_figure(width: float = 9.0, height: float = 4.0) -> Figure:
@@ -46,7 +47,7 @@ def _month_axis_ticks(ax: Any, months: Sequence[tuple[int, int]]) -> None:
     step = max(1, math.ceil(len(starts) / 15))
     chosen = starts[::step]
     ax.set_xticks(chosen)
-    ax.set_xticklabels([str(months[i][0]) if months[i][1] == 1 else month_label(*months[i]) for i in chosen])
+    ax.set_xticklabels([str(months[i][0]) if months[i][1] == 1 else str(Month(*months[i])) for i in chosen])
 
 
 # The classes of a month in the availability heat map, in the order of their colours: what a

@@ -1,4 +1,9 @@
-"""Reading the parameters people type into a notebook, with errors that name the parameter."""
+"""Reading the parameters people type into a notebook, with errors that name the parameter.
+
+Months and periods are the vocabulary's (:meth:`opencdms_kernel.vocabulary.Month.parse`,
+:meth:`opencdms_kernel.vocabulary.Period.parse`); what is left here has no word of its own
+there: a day that may be left empty, and a list where empty means "all".
+"""
 
 from __future__ import annotations
 
@@ -6,23 +11,7 @@ import re
 from datetime import date
 from typing import Sequence
 
-from opencdms_kernel.products.model import Period, ProductParameterError
-
-
-def parse_month(text: str, parameter: str = "month") -> tuple[int, int]:
-    """``"2020-07"`` as ``(2020, 7)``; anything else fails naming ``parameter``."""
-    match = re.fullmatch(r"\s*(\d{4})-(\d{1,2})\s*", text or "")
-    if not match or not 1 <= int(match.group(2)) <= 12:
-        raise ProductParameterError(parameter, f"{text!r} is not a month like 2020-07")
-    return int(match.group(1)), int(match.group(2))
-
-
-def parse_period(text: str, parameter: str = "period") -> Period:
-    """``"1991-2020"`` or ``"2020"`` as a :class:`Period`; errors name ``parameter``."""
-    try:
-        return Period.parse(text)
-    except ProductParameterError as exc:
-        raise ProductParameterError(parameter, exc.reason) from None
+from opencdms_kernel.errors import ParameterError
 
 
 def parse_day(text: str | None, parameter: str) -> date | None:
@@ -32,7 +21,7 @@ def parse_day(text: str | None, parameter: str) -> date | None:
     try:
         return date.fromisoformat(text.strip())
     except ValueError:
-        raise ProductParameterError(parameter, f"{text!r} is not a day like 2020-01-31") from None
+        raise ParameterError(parameter, f"{text!r} is not a day like 2020-01-31") from None
 
 
 def optional_list(values: Sequence[str] | str | None) -> list[str] | None:
@@ -46,8 +35,3 @@ def optional_list(values: Sequence[str] | str | None) -> list[str] | None:
         values = [part for part in re.split(r"[,\s]+", values) if part]
     cleaned = [str(value).strip() for value in values if str(value).strip()]
     return cleaned or None
-
-
-def month_label(year: int, month: int) -> str:
-    """``2020-07``."""
-    return f"{year:04d}-{month:02d}"

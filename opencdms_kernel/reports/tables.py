@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from opencdms_kernel.products.model import DEFAULT_QC_POLICY, Period, QcPolicy, figure, statistic_of
+from opencdms_kernel.vocabulary import QcStatus
 
 if TYPE_CHECKING:
     import duckdb
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from opencdms_kernel.db.engine import Datastore
 
 # The QC statuses a table marks beside a value (and the plots circle, see figures.FLAG_COLOURS).
-FLAGGED_STATUSES = ("suspect", "failed")
+FLAGGED_STATUSES: tuple[QcStatus, ...] = (QcStatus.SUSPECT, QcStatus.FAILED)
 
 
 def station_names(stations: pd.DataFrame) -> dict[str, str]:
@@ -132,13 +133,14 @@ def flag_counts(
     return connection.execute(
         """
         SELECT element, count(*) AS "values",
-               count(*) FILTER (WHERE qc_status = 'suspect') AS suspect,
-               count(*) FILTER (WHERE qc_status = 'failed') AS failed
+               count(*) FILTER (WHERE qc_status = $suspect) AS suspect,
+               count(*) FILTER (WHERE qc_status = $failed) AS failed
         FROM observations
         WHERE year BETWEEN $first AND $last AND ($wigos_id IS NULL OR wigos_id = $wigos_id)
         GROUP BY element ORDER BY element
         """,
-        {"first": period.start_year, "last": period.end_year, "wigos_id": wigos_id},
+        {"first": period.start_year, "last": period.end_year, "wigos_id": wigos_id,
+         "suspect": QcStatus.SUSPECT.value, "failed": QcStatus.FAILED.value},
     ).df()
 
 
@@ -170,7 +172,8 @@ def flagged_values(
             observation.join(station, station.c.id == observation.c.station_id)
             .join(element, element.c.id == observation.c.element_id)
         )
-        .where(observation.c.status == "latest", observation.c.qc_status.in_(FLAGGED_STATUSES))
+        .where(observation.c.status == "latest",
+               observation.c.qc_status.in_([status.value for status in FLAGGED_STATUSES]))
     )
     if stations:
         query = query.where(station.c.wigos_id.in_(list(stations)))
@@ -182,7 +185,7 @@ def flagged_values(
         after = datetime.combine(end, time.min, timezone.utc) + timedelta(days=1)
         query = query.where(observation.c.phenomenon_time < after)
     query = query.order_by(
-        sa.case((observation.c.qc_status == "failed", 0), else_=1), station.c.wigos_id, element.c.code,
+        sa.case((observation.c.qc_status == QcStatus.FAILED.value, 0), else_=1), station.c.wigos_id, element.c.code,
         observation.c.phenomenon_time,
     ).limit(limit)
     with datastore.engine.connect() as connection:

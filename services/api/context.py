@@ -2,7 +2,8 @@
 
 pygeoapi calls a provider's ``query`` and the manager's ``execute_process`` with parsed
 arguments only; the EDR ``qc-status`` filter, the ``Idempotency-Key`` header and the caller's
-identity are not among them.  pygeoapi runs each API call in one worker thread, so the routes of
+identity are not among them (and a provider cannot hand over an answer it has serialised
+already: :func:`offer_body`).  pygeoapi runs each API call in one worker thread, so the routes of
 :mod:`services.api.app` that need them wrap the API function with :func:`with_request`, which
 keeps pygeoapi's ``APIRequest`` in a thread-local for exactly the length of that call.
 """
@@ -36,13 +37,47 @@ def with_request(api_function: Callable[..., Any], caller: Caller = ANONYMOUS) -
     def call(api: Any, request: Any, *args: Any) -> Any:
         _local.request = request
         _local.caller = caller
+        _local.body = None
         try:
-            return api_function(api, request, *args)
+            answer = api_function(api, request, *args)
+            body = _local.body
+            if body is None:
+                return answer
+            headers, status, _ = answer
+            # Only the answer pygeoapi serialised itself may be replaced: a 200 in the content
+            # type the body was made for (a formatter or an HTML page never gets here).
+            if status != 200 or headers.get("Content-Type") != body.content_type:
+                raise RuntimeError(f"a prepared {body.content_type} body, but pygeoapi answered "
+                                   f"{status} {headers.get('Content-Type')}")
+            return headers, status, body.content
         finally:
             _local.request = None
             _local.caller = None
+            _local.body = None
 
     return call
+
+
+@dataclass(frozen=True)
+class PreparedBody:
+    """An answer a plugin serialised itself, sent instead of pygeoapi's serialisation of it."""
+
+    content: bytes
+    content_type: str
+
+
+def offer_body(content: bytes, content_type: str = "application/vnd.cov+json") -> bool:
+    """Offer ``content`` as the answer of the current call.
+
+    pygeoapi serialises what a provider returns with ``json.dumps``; for a large coverage that
+    costs more than reading it.  A provider that has the JSON already offers it here and returns
+    a small stand-in; the route (:func:`with_request`) sends the offered bytes.  False when no
+    route of ours is answering (pygeoapi called the provider elsewhere): then return the document.
+    """
+    if current_request() is None:
+        return False
+    _local.body = PreparedBody(content, content_type)
+    return True
 
 
 def current_request() -> Any | None:

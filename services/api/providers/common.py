@@ -17,6 +17,24 @@ import sqlalchemy as sa
 
 from services.api.errors import ApiParameterError
 
+_CRS: dict[str, Any] = {}
+
+
+def provider_definition(provider_def: dict[str, Any]) -> dict[str, Any]:
+    """``provider_def`` with its storage CRS as a parsed ``pyproj.CRS``, made once per process.
+
+    pygeoapi builds a provider object for every request, and its ``BaseProvider.__init__``
+    parses the storage CRS from its URI each time (about 1.4 ms, pyproj); given a ``pyproj.CRS``
+    it uses it as it is.  pyproj's CRS objects are thread-safe (pyproj >= 3.1).
+    """
+    from pygeoapi.crs import DEFAULT_STORAGE_CRS, get_crs
+
+    uri = str(provider_def.get("storage_crs", DEFAULT_STORAGE_CRS))
+    crs = _CRS.get(uri)
+    if crs is None:
+        crs = _CRS[uri] = get_crs(uri)
+    return {**provider_def, "storage_crs": crs}
+
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _DATETIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:?\d{2})?$")
 

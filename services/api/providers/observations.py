@@ -11,6 +11,12 @@ sources give the same value key, the lowest source id is served.
 
 GeoJSON (``f=geojson``) and CSV (``f=csv``) are made from the same coverage by
 :mod:`services.api.formatters`.
+
+Speed (``bench/api.py``): values travel as arrays, never as a Python object per value.
+PostgreSQL packs each station's and element's values into binary columns, numpy reads them,
+the coverage's envelope comes from covjson-pydantic's models, and orjson writes the arrays;
+for CoverageJSON that JSON is the answer (:func:`services.api.context.offer_body`), so
+pygeoapi's own ``json.dumps`` never walks the values.
 """
 
 from __future__ import annotations
@@ -19,15 +25,20 @@ import math
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Iterable
+from datetime import datetime, timezone
+from functools import lru_cache
+from typing import Any, Callable, Iterable, Iterator
 
+import numpy as np
+import orjson
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import ARRAY
+from sqlalchemy.dialects.postgresql import psycopg as postgresql_psycopg
 from pygeoapi.provider.base import BaseProvider, ProviderItemNotFoundError, ProviderNoDataError
 from pygeoapi.provider.base_edr import BaseEDRProvider
 
 from opencdms_kernel.db.schema import element, observation, station
-from services.api.context import request_parameter
+from services.api.context import offer_body, request_parameter
 from services.api.errors import ApiParameterError, provider_errors
 from services.api.providers.common import (
     Interval,
@@ -39,6 +50,7 @@ from services.api.providers.common import (
     parse_datetime,
     point_feature,
     property_conditions,
+    provider_definition,
     select_properties as only,
 )
 from services.api.runtime import runtime
@@ -50,6 +62,9 @@ POSITION_TOLERANCE_DEGREES = 0.01  # a position names the stations within about 
 DISTANCE_UNITS_KM = {"km": 1.0, "m": 0.001, "mi": 1.609344, "nm": 1.852}
 EARTH_RADIUS_KM = 6371.0088
 _CACHE_SECONDS = 60.0
+MAX_POSITION_POINTS = 1000  # a MULTIPOINT names at most this many positions
+# pygeoapi's request formats it answers with CoverageJSON (no f, or f=json).
+COVERAGE_JSON_FORMATS = (None, "json")
 
 
 @dataclass(frozen=True)
@@ -105,11 +120,14 @@ def element_fields() -> dict[str, dict[str, Any]]:
     return fields
 
 
-def _stations(condition: sa.ColumnElement[bool] = sa.true()) -> list[StationPoint]:
+def _stations(condition: sa.ColumnElement[bool] = sa.true(), connection: sa.Connection | None = None) -> list[StationPoint]:
+    """The stations matching ``condition`` (on ``connection``, else on one of the pool's)."""
     query = sa.select(station.c.id, station.c.wigos_id, station.c.name, station.c.longitude, station.c.latitude,
                       station.c.elevation).where(condition).order_by(station.c.wigos_id)
-    with runtime().datastore.engine.connect() as connection:
+    if connection is not None:
         return [StationPoint(*row) for row in connection.execute(query)]
+    with runtime().datastore.engine.connect() as own:
+        return [StationPoint(*row) for row in own.execute(query)]
 
 
 def haversine_km(lon1: float, lat1: float, lon2: float, lat2: float) -> float:
@@ -181,23 +199,50 @@ def _parameter_codes(names: Iterable[str] | None) -> list[ElementInfo]:
     return list(chosen.values())
 
 
-class _Series:
-    """Values of one station, level and duration, by time and element."""
+@dataclass(frozen=True, eq=False)
+class Series:
+    """The values of one station, level and duration: one time axis, one array per element.
 
-    def __init__(self, point: StationPoint, level: float, duration: int) -> None:
-        self.point = point
-        self.level = level
-        self.duration = duration
-        self.times: list[datetime] = []
-        self.index: dict[datetime, int] = {}
-        self.values: dict[str, dict[int, tuple[float | None, str]]] = {}
+    Arrays, not rows: the values arrive packed from PostgreSQL (:func:`read_series`) and leave
+    as JSON through orjson's numpy support, so no Python code runs once per value.
+    """
 
-    def add(self, code: str, when: datetime, value: float | None, qc: str) -> None:
-        slot = self.index.get(when)
-        if slot is None:
-            slot = self.index[when] = len(self.times)
-            self.times.append(when)
-        self.values.setdefault(code, {})[slot] = (value, qc)
+    point: StationPoint
+    level: float
+    duration: int
+    times: np.ndarray  # datetime64[us] (UTC), ascending, unique
+    values: dict[str, np.ndarray]  # element code -> float64; NaN: no value
+    qc: dict[str, np.ndarray]  # element code -> int16 index into QC_STATUSES; -1: no value at that time
+
+
+# Binary timestamps (timestamptz_send) count microseconds from 2000-01-01T00:00Z.
+POSTGRES_EPOCH_MICROSECONDS = 946_684_800 * 1_000_000
+ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
+_NO_QC = -1
+_REFERENCING_CACHE: list[Any] = []
+
+
+def _referencing() -> list[Any]:
+    """The coverages' reference systems (CRS84, Gregorian time), as covjson-pydantic models."""
+    if not _REFERENCING_CACHE:
+        from covjson_pydantic.reference_system import ReferenceSystem, ReferenceSystemConnectionObject
+
+        _REFERENCING_CACHE[:] = [
+            ReferenceSystemConnectionObject(coordinates=["x", "y"], system=ReferenceSystem(
+                type="GeographicCRS", id="http://www.opengis.net/def/crs/OGC/1.3/CRS84")),
+            ReferenceSystemConnectionObject(coordinates=["t"], system=ReferenceSystem(
+                type="TemporalRS", calendar="Gregorian")),
+        ]
+    return _REFERENCING_CACHE
+
+
+@lru_cache(maxsize=1)
+def _axis_models() -> tuple[Any, Any]:
+    """covjson-pydantic's ``ValuesAxis[float]`` and ``ValuesAxis[datetime]``, made once (pydantic
+    keeps parametrised models in a weak cache and would otherwise rebuild them now and then)."""
+    from covjson_pydantic.domain import ValuesAxis
+
+    return ValuesAxis[float], ValuesAxis[datetime]
 
 
 def coverage_parameters(elements: list[ElementInfo]) -> dict[str, Any]:
@@ -228,60 +273,287 @@ def coverage_parameters(elements: list[ElementInfo]) -> dict[str, Any]:
     return parameters
 
 
-def build_coverage(series: list[_Series], elements: list[ElementInfo]) -> dict[str, Any]:
-    """A CoverageCollection of PointSeries (covjson-pydantic models), as a dict."""
-    from covjson_pydantic.coverage import Coverage, CoverageCollection
-    from covjson_pydantic.domain import Axes, Domain, DomainType, ValuesAxis
-    from covjson_pydantic.ndarray import NdArrayFloat, NdArrayInt
+@lru_cache(maxsize=256)
+def _parameters_json(elements: tuple[ElementInfo, ...]) -> dict[str, Any]:
+    """:func:`coverage_parameters` dumped (the same elements give the same document: cached)."""
     from covjson_pydantic.parameter import Parameters
-    from covjson_pydantic.reference_system import ReferenceSystem, ReferenceSystemConnectionObject
 
-    referencing = [
-        ReferenceSystemConnectionObject(coordinates=["x", "y"], system=ReferenceSystem(
-            type="GeographicCRS", id="http://www.opengis.net/def/crs/OGC/1.3/CRS84")),
-        ReferenceSystemConnectionObject(coordinates=["t"], system=ReferenceSystem(type="TemporalRS", calendar="Gregorian")),
-    ]
-    codes = [info.code for info in elements]
-    qc_number = {status: number for number, status in enumerate(QC_STATUSES)}
-    coverages = []
+    return Parameters(coverage_parameters(list(elements))).model_dump(mode="json", exclude_none=True)
+
+
+def coverage_document(series: list[Series], elements: list[ElementInfo]) -> dict[str, Any]:
+    """A CoverageCollection of PointSeries, ready for :func:`coverage_json`.
+
+    The structure (domain, axes, reference systems, parameters, each range's type, axis names
+    and shape) is built and checked with covjson-pydantic's models; the long arrays (the time
+    axis and each range's values) are then put in as numpy arrays, typed by their dtypes
+    (datetime64, float64, int16), rather than validated one value at a time.  A time with no
+    value is null in the value range and in the QC range.
+    """
+    from covjson_pydantic.coverage import Coverage, CoverageCollection
+    from covjson_pydantic.domain import Axes, Domain, DomainType
+    from covjson_pydantic.ndarray import NdArrayFloat, NdArrayInt
+
+    referencing = _referencing()
+    number_axis, time_axis = _axis_models()
+    documents = []
     for one in series:
-        order = sorted(range(len(one.times)), key=one.times.__getitem__)
-        times = [one.times[i] for i in order]
+        count = len(one.times)
+        first = one.times[0].astype(datetime).replace(tzinfo=timezone.utc)
+        # The models check the envelope with one value per array; numpy's arrays replace them below.
         ranges: dict[str, Any] = {}
-        for code in codes:
-            by_slot = one.values.get(code)
-            if by_slot is None:
-                continue
-            values = [by_slot.get(i, (None, None)) for i in order]
-            ranges[code] = NdArrayFloat(axisNames=["t"], shape=[len(times)], values=[v for v, _ in values])
-            ranges[code + QC_SUFFIX] = NdArrayInt(axisNames=["t"], shape=[len(times)],
-                                                  values=[qc_number.get(q) if q else None for _, q in values])
-        coverages.append(Coverage(
+        for code in one.values:
+            ranges[code] = NdArrayFloat(axisNames=["t"], shape=[1], values=[None])
+            ranges[code + QC_SUFFIX] = NdArrayInt(axisNames=["t"], shape=[1], values=[None])
+        document = Coverage(
             id=f"{one.point.wigos_id}/{one.level:g}/{one.duration}",
             domain=Domain(
                 domainType=DomainType.point_series,
-                axes=Axes(x=ValuesAxis[float](values=[one.point.longitude]),
-                          y=ValuesAxis[float](values=[one.point.latitude]),
-                          z=ValuesAxis[float](values=[one.level]),
-                          t=ValuesAxis[datetime](values=times)),
+                axes=Axes(x=number_axis(values=[one.point.longitude]),
+                          y=number_axis(values=[one.point.latitude]),
+                          z=number_axis(values=[one.level]),
+                          t=time_axis(values=[first])),
                 referencing=referencing,
             ),
             ranges=ranges,
             # Extra members (CoverageJSON allows them): what a client needs to name the series.
             wigos_id=one.point.wigos_id, station_name=one.point.name, duration_seconds=one.duration,
-        ))
-    parameters = {name: parameter for name, parameter in coverage_parameters(elements).items()
-                  if any(name in coverage.ranges for coverage in coverages)}
-    collection = CoverageCollection(domainType=DomainType.point_series, coverages=coverages,
-                                    parameters=Parameters(parameters), referencing=referencing)
-    return collection.model_dump(mode="json", exclude_none=True)
+        ).model_dump(mode="json", exclude_none=True)
+        for array in document["ranges"].values():
+            array["shape"] = [count]
+        document["domain"]["axes"]["t"]["values"] = one.times
+        for code, values in one.values.items():
+            document["ranges"][code]["values"] = values
+            statuses = one.qc[code]
+            missing = np.flatnonzero(statuses == _NO_QC)
+            if missing.size:
+                listed: list[int | None] = statuses.tolist()
+                for index in missing.tolist():
+                    listed[index] = None
+                document["ranges"][code + QC_SUFFIX]["values"] = listed
+            else:
+                document["ranges"][code + QC_SUFFIX]["values"] = statuses
+        documents.append(document)
+    present = {name for document in documents for name in document["ranges"]}
+    collection = CoverageCollection(domainType=DomainType.point_series, coverages=[],
+                                    referencing=referencing).model_dump(mode="json", exclude_none=True)
+    collection["coverages"] = documents
+    parameters = _parameters_json(tuple(elements))
+    collection["parameters"] = {name: parameter for name, parameter in parameters.items() if name in present}
+    return collection
+
+
+def coverage_json(document: dict[str, Any]) -> bytes:
+    """A :func:`coverage_document` as JSON (numpy arrays natively; NaN and infinities are null)."""
+    return orjson.dumps(document, option=ORJSON_OPTIONS)
+
+
+def coverage_dict(document: dict[str, Any]) -> dict[str, Any]:
+    """A :func:`coverage_document` with plain lists, strings and numbers (for pygeoapi's HTML
+    page and our GeoJSON/CSV formatters): the JSON answer read back, so all formats agree."""
+    return orjson.loads(coverage_json(document))
+
+
+def _packed(column: sa.ColumnElement[Any]) -> sa.ColumnElement[bytes]:
+    """A group's values of ``column`` (a ``*send()`` binary value each) concatenated into one bytea."""
+    return sa.func.string_agg(column, sa.literal(b"", sa.LargeBinary), type_=sa.LargeBinary)
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """Which optional conditions a values query has (each shape is compiled once)."""
+
+    start: bool
+    end: bool
+    levels: str | None  # "interval", "list" or None
+    qc: bool
+
+
+@lru_cache(maxsize=32)
+def _values_statement(shape: _Shape) -> Any:
+    """The values query of one shape, compiled: one row per station and element with values,
+    the count and six packed columns.  Every value is a named bound parameter (arrays for the
+    stations, elements, levels and QC statuses), so the text never depends on the request.
+
+    A LATERAL subquery per (station, element) pair makes each pair one plain aggregate over an
+    index scan (no GROUP BY, so no sort or hash of the rows); each pair reads at most
+    ``MAX_VALUES + 1`` rows, and :func:`read_series` stops fetching pairs once the total passes it.
+    """
+    o = observation
+    stations = (sa.func.unnest(sa.bindparam("stations", type_=ARRAY(sa.Integer)))
+                .table_valued("id").render_derived(name="s"))
+    elements = (sa.func.unnest(sa.bindparam("elements", type_=ARRAY(sa.SmallInteger)))
+                .table_valued("id").render_derived(name="e"))
+    conditions = [o.c.station_id == stations.c.id, o.c.element_id == elements.c.id, o.c.status == "latest"]
+    if shape.start:
+        conditions.append(o.c.phenomenon_time >= sa.bindparam("start", type_=sa.DateTime(timezone=True)))
+    if shape.end:
+        conditions.append(o.c.phenomenon_time < sa.bindparam("end", type_=sa.DateTime(timezone=True)))
+    if shape.levels == "interval":
+        conditions.append(o.c.level.between(sa.bindparam("low", type_=sa.REAL), sa.bindparam("high", type_=sa.REAL)))
+    elif shape.levels == "list":
+        conditions.append(o.c.level == sa.func.any(sa.bindparam("levels", type_=ARRAY(sa.REAL))))
+    if shape.qc:
+        conditions.append(o.c.qc_status == sa.func.any(sa.bindparam("statuses", type_=ARRAY(sa.Text))))
+    qc_code = sa.cast(sa.case({status: number for number, status in enumerate(QC_STATUSES)},
+                              value=o.c.qc_status, else_=_NO_QC), sa.SmallInteger)
+    rows = (sa.select(o.c.phenomenon_time, o.c.duration_seconds, o.c.level, o.c.source_id,
+                      sa.func.coalesce(o.c.value, sa.literal(math.nan, sa.Double)).label("value"),
+                      qc_code.label("qc"))
+            .where(*conditions)
+            .limit(MAX_VALUES + 1)
+            .correlate(stations, elements)
+            .lateral("r"))
+    packed = (sa.select(sa.func.count().label("count"),
+                        _packed(sa.func.timestamptz_send(rows.c.phenomenon_time)).label("times"),
+                        _packed(sa.func.int4send(rows.c.duration_seconds)).label("durations"),
+                        _packed(sa.func.float4send(rows.c.level)).label("levels"),
+                        _packed(sa.func.int2send(rows.c.source_id)).label("sources"),
+                        _packed(sa.func.float8send(rows.c.value)).label("values"),
+                        _packed(sa.func.int2send(rows.c.qc)).label("statuses"))
+              .select_from(rows)
+              .lateral("packed"))
+    query = (sa.select(stations.c.id.label("station_id"), elements.c.id.label("element_id"), *packed.c)
+             .select_from(stations.join(elements, sa.true()).join(packed, sa.true()))
+             .where(packed.c.count > 0))
+    return query.compile(dialect=postgresql_psycopg.dialect())
+
+
+@dataclass(frozen=True)
+class _Packed:
+    """One station's element's values as PostgreSQL packed them."""
+
+    station_id: int
+    element_id: int
+    count: int
+    times: bytes
+    durations: bytes
+    levels: bytes
+    sources: bytes
+    values: bytes
+    statuses: bytes
+
+
+def read_series(chosen: list[StationPoint], elements: list[ElementInfo], interval: Interval | None,
+                levels: Any, qc: list[str] | None, connection: sa.Connection | None = None) -> list[Series]:
+    """The latest values of ``chosen`` stations, grouped per station, level and duration.
+
+    PostgreSQL packs each station's and element's values into a few ``bytea`` (the binary
+    representation of every time, duration, level, source, value and QC status, concatenated:
+    :func:`_values_statement`), so one row arrives per station and element and numpy reads each
+    column at once.  All aggregates of one group consume its rows in the same order, so the
+    arrays line up; their order is then fixed here, not assumed.  Where several sources give
+    the same value key, the lowest source id is served.  ``connection``: read on it (else on
+    one of the pool's).
+    """
+    if connection is None:
+        with runtime().datastore.engine.connect() as own:
+            return read_series(chosen, elements, interval, levels, qc, own)
+    by_station = {point.id: point for point in chosen}
+    by_element = {info.id: info.code for info in elements}
+    shape = _Shape(start=interval is not None and interval.start is not None,
+                   end=interval is not None and interval.end is not None,
+                   levels="interval" if isinstance(levels, tuple) else "list" if isinstance(levels, list) else None,
+                   qc=qc is not None)
+    statement = _values_statement(shape)
+    given: dict[str, Any] = {"stations": sorted(by_station), "elements": sorted(by_element)}
+    if shape.start:
+        given["start"] = interval.start  # type: ignore[union-attr]
+    if shape.end:
+        given["end"] = interval.end  # type: ignore[union-attr]
+    if shape.levels == "interval":
+        given["low"], given["high"] = levels
+    elif shape.levels == "list":
+        given["levels"] = levels
+    if shape.qc:
+        given["statuses"] = qc
+    parameters = statement.construct_params(given)
+    groups: dict[tuple[int, float, int], dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    total = 0
+    # The driver's own cursor, for binary results (bytea as it is, not as hex text).  For
+    # several pairs it is a cursor on the server, one pair per fetch, so a query over too
+    # many values stops early (one pair alone stops at its LIMIT: no extra round trips).
+    # The pool rolls the connection back when it is returned.
+    driver = connection.connection.driver_connection
+    if len(by_station) * len(by_element) == 1:
+        cursor = driver.cursor(binary=True)  # type: ignore[union-attr]
+    else:
+        cursor = driver.cursor(name="opencdms_values", binary=True)  # type: ignore[union-attr]
+        cursor.itersize = 1
+    with cursor:
+        cursor.execute(statement.string, parameters)
+        for found in cursor:
+            packed = _Packed(*found)
+            total += packed.count
+            if total > MAX_VALUES:
+                raise ApiParameterError("datetime", f"more than {MAX_VALUES} values; ask for fewer stations, "
+                                        "elements or a shorter period")
+            for (duration, level), arrays in _unpack(packed):
+                groups.setdefault((packed.station_id, level, duration), {})[by_element[packed.element_id]] = arrays
+    series = [_series(by_station[station_id], level, duration, found)
+              for (station_id, level, duration), found in groups.items()]
+    return sorted(series, key=lambda one: (one.point.wigos_id, one.level, one.duration))
+
+
+def _unpack(row: _Packed) -> Iterator[tuple[tuple[int, float], tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """A station's element's packed values as (duration, level) -> (times, values, QC codes).
+
+    Times ascend and are unique within each (duration, level); of values with the same key from
+    several sources, the lowest source's is kept.
+    """
+    times = (np.frombuffer(row.times, ">i8").astype(np.int64) + POSTGRES_EPOCH_MICROSECONDS).view("datetime64[us]")
+    durations = np.frombuffer(row.durations, ">i4").astype(np.int32)
+    heights = np.frombuffer(row.levels, ">f4").astype(np.float32)
+    values = np.frombuffer(row.values, ">f8").astype(np.float64)
+    statuses = np.frombuffer(row.statuses, ">i2").astype(np.int16)
+    uniform = bool((durations == durations[0]).all() and (heights == heights[0]).all())
+    if uniform and (times.size == 1 or bool((times[1:] > times[:-1]).all())):
+        # The usual case: one duration and level, in time order, so no key repeats.
+        yield (int(durations[0]), _level(heights[0])), (times, values, statuses)
+        return
+    sources = np.frombuffer(row.sources, ">i2").astype(np.int16)
+    order = np.lexsort((sources, times, heights, durations))  # the last key sorts first
+    times, durations, heights, values, statuses = (array[order] for array in (times, durations, heights, values,
+                                                                               statuses))
+    new_series = np.ones(times.size, dtype=bool)
+    new_series[1:] = (durations[1:] != durations[:-1]) | (heights[1:] != heights[:-1])
+    first_of_key = new_series.copy()
+    first_of_key[1:] |= times[1:] != times[:-1]
+    starts = np.flatnonzero(new_series).tolist() + [times.size]
+    for begin, end in zip(starts[:-1], starts[1:]):
+        keep = begin + np.flatnonzero(first_of_key[begin:end])
+        yield (int(durations[begin]), _level(heights[begin])), (times[keep], values[keep], statuses[keep])
+
+
+def _level(height: np.float32) -> float:
+    """A REAL level as the float PostgreSQL prints for it (0.1, not 0.10000000149011612)."""
+    return float(str(height))
+
+
+def _series(point: StationPoint, level: float, duration: int,
+            found: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> Series:
+    """One series from its elements' arrays: one time axis, each element's values placed on it."""
+    axes = [times for times, _, _ in found.values()]
+    if all(np.array_equal(axes[0], other) for other in axes[1:]):
+        return Series(point, level, duration, axes[0], {code: v for code, (_, v, _) in found.items()},
+                      {code: q for code, (_, _, q) in found.items()})
+    union = np.unique(np.concatenate(axes))
+    values: dict[str, np.ndarray] = {}
+    statuses: dict[str, np.ndarray] = {}
+    for code, (times, numbers, codes) in found.items():
+        slots = np.searchsorted(union, times)
+        values[code] = np.full(union.size, np.nan)
+        values[code][slots] = numbers
+        statuses[code] = np.full(union.size, _NO_QC, dtype=np.int16)
+        statuses[code][slots] = codes
+    return Series(point, level, duration, union, values, statuses)
 
 
 class ObservationsEDRProvider(BaseEDRProvider):
     """EDR queries over ``observation`` (latest versions)."""
 
     def __init__(self, provider_def: dict[str, Any]) -> None:
-        super().__init__(provider_def)
+        super().__init__(provider_definition(provider_def))
         self._fields = {}
 
     def get_fields(self) -> dict[str, dict[str, Any]]:
@@ -310,10 +582,12 @@ class ObservationsEDRProvider(BaseEDRProvider):
     def position(self, **kwargs: Any) -> dict[str, Any]:
         with provider_errors():
             points = _points(kwargs.get("wkt"))
-            chosen = [s for s in _stations() if any(
-                abs(s.longitude - x) <= POSITION_TOLERANCE_DEGREES and abs(s.latitude - y) <= POSITION_TOLERANCE_DEGREES
-                for x, y in points)]
-            return self._coverage(chosen, **kwargs)
+            if len(points) > MAX_POSITION_POINTS:
+                raise ApiParameterError("coords", f"at most {MAX_POSITION_POINTS} positions")
+            tolerance = POSITION_TOLERANCE_DEGREES
+            near = sa.or_(*(sa.and_(station.c.longitude.between(x - tolerance, x + tolerance),
+                                    station.c.latitude.between(y - tolerance, y + tolerance)) for x, y in points))
+            return self._coverage(near, **kwargs)
 
     def radius(self, **kwargs: Any) -> dict[str, Any]:
         with provider_errors():
@@ -327,9 +601,8 @@ class ObservationsEDRProvider(BaseEDRProvider):
                 raise ApiParameterError("within", "a distance (a number) is required") from exc
             if not (math.isfinite(distance) and 0 <= distance <= 20_100):
                 raise ApiParameterError("within", "between 0 and half the Earth's circumference")
-            chosen = [s for s in _stations() if any(
-                haversine_km(x, y, s.longitude, s.latitude) <= distance for x, y in points)]
-            return self._coverage(chosen, **kwargs)
+            return self._coverage(sa.true(), lambda s: any(
+                haversine_km(x, y, s.longitude, s.latitude) <= distance for x, y in points), **kwargs)
 
     def area(self, **kwargs: Any) -> dict[str, Any]:
         with provider_errors():
@@ -339,23 +612,19 @@ class ObservationsEDRProvider(BaseEDRProvider):
             if getattr(shape, "geom_type", None) not in ("Polygon", "MultiPolygon") or not shape.is_valid:
                 raise ApiParameterError("coords", "a valid POLYGON or MULTIPOLYGON is needed")
             minx, miny, maxx, maxy = shape.bounds
-            candidates = _stations(bbox_condition([minx, miny, maxx, maxy], station.c.longitude, station.c.latitude))
-            chosen = [s for s in candidates if shape.covers(Point(s.longitude, s.latitude))]
-            return self._coverage(chosen, **kwargs)
+            return self._coverage(bbox_condition([minx, miny, maxx, maxy], station.c.longitude, station.c.latitude),
+                                  lambda s: shape.covers(Point(s.longitude, s.latitude)), **kwargs)
 
     def cube(self, **kwargs: Any) -> dict[str, Any]:
         with provider_errors():
-            chosen = _stations(bbox_condition(kwargs.get("bbox"), station.c.longitude, station.c.latitude))
-            return self._coverage(chosen, **kwargs)
+            return self._coverage(bbox_condition(kwargs.get("bbox"), station.c.longitude, station.c.latitude), **kwargs)
 
     def locations(self, **kwargs: Any) -> dict[str, Any]:
         with provider_errors():
             location_id = kwargs.get("location_id")
             if location_id:
-                chosen = _stations(station.c.wigos_id == str(location_id))
-                if not chosen:
-                    raise ProviderItemNotFoundError(user_msg=f"no station {str(location_id)[:40]!r}")
-                return self._coverage(chosen, **kwargs)
+                return self._coverage(station.c.wigos_id == str(location_id),
+                                      not_found=f"no station {str(location_id)[:40]!r}", **kwargs)
             chosen = _stations(bbox_condition(kwargs.get("bbox"), station.c.longitude, station.c.latitude))
             limit = kwargs.get("limit") or len(chosen)
             features = [point_feature(s.wigos_id, s.longitude, s.latitude, {"name": s.name, "wigos_id": s.wigos_id})
@@ -364,54 +633,30 @@ class ObservationsEDRProvider(BaseEDRProvider):
 
     # ---- reading the values
 
-    def _coverage(self, chosen: list[StationPoint], **kwargs: Any) -> dict[str, Any]:
+    def _coverage(self, where: sa.ColumnElement[bool], keep: Callable[[StationPoint], bool] | None = None, *,
+                  not_found: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        """The coverage of the stations ``where`` selects (and ``keep`` keeps), read on one
+        connection; ``not_found``: the 404 message when no station matches (a named location)."""
         elements = _parameter_codes(kwargs.get("select_properties"))
         interval = parse_datetime(kwargs.get("datetime_"))
         levels = _levels(kwargs.get("z"))
         qc = _qc_filter()
-        if not chosen:
-            raise ProviderNoDataError(user_msg="no station at the place asked for")
-        series = read_series(chosen, elements, interval, levels, qc)
+        with runtime().datastore.engine.connect() as connection:
+            chosen = [point for point in _stations(where, connection) if keep is None or keep(point)]
+            if not chosen:
+                if not_found is not None:
+                    raise ProviderItemNotFoundError(user_msg=not_found)
+                raise ProviderNoDataError(user_msg="no station at the place asked for")
+            series = read_series(chosen, elements, interval, levels, qc, connection)
         if not series:
             raise ProviderNoDataError(user_msg="no values match the query")
-        return build_coverage(series, elements)
+        document = coverage_document(series, elements)
+        # CoverageJSON (pygeoapi's f=json): our serialisation goes out as it is, and pygeoapi
+        # serialises a stand-in (its json.dumps would cost more than everything else).
+        if kwargs.get("format_") in COVERAGE_JSON_FORMATS and offer_body(coverage_json(document)):
+            return {"type": "CoverageCollection", "coverages": []}
+        return coverage_dict(document)
 
-
-def read_series(chosen: list[StationPoint], elements: list[ElementInfo], interval: Interval | None,
-                levels: Any, qc: list[str] | None) -> list[_Series]:
-    """The latest values of ``chosen`` stations, grouped per station, level and duration."""
-    o = observation
-    by_station = {point.id: point for point in chosen}
-    by_element = {info.id: info.code for info in elements}
-    conditions = [o.c.status == "latest", o.c.station_id.in_(list(by_station)), o.c.element_id.in_(list(by_element))]
-    if interval is not None:
-        conditions.append(interval.condition(o.c.phenomenon_time))
-    if isinstance(levels, tuple):
-        conditions.append(o.c.level.between(levels[0], levels[1]))
-    elif isinstance(levels, list):
-        conditions.append(o.c.level.in_(levels))
-    if qc is not None:
-        conditions.append(o.c.qc_status.in_(qc))
-    key = (o.c.station_id, o.c.element_id, o.c.phenomenon_time, o.c.duration_seconds, o.c.level)
-    query = (sa.select(o.c.station_id, o.c.level, o.c.duration_seconds, o.c.element_id, o.c.phenomenon_time,
-                       o.c.value, o.c.qc_status)
-             .where(*conditions)
-             .distinct(*key)
-             .order_by(*key, o.c.source_id)
-             .limit(MAX_VALUES + 1))
-    groups: dict[tuple[int, float, int], _Series] = {}
-    count = 0
-    with runtime().datastore.engine.connect() as connection:
-        for station_id, level, duration, element_id, when, value, qc_status in connection.execute(query):
-            count += 1
-            if count > MAX_VALUES:
-                raise ApiParameterError("datetime", f"more than {MAX_VALUES} values; ask for fewer stations, "
-                                        "elements or a shorter period")
-            group = groups.get((station_id, level, duration))
-            if group is None:
-                group = groups[(station_id, level, duration)] = _Series(by_station[station_id], level, duration)
-            group.add(by_element[element_id], when, json_number(value), qc_status)
-    return [groups[key] for key in sorted(groups, key=lambda k: (by_station[k[0]].wigos_id, k[1], k[2]))]
 
 
 # --------------------------------------------------------------------------- items
@@ -448,7 +693,7 @@ class ObservationItemsProvider(BaseProvider):
     """Each latest observation as a feature (``/collections/observations/items``)."""
 
     def __init__(self, provider_def: dict[str, Any]) -> None:
-        super().__init__(provider_def)
+        super().__init__(provider_definition(provider_def))
         self._fields = dict(ITEM_FIELDS)
 
     def get_fields(self) -> dict[str, dict[str, Any]]:

@@ -21,7 +21,8 @@ from pygeoapi.provider.base import BaseProvider, ProviderItemNotFoundError
 from opencdms_kernel.db.schema import station
 from opencdms_kernel.products.store import list_products, read_product
 from services.api.errors import ApiParameterError, provider_errors
-from services.api.providers.common import iso, parse_datetime, point_feature, select_properties as only, typed_value
+from services.api.providers.common import iso, parse_datetime, point_feature, provider_definition, typed_value
+from services.api.providers.common import select_properties as only
 from services.api.runtime import runtime
 
 CACHE_SECONDS = 30.0
@@ -100,7 +101,7 @@ class ProductsProvider(BaseProvider):
     """Rows of stored products as features (``data``: the product kind)."""
 
     def __init__(self, provider_def: dict[str, Any]) -> None:
-        super().__init__(provider_def)
+        super().__init__(provider_definition(provider_def))
         if self.data not in FIELDS:
             raise ValueError(f"products provider: unknown kind {self.data!r}")
         self._fields = dict(FIELDS[self.data])

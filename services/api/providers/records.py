@@ -17,7 +17,8 @@ from pygeoapi.provider.base import BaseProvider, ProviderItemNotFoundError
 from opencdms_kernel.db.schema import observation, station
 from services.api import config as api_config
 from services.api.errors import ApiParameterError, provider_errors
-from services.api.providers.common import parse_datetime, select_properties as only
+from services.api.providers.common import parse_datetime, provider_definition
+from services.api.providers.common import select_properties as only
 from services.api.runtime import runtime
 
 # (collection, title, description, resolution, WIS2 topic after the centre's data/core/)
@@ -133,7 +134,7 @@ class DiscoveryRecordsProvider(BaseProvider):
     """The WCMP2 records as OGC API - Records items."""
 
     def __init__(self, provider_def: dict[str, Any]) -> None:
-        super().__init__(provider_def)
+        super().__init__(provider_definition(provider_def))
         self._fields = dict(FIELDS)
 
     def get_fields(self) -> dict[str, dict[str, Any]]:

@@ -23,6 +23,7 @@ from services.api.providers.common import (
     parse_datetime,
     point_feature,
     property_conditions,
+    provider_definition,
     select_properties as only,
 )
 from services.api.runtime import runtime
@@ -56,7 +57,7 @@ class StationsProvider(BaseProvider):
     """Stations as features; the datastore comes from the process's runtime."""
 
     def __init__(self, provider_def: dict[str, Any]) -> None:
-        super().__init__(provider_def)
+        super().__init__(provider_definition(provider_def))
         self._fields = dict(FIELDS)
 
     def get_fields(self) -> dict[str, dict[str, Any]]:

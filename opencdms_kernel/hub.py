@@ -1,0 +1,353 @@
+"""Start and stop JupyterHub for `opencdms up` and the tests: the hub, its proxy, its services,
+the users' servers, and nothing left behind.
+
+The hub's configuration is ``jupyterhub_config.py`` (``services/hub/config.py``); this module
+only runs it, as a separate process, so the kernel imports no web framework.  What it does:
+
+- **the first administrator** (NativeAuthenticator): a record with a generated password is
+  written into the hub's database before the hub starts, and the password is returned once, for
+  the caller to print; later starts find the record and return no password;
+- **one run, one marker**: every process of a run (hub, proxy, services, users' servers, their
+  kernels) carries ``OPENCDMS_HUB_RUN=<id>`` in its environment.  JupyterHub starts each of them
+  in a session of its own (so a signal to the hub's process group does not reach them), hence
+  the marker: :func:`processes_of_run` finds them all, and stopping ends with a sweep of any
+  that are left (there should be none; the count is returned for tests to check);
+- **stopping**: the users' servers through the hub's API (the hub keeps them across its own
+  restarts: ``cleanup_servers`` is off), then the hub (SIGTERM: it stops its services), then the
+  proxy (kept across hub restarts too), then the sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Mapping
+
+from opencdms_kernel.errors import ServiceError
+from opencdms_kernel.settings import PROJECT_FOLDER, Settings
+
+HUB_RUN_VARIABLE = "OPENCDMS_HUB_RUN"
+CONTROL_TOKEN_VARIABLE = "OPENCDMS_HUB_CONTROL_TOKEN"
+CONTROL_SERVICE = "opencdms-control"
+CONFIG_FILE = PROJECT_FOLDER / "jupyterhub_config.py"
+PROXY_FOLDER = PROJECT_FOLDER / "services" / "hub" / "proxy"
+
+
+class HubError(ServiceError):
+    """The hub did not start, or did not stop; the message says where its log is."""
+
+
+def hub_folder(settings: Settings) -> Path:
+    """The hub's state: its database, cookie secret, proxy token and pid files, users' homes."""
+    return settings.var_dir / "hub"
+
+
+def proxy_token_file(settings: Settings) -> Path:
+    """The proxy's token (kept so that a restarted hub can take over the running proxy)."""
+    return hub_folder(settings) / "proxy-token"
+
+
+def proxy_pid_file(settings: Settings) -> Path:
+    """Where JupyterHub records the proxy's pid."""
+    return hub_folder(settings) / "proxy.pid"
+
+
+def hub_log_file(settings: Settings) -> Path:
+    """The hub's log (its services' and the users' servers' output too)."""
+    return settings.var_dir / "logs" / "jupyterhub.log"
+
+
+def proxy_command() -> list[str]:
+    """configurable-http-proxy as ``make install`` put it into the repository (npm, not global)."""
+    return [str(PROXY_FOLDER / "node_modules" / ".bin" / "configurable-http-proxy")]
+
+
+def hub_database_url(settings: Settings) -> str:
+    """The hub's own SQLite database (users, groups, roles, tokens, servers)."""
+    return f"sqlite:///{hub_folder(settings) / 'jupyterhub.sqlite'}"
+
+
+def ensure_first_admin(settings: Settings) -> str | None:
+    """Create the first administrator's NativeAuthenticator record, authorised, with a
+    generated password; returns the password, or None when the record exists (or another
+    authenticator is configured: the identity provider has the administrators)."""
+    if settings.hub_authenticator != "native":
+        return None
+    import bcrypt
+    from jupyterhub import orm
+    from nativeauthenticator.orm import UserInfo  # registers users_info with the hub's tables
+
+    folder = hub_folder(settings)
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o700)
+    # JupyterHub stamps a new database with alembic, which logs to the screen at INFO.
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    session = orm.new_session_factory(hub_database_url(settings))()
+    try:
+        if UserInfo.find(session, settings.hub_admin_user) is not None:
+            return None
+        password = secrets.token_urlsafe(18)
+        session.add(UserInfo(username=settings.hub_admin_user, is_authorized=True,
+                             password=bcrypt.hashpw(password.encode(), bcrypt.gensalt())))
+        session.commit()
+        return password
+    finally:
+        session.close()
+        session.get_bind().dispose()
+
+
+@dataclass(frozen=True)
+class HubServer:
+    """A running hub: where people go, who administers it, and how to reach its API."""
+
+    url: str
+    admin_user: str
+    admin_password: str | None  # only on the start that created the administrator
+    log: Path
+    run_id: str
+    pid: int
+    control_token: str = field(repr=False)
+
+    @property
+    def api_url(self) -> str:
+        """The hub's REST API, through the proxy."""
+        return f"{self.url}hub/api"
+
+    def api(self, method: str, path: str, body: object | None = None, *, token: str | None = None,
+            timeout: float = 30.0) -> tuple[int, object]:
+        """One call of the hub's REST API (default: with the control service's token); (status, JSON)."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.api_url}{path}", data=data, method=method, headers={
+            "Authorization": f"token {token or self.control_token}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                text = response.read().decode() or "null"
+                return response.status, json.loads(text)
+        except urllib.error.HTTPError as exc:
+            text = exc.read().decode(errors="replace")
+            try:
+                return exc.code, json.loads(text)
+            except ValueError:
+                return exc.code, text
+
+
+def hub_environment(settings: Settings, *, database_url: str | None, run_id: str, control_token: str,
+                    base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The hub process's environment: ``base`` without ``OPENCDMS_*``, the settings, the
+    running datastore's URL (so no process starts a second embedded server), the run marker and
+    the control token."""
+    environment = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith("OPENCDMS_")}
+    environment.update(settings.as_environment())
+    if database_url:
+        environment["OPENCDMS_DATABASE_URL"] = database_url
+    environment[HUB_RUN_VARIABLE] = run_id
+    environment[CONTROL_TOKEN_VARIABLE] = control_token
+    return environment
+
+
+def start_hub_process(settings: Settings, environment: Mapping[str, str], *,
+                      config_file: Path = CONFIG_FILE) -> subprocess.Popen:
+    """Start ``jupyterhub -f config_file`` in a session of its own (its log: :func:`hub_log_file`)."""
+    if not Path(proxy_command()[0]).exists():
+        raise HubError(f"configurable-http-proxy is not installed in {PROXY_FOLDER}: run `make install`")
+    log = hub_log_file(settings)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    command = [str(Path(sys.executable).parent / "jupyterhub"), "-f", str(config_file)]
+    with log.open("ab") as out:
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                env=dict(environment), cwd=hub_folder(settings), start_new_session=True)
+
+
+def wait_until_ready(process: subprocess.Popen, url: str, log: Path, timeout: float) -> None:
+    """Wait for the hub to answer through its proxy (``/hub/health``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise HubError(f"JupyterHub exited with code {process.returncode}; see {log}:\n{_tail(log)}")
+        try:
+            with urllib.request.urlopen(f"{url}hub/health", timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.2)
+    raise HubError(f"JupyterHub did not answer within {timeout:.0f} s; see {log}:\n{_tail(log)}")
+
+
+@contextmanager
+def running_hub(
+    settings: Settings, *, database_url: str | None = None, config_file: Path = CONFIG_FILE,
+    start_timeout: float = 90.0, base_environment: Mapping[str, str] | None = None,
+) -> Iterator[HubServer]:
+    """Run JupyterHub (proxy, services) for the block; stop everything it started after it.
+
+    ``database_url``: the running datastore (superuser or CREATEROLE: the hub gives each user a
+    login of their own); None: no database (users' servers get no credentials).
+    """
+    password = ensure_first_admin(settings)
+    run_id = secrets.token_hex(8)
+    control_token = secrets.token_hex(32)
+    environment = hub_environment(settings, database_url=database_url, run_id=run_id,
+                                  control_token=control_token, base=base_environment)
+    url = f"http://{settings.hub_ip}:{settings.hub_port}/"
+    log = hub_log_file(settings)
+    process = start_hub_process(settings, environment, config_file=config_file)
+    hub = HubServer(url=url, admin_user=settings.hub_admin_user, admin_password=password, log=log,
+                    run_id=run_id, pid=process.pid, control_token=control_token)
+    try:
+        wait_until_ready(process, url, log, start_timeout)
+        yield hub
+    finally:
+        stop_hub(settings, hub, process)
+
+
+def stop_servers(hub: HubServer, timeout: float = 30.0) -> None:
+    """Stop every user's server through the hub's API and wait until none is running."""
+    status, users = hub.api("GET", "/users?state=active")
+    if status != 200 or not isinstance(users, list):
+        return  # the hub is not answering: the sweep takes the servers
+    for user in users:
+        hub.api("DELETE", f"/users/{user['name']}/server")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, users = hub.api("GET", "/users?state=active")
+        if status != 200 or not users:
+            return
+        time.sleep(0.3)
+
+
+def _signal_group(pid: int, signum: int) -> None:
+    try:
+        os.killpg(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def stop_hub(settings: Settings, hub: HubServer, process: subprocess.Popen, timeout: float = 30.0) -> int:
+    """Stop the users' servers, the hub (and so its services), the proxy, then any process of
+    the run still there; returns how many the final sweep had to end (0 when all went well)."""
+    if process.poll() is None:
+        stop_servers(hub)
+        _signal_group(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _signal_group(process.pid, signal.SIGKILL)
+            process.wait()
+    _stop_proxy(settings)
+    return sweep_run(hub.run_id)
+
+
+def _stop_proxy(settings: Settings) -> None:
+    pid_file = proxy_pid_file(settings)
+    try:
+        pid = int(pid_file.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return
+    if HUB_RUN_VARIABLE.encode() + b"=" in _environ_of(pid):  # the pid is still a proxy of ours
+        _signal_group(pid, signal.SIGTERM)
+        _wait_gone([pid], 10.0)
+    pid_file.unlink(missing_ok=True)
+
+
+def _environ_of(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return b""
+
+
+def processes_of_run(run_id: str) -> list[int]:
+    """The pids of every live process carrying this run's marker (Linux: read from /proc)."""
+    marker = f"{HUB_RUN_VARIABLE}={run_id}".encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        if marker in _environ_of(int(entry.name)).split(b"\0"):
+            try:
+                state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, IndexError):
+                continue
+            if state != "Z":  # a zombie is gone, only not yet reaped by its parent
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    left = pids
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = [pid for pid in left if Path(f"/proc/{pid}").exists() and _state(pid) != "Z"]
+    return left
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return "Z"
+
+
+def sweep_run(run_id: str, timeout: float = 10.0) -> int:
+    """End any process of the run still alive (SIGTERM, then SIGKILL); returns how many there were."""
+    pids = processes_of_run(run_id)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for pid in _wait_gone(pids, timeout):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return len(pids)
+
+
+def _tail(log: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+
+def smoke_check(hub: HubServer, user: str = "opencdms-smoke", timeout: float = 90.0) -> list[str]:
+    """`opencdms up --smoke`: the hub answers, its services are registered, and a scientist's
+    server starts and stops.  Returns one line per check; raises :class:`HubError` on a failure."""
+    lines = []
+    status, services = hub.api("GET", "/services")
+    if status != 200 or not isinstance(services, dict):
+        raise HubError(f"the hub's API did not list its services ({status}); see {hub.log}")
+    lines.append(f"hub services: {', '.join(sorted(services))}")
+    hub.api("POST", f"/users/{user}")
+    hub.api("POST", "/groups/scientist/users", {"users": [user]})
+    started = time.monotonic()
+    status, answer = hub.api("POST", f"/users/{user}/server")
+    if status not in (201, 202, 400):
+        raise HubError(f"the smoke user's server did not start ({status}: {answer}); see {hub.log}")
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        _, model = hub.api("GET", f"/users/{user}")
+        if isinstance(model, dict) and model.get("servers", {}).get("", {}).get("ready"):
+            break
+        time.sleep(0.3)
+    else:
+        raise HubError(f"the smoke user's server was not ready after {timeout:.0f} s; see {hub.log}")
+    lines.append(f"a scientist's server started in {time.monotonic() - started:.1f} s")
+    hub.api("DELETE", f"/users/{user}/server")
+    hub.api("DELETE", f"/users/{user}")
+    return lines

@@ -1024,18 +1024,16 @@ def _kernel_command_names(root: typer.Typer) -> set[str]:
     return names
 
 
-def _unavailable_command(name: str, target: str, reason: str) -> typer.Typer:
+def _unavailable_command(name: str, target: str, reason: str):  # type: ignore[no-untyped-def]
     """A stand-in for a contributed command that cannot be loaded: the other commands still
-    work, and this one says why it cannot (its cause is in the log)."""
-    stand_in = typer.Typer(help=f"(unavailable: {reason})", add_completion=False)
+    work, and this one says why it cannot."""
 
-    @stand_in.callback(invoke_without_command=True,
-                       context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-    def unavailable() -> None:
+    def unavailable(ctx: typer.Context) -> None:
         raise PluginCommandError(f"'opencdms {name}' is not available: entry point {target} "
                                  f"({COMMANDS_ENTRY_POINTS}) could not be loaded: {reason}")
 
-    return stand_in
+    unavailable.__doc__ = f"(unavailable: {reason})"
+    return unavailable
 
 
 class PluginCommandError(OpenCDMSError):
@@ -1047,8 +1045,8 @@ class PluginCommandError(OpenCDMSError):
 def add_contributed_commands(root: typer.Typer) -> list[str]:
     """Add every command of the ``opencdms.commands`` entry points to ``root``; returns their names.
 
-    A name the kernel already uses, or one declared twice, is left out (logged); an entry point
-    that fails to load, or is not a ``typer.Typer``, becomes a command that explains the failure.
+    A name the kernel already uses, or one declared twice, is left out; an entry point that
+    fails to load, or is not a ``typer.Typer``, becomes a command that explains the failure.
     """
     from importlib.metadata import entry_points
 
@@ -1056,18 +1054,25 @@ def add_contributed_commands(root: typer.Typer) -> list[str]:
     added: list[str] = []
     for entry in sorted(entry_points(group=COMMANDS_ENTRY_POINTS), key=lambda item: item.name):
         if entry.name in taken:
-            log.warning("entry point %s = %s left out: 'opencdms %s' exists already", entry.name, entry.value,
-                        entry.name)
+            log.debug("entry point %s = %s left out: 'opencdms %s' exists already", entry.name, entry.value,
+                      entry.name)
             continue
+        reason = None
         try:
             commands = entry.load()
         except Exception as exc:  # noqa: BLE001 - any failure of a contributed module; kept and reported
-            log.warning("entry point %s = %s could not be loaded", entry.name, entry.value, exc_info=exc)
-            commands = _unavailable_command(entry.name, entry.value, f"{type(exc).__name__}: {exc}")
-        if not isinstance(commands, typer.Typer):
-            commands = _unavailable_command(entry.name, entry.value,
-                                            f"it is a {type(commands).__name__}, not a typer.Typer")
-        root.add_typer(commands, name=entry.name)
+            # Not on the screen at every start (nothing is logged to a file yet): the stand-in
+            # command says it when it is used, and --help lists it as unavailable.
+            log.debug("entry point %s = %s could not be loaded", entry.name, entry.value, exc_info=exc)
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            if not isinstance(commands, typer.Typer):
+                reason = f"it is a {type(commands).__name__}, not a typer.Typer"
+        if reason is None:
+            root.add_typer(commands, name=entry.name)
+        else:
+            root.command(entry.name, context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+                _unavailable_command(entry.name, entry.value, reason))
         taken.add(entry.name)
         added.append(entry.name)
     return added

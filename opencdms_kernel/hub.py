@@ -30,7 +30,7 @@ import time
 import urllib.error
 import urllib.request
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Mapping
 
@@ -195,18 +195,21 @@ def running_hub(
     ``database_url``: the running datastore (superuser or CREATEROLE: the hub gives each user a
     login of their own); None: no database (users' servers get no credentials).
     """
-    password = ensure_first_admin(settings)
     run_id = secrets.token_hex(8)
     control_token = secrets.token_hex(32)
     environment = hub_environment(settings, database_url=database_url, run_id=run_id,
                                   control_token=control_token, base=base_environment)
     url = f"http://{settings.hub_ip}:{settings.hub_port}/"
     log = hub_log_file(settings)
+    hub_folder(settings).mkdir(parents=True, exist_ok=True)
     process = start_hub_process(settings, environment, config_file=config_file)
-    hub = HubServer(url=url, admin_user=settings.hub_admin_user, admin_password=password, log=log,
+    hub = HubServer(url=url, admin_user=settings.hub_admin_user, admin_password=None, log=log,
                     run_id=run_id, pid=process.pid, control_token=control_token)
     try:
         wait_until_ready(process, url, log, start_timeout)
+        # Only once the hub answers: a start that fails must not leave an administrator whose
+        # password nobody saw.  (NativeAuthenticator reads its table at each login.)
+        hub = replace(hub, admin_password=ensure_first_admin(settings))
         yield hub
     finally:
         stop_hub(settings, hub, process)

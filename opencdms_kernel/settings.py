@@ -118,6 +118,23 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Origins allowed to read the API from a browser (CORS, GET only); empty: CORS off.",
     )
+    # API access (services/api/auth.py). The hub connection itself comes from the variables
+    # JupyterHub gives its services (JUPYTERHUB_API_TOKEN, JUPYTERHUB_API_URL…): without them
+    # the API serves its open reads only.
+    api_closed_collections: list[str] = Field(
+        default_factory=list,
+        description="Collections only callers with the hub scope custom:opencdms:read may read (JSON list); "
+        "the others are open to everyone.",
+    )
+    api_hub_service: str = Field(
+        default="api", pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$",
+        description="The API's service name in JupyterHub (its OAuth client service-<name>; tokens need "
+        "access:services!service=<name>).",
+    )
+    api_auth_cache_seconds: int = Field(
+        default=60, ge=0, le=3600,
+        description="How long the hub's answer about a token is kept (a revoked token works this much longer).",
+    )
 
     # JupyterHub (jupyterhub_config.py builds its configuration from these; `opencdms up` starts it).
     hub_ip: str = Field(default="127.0.0.1", description="Address the hub's proxy listens on (people's URL).")
@@ -145,8 +162,10 @@ class Settings(BaseSettings):
         description="Idle user servers and kernels are stopped after this long (jupyterhub-idle-culler).",
     )
     hub_services: list[Literal["api", "events", "worker", "idle-culler"]] = Field(
-        default_factory=lambda: ["api", "events", "worker", "idle-culler"],
-        description="Services the hub starts and restarts (JSON list); empty: none.",
+        # "events" is left out of the default until `opencdms events serve` runs under the hub
+        # (it exits with status 2 there today, and a service failing at start stops the hub).
+        default_factory=lambda: ["api", "worker", "idle-culler"],
+        description="Services the hub starts and restarts (JSON list: api, events, worker, idle-culler).",
     )
     hub_clerk_url: str = Field(
         default="/voila/render/apps/data_entry.ipynb", pattern=r"^/[A-Za-z0-9._~/-]*$",

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import csv
 import io
+from datetime import date
 from enum import Enum
 from pathlib import Path
+from typing import Callable
 
 import sqlalchemy as sa
 from pydantic import ValidationError
@@ -18,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert
 
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.db.schema import station
-from opencdms_kernel.errors import IngestFileError
+from opencdms_kernel.errors import ConflictError, IngestFileError, NotFoundError, ParameterError
 from opencdms_kernel.vocabulary import Station, parse_wigos_id
 
 COLUMNS = tuple(Station.model_fields)
@@ -123,3 +125,117 @@ def _wis2box_row(row: sa.Row) -> list[object]:
     region = WIS2BOX_REGIONS.get((row.wmo_region or "").strip().upper(), row.wmo_region or "")
     return [row.name, row.wigos_id, traditional, "landFixed", row.latitude, row.longitude,
             "" if row.elevation is None else row.elevation, "", row.territory or "", region]
+
+
+# --------------------------------------------------------------------------- one station at a time
+# The writes of OGC API - Features Part 4 (services/api): create, replace, update, close.  Each is
+# one transaction that names its writer for the audit (identify_writer: ``opencdms.user`` and
+# ``opencdms.reason``, as every other writer does) and stamps ``changed_at``; nothing is deleted.
+# The ``station`` table has no history trigger yet (observation_history is the only audit
+# table): until a migration adds one, the writer's name reaches no table.
+
+STATION_STATUS_CLOSED = "closed"
+
+
+def get_station(datastore: Datastore, wigos_id: str) -> Station:
+    """The station ``wigos_id`` (NotFoundError when there is none)."""
+    with datastore.engine.connect() as connection:
+        row = connection.execute(sa.select(*(station.c[name] for name in COLUMNS))
+                                 .where(station.c.wigos_id == wigos_id)).one_or_none()
+    if row is None:
+        raise StationNotFoundError(f"no station {wigos_id[:60]!r}")
+    return Station.model_construct(**row._mapping)  # as stored (checked when it was written)
+
+
+def _checked(fields: dict[str, object], what: str) -> Station:
+    """``fields`` as a Station, or a ParameterError naming the first field at fault."""
+    try:
+        return Station(**fields)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = ".".join(str(part) for part in error["loc"]) or what
+        raise ParameterError(field, str(error["msg"])) from exc
+
+
+def create_station(datastore: Datastore, fields: dict[str, object], *, user: str, reason: str | None = None) -> Station:
+    """Add a new station (ConflictError when its WIGOS id exists already)."""
+    new = _checked(fields, "station")
+    with datastore.engine.begin() as connection:
+        _identify_writer(connection, user, reason or f"station {new.wigos_id} created")
+        inserted = connection.execute(
+            insert(station).values(**new.model_dump()).on_conflict_do_nothing(index_elements=[station.c.wigos_id])
+            .returning(station.c.id)
+        ).first()
+    if inserted is None:
+        raise StationExistsError(f"station {new.wigos_id} exists already")
+    return new
+
+
+def replace_station(datastore: Datastore, wigos_id: str, fields: dict[str, object], *, user: str,
+                    reason: str | None = None) -> Station:
+    """Replace every attribute of station ``wigos_id`` (what ``fields`` leaves out takes its default)."""
+    if fields.get("wigos_id", wigos_id) != wigos_id:
+        raise ParameterError("wigos_id", f"{str(fields['wigos_id'])[:60]!r} is not the station replaced ({wigos_id})")
+    new = _checked({**fields, "wigos_id": wigos_id}, "station")
+    return _write(datastore, wigos_id, lambda _: new, user=user, reason=reason or f"station {wigos_id} replaced")
+
+
+def update_station(datastore: Datastore, wigos_id: str, changes: dict[str, object], *, user: str,
+                   reason: str | None = None) -> Station:
+    """Change the attributes named in ``changes`` of station ``wigos_id``; the rest stay."""
+    unknown = sorted(set(changes) - set(COLUMNS))
+    if unknown:
+        raise ParameterError(unknown[0], f"not a station attribute (attributes: {', '.join(COLUMNS)})")
+    if changes.get("wigos_id", wigos_id) != wigos_id:
+        raise ParameterError("wigos_id", "a station's WIGOS identifier cannot be changed")
+
+    def merged(current: Station) -> Station:
+        return _checked({**current.model_dump(), **changes}, "station")
+
+    return _write(datastore, wigos_id, merged, user=user, reason=reason or f"station {wigos_id} updated")
+
+
+def close_station(datastore: Datastore, wigos_id: str, closed: date, *, user: str, reason: str | None = None) -> Station:
+    """Close station ``wigos_id`` on ``closed`` (status ``closed``); a closed station keeps its
+    closing date.  The station and its observations stay: nothing is deleted."""
+
+    def closing(current: Station) -> Station:
+        if current.closed is not None and current.status == STATION_STATUS_CLOSED:
+            return current
+        return _checked({**current.model_dump(), "closed": current.closed or closed,
+                         "status": STATION_STATUS_CLOSED}, "closed")
+
+    return _write(datastore, wigos_id, closing, user=user, reason=reason or f"station {wigos_id} closed")
+
+
+def _write(datastore: Datastore, wigos_id: str, change: Callable[[Station], Station], *, user: str,
+           reason: str) -> Station:
+    """Read station ``wigos_id`` locked, apply ``change``, write it if it differs (one transaction)."""
+    with datastore.engine.begin() as connection:
+        row = connection.execute(sa.select(*(station.c[name] for name in COLUMNS))
+                                 .where(station.c.wigos_id == wigos_id).with_for_update()).one_or_none()
+        if row is None:
+            raise StationNotFoundError(f"no station {wigos_id[:60]!r}")
+        current = Station.model_construct(**row._mapping)  # as stored; what is written is checked
+        new = change(current)
+        if new != current:
+            _identify_writer(connection, user, reason)
+            connection.execute(sa.update(station).where(station.c.wigos_id == wigos_id)
+                               .values(**new.model_dump(exclude={"wigos_id"}), changed_at=sa.func.now()))
+    return new
+
+
+def _identify_writer(connection: sa.Connection, user: str, reason: str) -> None:
+    """The audit's writer and reason for this transaction: the ingest's own function, imported
+    when a station is written (it brings pyarrow, which reading stations does not need)."""
+    from opencdms_kernel.ingest.load import identify_writer
+
+    identify_writer(connection, user, reason)
+
+
+class StationNotFoundError(NotFoundError):
+    """No station has the WIGOS identifier given."""
+
+
+class StationExistsError(ConflictError):
+    """A station with that WIGOS identifier exists already."""

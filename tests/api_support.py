@@ -98,10 +98,11 @@ class RunningApi:
 
 
 def start_api(settings: Settings, log: Path, *, prefix: str = "", extra_env: dict[str, str] | None = None,
-              timeout: float = 90.0) -> RunningApi:
-    """``opencdms api serve`` on a free port of 127.0.0.1, once it answers."""
-    port = free_port()
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("OPENCDMS_")}
+              timeout: float = 90.0, port: int | None = None) -> RunningApi:
+    """``opencdms api serve`` on 127.0.0.1 (``port``, or a free one), once it answers."""
+    port = port or free_port()
+    # Only what the test gives: no settings and no hub connection inherited from the caller.
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(("OPENCDMS_", "JUPYTERHUB_"))}
     environment.update(settings.as_environment())
     environment.update(extra_env or {})
     command = [sys.executable, "-m", "opencdms_kernel.cli", "api", "serve", "--host", "127.0.0.1",

@@ -226,29 +226,34 @@ def serve_api_with_ledger() -> None:
 
 
 def child_environment(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
-    environment = {key: value for key, value in os.environ.items() if not key.startswith("OPENCDMS_")}
+    # Only what the test gives: no settings and no hub connection inherited from the caller.
+    environment = {key: value for key, value in os.environ.items()
+                   if not key.startswith(("OPENCDMS_", "JUPYTERHUB_"))}
     environment.update(settings.as_environment())
     environment["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(TESTS.parent), environment.get("PYTHONPATH", "")])
     environment.update(extra or {})
     return environment
 
 
-def start_api(settings: Settings, log: Path, timeout: float = 120.0, port: int | None = None) -> RunningApi:
+def start_api(settings: Settings, log: Path, timeout: float = 120.0, port: int | None = None,
+              prefix: str = "", extra_env: dict[str, str] | None = None) -> RunningApi:
     """The API (with the ledger collection) on ``port`` (default: a free one), once it answers."""
     port = port or free_port()
     command = [sys.executable, "-c", "import sys, events_support; sys.argv = ['opencdms', *sys.argv[1:]]; "
                "events_support.serve_api_with_ledger()", "api", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    if prefix:
+        command += ["--prefix", prefix]
     handle = log.open("wb")
-    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=child_environment(settings),
-                               cwd=settings.home, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
+    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
+                               env=child_environment(settings, extra_env), cwd=settings.home, start_new_session=True)
+    url = f"http://127.0.0.1:{port}{prefix}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the API exited ({process.returncode}): {log.read_text()[-3000:]}")
         try:
             if httpx.get(f"{url}/conformance?f=json", timeout=2).status_code == 200:
-                serving = settings.model_copy(update={"api_host": "127.0.0.1", "api_port": port})
+                serving = settings.model_copy(update={"api_host": "127.0.0.1", "api_port": port, "api_prefix": prefix})
                 return RunningApi(url, process, log, serving)
         except httpx.HTTPError:
             pass
@@ -277,15 +282,24 @@ def stop_process(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, ti
             process.wait(timeout=15)
 
 
+API_PREFIX = "/services/api"
+# What the event service's hub role grants it (services/hub/config.py, role opencdms-events-service).
+SERVICE_SCOPES = ["access:services!service=api", "custom:opencdms:execute", "custom:opencdms:jobs"]
+
+
 @dataclass
 class Stack:
-    """A database, a bucket, the API over them and (optionally) a worker."""
+    """A database, a bucket, JupyterHub, the API over them as the hub's service ``api``, the event
+    service's hub token and (optionally) a worker."""
 
     home: Path
     settings: Settings
     api: RunningApi
     server: PostgresServer
     database: str
+    token: str
+    hub_environment: dict[str, str]
+    hub_context: Any
     worker: subprocess.Popen[bytes] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -296,7 +310,7 @@ class Stack:
     def service_settings(self, broker_url: str, root: str, **overrides: Any) -> Settings:
         """Settings of an event service over this stack (no database URL it could use)."""
         values = {**self.settings.model_dump(), **FAST, "database_url": NO_DATABASE, "broker_url": broker_url,
-                  "events_topic_root": root, "events_api_url": self.api.url,
+                  "events_topic_root": root, "events_api_url": self.api.url, "events_api_token": self.token,
                   "events_client_id": f"{root}-svc", "events_share_group": root, **overrides}
         return Settings(**values)
 
@@ -314,11 +328,18 @@ class Stack:
             engine.dispose()
         return [dict(row) for row in rows]
 
+    def start_api(self, log: Path, port: int | None = None) -> RunningApi:
+        """Another API process over this stack (the same hub identity)."""
+        return start_api(self.settings, log, port=port, prefix=API_PREFIX, extra_env=self.hub_environment)
+
     def close(self) -> None:
-        if self.worker is not None:
-            stop_process(self.worker)
-        stop_api(self.api.process)
-        self.server.drop(self.database)
+        try:
+            if self.worker is not None:
+                stop_process(self.worker)
+            stop_api(self.api.process)
+        finally:
+            self.hub_context.__exit__(None, None, None)
+            self.server.drop(self.database)
 
 
 def open_stack(request: pytest.FixtureRequest, home: Path, notebooks: dict[str, nbformat.NotebookNode] | None,
@@ -338,11 +359,36 @@ def open_stack(request: pytest.FixtureRequest, home: Path, notebooks: dict[str, 
         values["notebook_dir"] = write_notebooks(home / "notebooks", notebooks)
     values.update(bucket_settings or {})
     settings = Settings(**values)
-    api = start_api(settings, home / "api.log")
-    stack = Stack(home, settings, api, server, name)
+    hub, context, hub_environment, port = _hub_for_api(home)
+    try:
+        api = start_api(settings, home / "api.log", port=port, prefix=API_PREFIX, extra_env=hub_environment)
+        hub.create_user("eventservice", "scientist")
+        token = hub.token_for("eventservice", scopes=SERVICE_SCOPES)
+    except BaseException:
+        context.__exit__(None, None, None)
+        server.drop(name)
+        raise
+    stack = Stack(home, settings, api, server, name, token, hub_environment, context, extra={"hub": hub})
     if worker:
         stack.start_worker()
     return stack
+
+
+def _hub_for_api(home: Path) -> tuple[Any, Any, dict[str, str], int]:
+    """A real JupyterHub (tests/support/hub.py) with the API registered as its service ``api``."""
+    from opencdms_kernel.hub import proxy_command
+    from support.hub import started_hub
+
+    if not Path(proxy_command()[0]).exists():
+        service_missing("configurable-http-proxy is not installed (make install): the API needs a hub to run processes")
+    port = free_port()
+    folder = home / "hub"
+    folder.mkdir(exist_ok=True)
+    context = started_hub(folder, external_services={"api": f"http://127.0.0.1:{port}"})
+    hub = context.__enter__()
+    environment = {"JUPYTERHUB_API_URL": hub.hub_api_url, "JUPYTERHUB_API_TOKEN": hub.service_tokens["api"],
+                   "JUPYTERHUB_SERVICE_PREFIX": f"{API_PREFIX}/"}
+    return hub, context, environment, port
 
 
 def write_routes(folder: Path, text: str) -> Path:
@@ -386,7 +432,7 @@ def events_service(settings: Settings, routes_path: Path, **kwargs: Any) -> Any:
     from services.events.routes import load_routes
     from services.events.service import EventService
 
-    return EventService(settings, load_routes(routes_path), ApiClient(settings.events_api_url or ""),
+    return EventService(settings, load_routes(routes_path), ApiClient.from_settings(settings),
                         open_bucket(settings), **kwargs)
 
 
@@ -401,10 +447,28 @@ def service_factory() -> Iterator[Callable[..., Any]]:
         started.append(service)
         service.start(**start_kwargs)
         assert service.connection is not None
-        assert service.connection.connected.wait(20), service.connection.last_error
+        assert service.connection.subscribed.wait(30), service.connection.last_error
         return service
 
     yield start
     for service in started:
         service.stop()
         service.api.close()
+
+
+def service_status(settings: Settings) -> dict[str, Any] | None:
+    """The status document of a service process (None while it does not answer)."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{settings.events_status_port}/status.json", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def wait_subscribed(settings: Settings, process: subprocess.Popen[bytes], timeout: float = 60) -> dict[str, Any]:
+    """Wait until a service process's subscriptions are acknowledged by the broker."""
+    def ready() -> dict[str, Any] | None:
+        assert process.poll() is None, f"the service exited with {process.returncode}"
+        status = service_status(settings)
+        return status if status and status["broker"]["subscribed"] else None
+
+    return wait_until(ready, timeout, message="the event service subscribed")

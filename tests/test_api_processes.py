@@ -1,8 +1,12 @@
-"""Notebooks as OGC API processes: a real API process and a real ``opencdms worker`` process.
+"""Notebooks as OGC API processes, and everything else that needs a hub identity: a real
+JupyterHub (tests/support/hub.py, the project's jupyterhub_config.py), a real API process
+registered with it as the service ``api``, and a real ``opencdms worker`` process.
 
 The API records jobs; only the worker runs notebooks.  OWSLib's Processes client where it has a
 method (list, describe, execute); plain HTTP for job status, results, files and dismissal
-(OWSLib 0.36 has no method for them).
+(OWSLib 0.36 has no method for them).  Tokens are real hub tokens of users in the hub's roles:
+a scientist may execute and follow jobs, a clerk may not, an administrator may also change
+stations (Features Part 4).
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -20,7 +25,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from api_support import RunningApi, start_api, stop_api
+from api_support import RunningApi, free_port, seed_network, start_api, stop_api
 from conftest import PostgresServer, service_missing
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.settings import Settings
@@ -29,11 +34,49 @@ pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
 FIXTURES = Path(__file__).parent / "notebooks_fixtures"
 SYNC_TIMEOUT = 8.0
+PREFIX = "/services/api"
+CLOSED = "monthly-summaries"  # a collection only holders of custom:opencdms:read may read
+
+
+@dataclass
+class SecuredApi:
+    """The API as a hub service, and tokens of users in the hub's roles."""
+
+    api: RunningApi
+    hub: object  # support.hub.TestHub
+    tokens: dict[str, str]
+
+    @property
+    def url(self) -> str:
+        return self.api.url
+
+    @property
+    def settings(self) -> Settings:
+        return self.api.settings
+
+    def client(self, who: str | None = "scientist", **kwargs: object) -> httpx.Client:
+        """An HTTP client of the API with ``who``'s token (None: anonymous)."""
+        headers = {"Authorization": f"token {self.tokens[who]}"} if who else {}
+        return httpx.Client(base_url=self.api.url, timeout=60, headers=headers, **kwargs)  # type: ignore[arg-type]
+
+    def headers(self, who: str) -> dict[str, str]:
+        return {"Authorization": f"token {self.tokens[who]}"}
+
+
+def _hub_available() -> None:
+    from opencdms_kernel.hub import proxy_command
+
+    if not Path(proxy_command()[0]).exists():
+        service_missing("configurable-http-proxy is not installed (make install)")
 
 
 @pytest.fixture(scope="module", params=["embedded", "external"])
-def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApi]:
-    """The API and one worker over a fresh database, with the test notebooks as processes."""
+def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecuredApi]:
+    """A hub, the API as its service over a fresh database (the test notebooks as processes, a
+    small network of stations) and one worker."""
+    from support.hub import started_hub
+
+    _hub_available()
     server: PostgresServer | None = request.getfixturevalue(f"{request.param}_server")
     if server is None:
         service_missing("no external PostgreSQL")
@@ -45,16 +88,28 @@ def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     for fixture in ("hello", "sleeps", "fails"):
         (notebooks / f"{fixture}.ipynb").write_bytes((FIXTURES / f"{fixture}.ipynb").read_bytes())
     settings = Settings(home=home, database_url=server.url_of(name), bucket_url=f"file://{home / 'bucket'}",
-                        notebook_dir=notebooks, api_sync_timeout=SYNC_TIMEOUT)
+                        notebook_dir=notebooks, api_sync_timeout=SYNC_TIMEOUT, api_closed_collections=[CLOSED])
+    with Datastore.open(settings) as datastore:
+        seed_network(datastore)
     environment = {key: value for key, value in os.environ.items() if not key.startswith("OPENCDMS_")}
     environment.update(settings.as_environment())
     log = (home / "worker.log").open("wb")
     worker = subprocess.Popen([sys.executable, "-m", "opencdms_kernel.cli", "worker"], env=environment,
                               cwd=home, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     running = None
+    port = free_port()
+    hub_home = home / "hub"
+    hub_home.mkdir()
     try:
-        running = start_api(settings, home / "api.log")
-        yield running
+        with started_hub(hub_home, external_services={"api": f"http://127.0.0.1:{port}"}) as hub:
+            running = start_api(settings, home / "api.log", prefix=PREFIX, port=port, extra_env={
+                "JUPYTERHUB_API_URL": hub.hub_api_url, "JUPYTERHUB_API_TOKEN": hub.service_tokens["api"],
+                "JUPYTERHUB_SERVICE_PREFIX": f"{PREFIX}/"})
+            tokens = {role: hub.create_user(f"{role.replace('-', '')}{request.param[:3]}", role).token
+                      for role in ("admin", "scientist", "qc-reviewer", "clerk")}
+            tokens["noaccess"] = hub.token_for(f"scientist{request.param[:3]}",
+                                               scopes=["custom:opencdms:execute", "custom:opencdms:jobs"])
+            yield SecuredApi(running, hub, tokens)
     finally:
         if running is not None:
             stop_api(running.process)
@@ -68,7 +123,7 @@ def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
         server.drop(name)
 
 
-def _jobs(api: RunningApi) -> int:
+def _jobs(api: SecuredApi) -> int:
     with Datastore.open(api.settings) as datastore, datastore.engine.connect() as connection:
         return connection.execute(sa.text("SELECT count(*) FROM job")).scalar_one()
 
@@ -83,7 +138,7 @@ def _follow(client: httpx.Client, job_url: str, timeout: float = 120) -> dict:
     raise AssertionError(f"job {job_url} did not finish: {status}")
 
 
-def test_every_notebook_is_a_described_process(api: RunningApi) -> None:
+def test_every_notebook_is_a_described_process(api: SecuredApi) -> None:
     from owslib.ogcapi.processes import Processes
 
     client = Processes(api.url)
@@ -96,11 +151,11 @@ def test_every_notebook_is_a_described_process(api: RunningApi) -> None:
     assert {"sync-execute", "async-execute"} <= set(hello["jobControlOptions"])
 
 
-def test_execute_synchronously_and_asynchronously(api: RunningApi) -> None:
+def test_execute_synchronously_and_asynchronously(api: SecuredApi) -> None:
     from owslib.ogcapi.processes import Processes
 
     inputs = {"station": "0-20000-0-60002", "count": 1, "note": "sync"}
-    result = Processes(api.url, timeout=120).execute("hello", inputs=inputs)
+    result = Processes(api.url, timeout=120, headers=api.headers("scientist")).execute("hello", inputs=inputs)
     assert result["status"] == "successful", result
     links = {link["rel"]: link for link in result["links"]}
     assert {"notebook", "html"} <= set(links)
@@ -108,7 +163,7 @@ def test_execute_synchronously_and_asynchronously(api: RunningApi) -> None:
         page = client.get(links["html"]["href"].replace(api.url, ""))
         assert page.status_code == 200 and "Hello station" in page.text
 
-        asynchronous = Processes(api.url, timeout=60)
+        asynchronous = Processes(api.url, timeout=60, headers=api.headers("scientist"))
         answer = asynchronous.execute("hello", inputs={**inputs, "note": "async"}, async_=True)
         location = asynchronous.response_headers["location"]
         assert answer["status"] == "accepted" and location.endswith(f"/jobs/{answer['jobID']}")
@@ -122,7 +177,7 @@ def test_execute_synchronously_and_asynchronously(api: RunningApi) -> None:
         assert other.status_code == 404 and other.json()["code"] == "NotFound"
 
 
-def test_idempotency_key_gives_one_job(api: RunningApi) -> None:
+def test_idempotency_key_gives_one_job(api: SecuredApi) -> None:
     key = f"test-{uuid.uuid4()}"
     body = {"inputs": {"note": "once"}}
     headers = {"Prefer": "respond-async", "Idempotency-Key": key}
@@ -138,7 +193,7 @@ def test_idempotency_key_gives_one_job(api: RunningApi) -> None:
         assert count.scalar_one() == 1
 
 
-def test_sync_waits_then_answers_as_async_and_dismiss_stops(api: RunningApi) -> None:
+def test_sync_waits_then_answers_as_async_and_dismiss_stops(api: SecuredApi) -> None:
     with api.client() as client:
         started = time.monotonic()
         answer = client.post("/processes/sleeps/execution", json={"inputs": {"seconds": 120}})
@@ -153,7 +208,7 @@ def test_sync_waits_then_answers_as_async_and_dismiss_stops(api: RunningApi) -> 
         assert again.status_code == 200
 
 
-def test_failing_notebook_is_reported(api: RunningApi) -> None:
+def test_failing_notebook_is_reported(api: SecuredApi) -> None:
     with api.client() as client:
         answer = client.post("/processes/fails/execution", json={"inputs": {"label": "x"}})
     assert answer.status_code == 400 and "failed" in answer.json()["description"]
@@ -168,7 +223,7 @@ def test_failing_notebook_is_reported(api: RunningApi) -> None:
     ("/processes/hello/execution", {"inputs": ["not", "an", "object"]}, 400, "InvalidParameterValue"),
     ("/processes/hello/execution", "{not json", 400, "InvalidParameterValue"),
 ])
-def test_bad_execution_requests_change_nothing(api: RunningApi, path: str, body: object, status: int, code: str) -> None:
+def test_bad_execution_requests_change_nothing(api: SecuredApi, path: str, body: object, status: int, code: str) -> None:
     before = _jobs(api)
     with api.client() as client:
         content = body if isinstance(body, str) else None
@@ -179,7 +234,20 @@ def test_bad_execution_requests_change_nothing(api: RunningApi, path: str, body:
     assert _jobs(api) == before
 
 
-def test_ten_megabyte_body_is_refused(api: RunningApi) -> None:
+@pytest.mark.parametrize("identifier", ["'; DROP TABLE job;--", "0-20000-0-6000%27", "x" * 5000, "%00",
+                                        str(uuid.uuid4())])
+def test_unknown_or_hostile_job_ids_are_not_found(api: SecuredApi, identifier: str) -> None:
+    before = _jobs(api)
+    with api.client("scientist") as client:
+        for method, path in (("GET", f"/jobs/{identifier}"), ("GET", f"/jobs/{identifier}/results"),
+                             ("DELETE", f"/jobs/{identifier}")):
+            answer = client.request(method, path, params={"f": "json"})
+            assert answer.status_code in (400, 404), (path, answer.status_code, answer.text[:300])
+            assert answer.json()["description"]
+    assert _jobs(api) == before
+
+
+def test_ten_megabyte_body_is_refused(api: SecuredApi) -> None:
     before = _jobs(api)
     with api.client() as client:
         answer = client.post("/processes/hello/execution", content=b"{" + b" " * 10_000_000 + b"}",
@@ -189,3 +257,198 @@ def test_ten_megabyte_body_is_refused(api: RunningApi) -> None:
     assert answer.status_code == 413 and answer.json()["code"] == "InvalidParameterValue"
     assert chunked.status_code == 413
     assert _jobs(api) == before
+
+
+def test_jobs_record_who_asked(api: SecuredApi) -> None:
+    with api.client("scientist") as client:
+        answer = client.post("/processes/hello/execution", json={"inputs": {"note": "who"}},
+                             headers={"Prefer": "respond-async"})
+    assert answer.status_code == 201, answer.text
+    with Datastore.open(api.settings) as datastore, datastore.engine.connect() as connection:
+        who = connection.execute(sa.text("SELECT requested_by FROM job WHERE id = :id"),
+                                 {"id": answer.json()["jobID"]}).scalar_one()
+    assert who.startswith("scientist")
+
+
+# --------------------------------------------------------------------------- who may do what
+
+
+@pytest.mark.parametrize(("method", "path", "body", "allowed", "denied"), [
+    ("POST", "/processes/hello/execution", {"inputs": {"note": "auth"}}, "scientist", "clerk"),
+    ("GET", "/jobs", None, "qc-reviewer", "clerk"),
+    ("GET", f"/collections/{CLOSED}/items", None, "clerk", "noaccess"),
+    ("PATCH", "/collections/stations/items/0-20000-0-60099", {"type": "Feature", "properties": {"territory": "X"}},
+     "admin", "scientist"),
+])
+def test_anonymous_401_without_scope_403_with_scope_ok(api: SecuredApi, method: str, path: str, body: object,
+                                                       allowed: str, denied: str) -> None:
+    before = _jobs(api)
+    headers = {"Prefer": "respond-async"}
+    if method == "PATCH":
+        headers["Content-Type"] = "application/geo+json"
+    request = {"params": {"f": "json"}, "headers": headers, "json": body}
+    with api.client(None) as client:
+        anonymous = client.request(method, path, **request)
+        bogus = client.request(method, path, **{**request, "headers": {**headers, "Authorization": "token not-a-token"}})
+    with api.client(denied) as client:
+        forbidden = client.request(method, path, **request)
+    assert anonymous.status_code == 401 and anonymous.json()["code"] == "NotAuthorized", anonymous.text
+    assert "www-authenticate" in anonymous.headers
+    assert bogus.status_code == 401, bogus.text
+    assert forbidden.status_code == 403 and forbidden.json()["code"] == "Forbidden", forbidden.text
+    assert _jobs(api) == before  # refused requests record nothing
+    with api.client(allowed) as client:
+        ok = client.request(method, path, **request)
+    assert ok.status_code in (200, 201, 204), ok.text
+
+
+def test_open_reads_need_no_token(api: SecuredApi) -> None:
+    with api.client(None) as client:
+        for path in ("/", "/conformance", "/collections", "/collections/stations/items", "/processes",
+                     "/processes/hello", "/openapi"):
+            assert client.get(path, params={"f": "json"}).status_code == 200, path
+
+
+def test_hub_login_cookie_authenticates_a_browser(api: SecuredApi) -> None:
+    """A browser without a token is sent to the hub's login; after it, the OAuth cookie of the
+    service identifies it, but a write from another origin with only the cookie is refused."""
+    from support.hub import Browserless
+
+    hub = api.hub
+    public = f"{hub.url}services/api"  # type: ignore[attr-defined]
+    with httpx.Client(timeout=30) as plain:
+        first = plain.get(f"{public}/jobs", params={"f": "html"}, headers={"Accept": "text/html"})
+    assert first.status_code == 302 and "/hub/api/oauth2/authorize" in first.headers["location"]
+    browser = Browserless(hub.url)  # type: ignore[attr-defined]
+    browser.login(hub.server.admin_user, hub.admin_password)  # type: ignore[attr-defined]
+    page = browser.get("services/api/jobs?f=html")  # login, the hub's authorize, our callback, the page
+    assert "jobs" in page.lower() and "<html" in page.lower()
+    cookie = {c.name: c.value for c in browser.jar if c.path.startswith("/services/api")}
+    assert "service-api" in cookie
+    with httpx.Client(timeout=30, cookies=cookie) as client:
+        listed = client.get(f"{public}/jobs", params={"f": "json"})
+        assert listed.status_code == 200, listed.text
+        job = client.post(f"{public}/processes/hello/execution", json={"inputs": {}},
+                          headers={"Prefer": "respond-async"})
+        assert job.status_code == 401  # a cookie alone: no Origin, so possibly another site's form
+        same_site = client.post(f"{public}/processes/hello/execution", json={"inputs": {"note": "cookie"}},
+                                headers={"Prefer": "respond-async", "Origin": hub.url.rstrip("/")})  # type: ignore[attr-defined]
+        assert same_site.status_code == 201, same_site.text
+        forged = {"service-api": cookie["service-api"][:-4] + "0000"}
+        assert httpx.get(f"{public}/jobs", params={"f": "json"}, cookies=forged).status_code == 401
+
+
+# --------------------------------------------------------------------------- Features Part 4
+
+
+def _station(wigos_id: str, name: str = "New station", **properties: object) -> dict:
+    return {"type": "Feature", "id": wigos_id, "geometry": {"type": "Point", "coordinates": [12.5, 7.25, 310.0]},
+            "properties": {"name": name, "timezone": "Africa/Lagos", "opened": "2001-02-03", **properties}}
+
+
+GEOJSON = {"Content-Type": "application/geo+json"}
+
+
+def _station_row(api: SecuredApi, wigos_id: str) -> dict | None:
+    with Datastore.open(api.settings) as datastore, datastore.engine.connect() as connection:
+        row = connection.execute(sa.text("SELECT * FROM station WHERE wigos_id = :w"), {"w": wigos_id}).mappings().first()
+    return dict(row) if row else None
+
+
+def test_stations_created_replaced_updated_closed(api: SecuredApi) -> None:
+    wigos = f"0-20000-0-7{uuid.uuid4().int % 10**4:04d}"
+    with api.client("admin") as client:
+        created = client.post("/collections/stations/items", json=_station(wigos), headers=GEOJSON)
+        assert created.status_code == 201, created.text
+        assert created.headers["location"].endswith(f"/collections/stations/items/{wigos}")
+        again = client.post("/collections/stations/items", json=_station(wigos), headers=GEOJSON)
+        assert again.status_code == 409, again.text
+        shown = client.get(f"/collections/stations/items/{wigos}", params={"f": "json"}).json()
+        assert shown["geometry"]["coordinates"] == [12.5, 7.25] and shown["properties"]["elevation"] == 310.0
+        first_change = _station_row(api, wigos)["changed_at"]  # type: ignore[index]
+
+        replaced = client.put(f"/collections/stations/items/{wigos}", json=_station(wigos, "Replaced", territory="T"),
+                              headers=GEOJSON)
+        assert replaced.status_code == 204, replaced.text
+        updated = client.patch(f"/collections/stations/items/{wigos}",
+                               json={"type": "Feature", "properties": {"wmo_region": "I"}}, headers=GEOJSON)
+        assert updated.status_code == 204, updated.text
+        row = _station_row(api, wigos)
+        assert row and (row["name"], row["territory"], row["wmo_region"]) == ("Replaced", "T", "I")
+        assert row["changed_at"] > first_change
+
+        closed = client.delete(f"/collections/stations/items/{wigos}")
+        assert closed.status_code == 200, closed.text
+        row = _station_row(api, wigos)
+        assert row and row["status"] == "closed" and row["closed"] is not None  # closed, never deleted
+        closed_on = row["closed"]
+        assert client.delete(f"/collections/stations/items/{wigos}").status_code == 200  # again: unchanged
+        assert _station_row(api, wigos)["closed"] == closed_on  # type: ignore[index]
+        missing = client.put("/collections/stations/items/0-20000-0-99999", json=_station("0-20000-0-99999"),
+                             headers=GEOJSON)
+        assert missing.status_code == 404, missing.text
+
+
+INJECTION = "'; DROP TABLE station;--"
+
+
+@pytest.mark.parametrize(("method", "path", "body"), [
+    ("POST", "/collections/stations/items", {"type": "Feature", "properties": {"name": "no id"},
+                                             "geometry": {"type": "Point", "coordinates": [1, 2]}}),
+    ("POST", "/collections/stations/items", _station("not-a-wigos-id")),
+    ("POST", "/collections/stations/items", _station(INJECTION)),
+    ("POST", "/collections/stations/items", {**_station("0-20000-0-71111"), "geometry": {"type": "Point", "coordinates": [500, 2]}}),
+    ("POST", "/collections/stations/items", {**_station("0-20000-0-71111"), "geometry": {"type": "LineString", "coordinates": [[1, 2], [3, 4]]}}),
+    ("POST", "/collections/stations/items", _station("0-20000-0-71111", timezone="Mars/Olympus")),
+    ("POST", "/collections/stations/items", _station("0-20000-0-71111", closed="1999-01-01")),
+    ("POST", "/collections/stations/items", _station("0-20000-0-71111", **{INJECTION: 1})),
+    ("POST", "/collections/stations/items", "{not json"),
+    ("POST", "/collections/stations/items", "[" * 100_000),
+    ("POST", "/collections/stations/items", ["not", "a", "feature"]),
+    ("PUT", "/collections/stations/items/0-20000-0-60001", _station("0-20000-0-60002")),
+    ("PATCH", "/collections/stations/items/0-20000-0-60001", {"type": "Feature", "properties": {"wigos_id": "0-20000-0-60002"}}),
+    ("PATCH", "/collections/stations/items/0-20000-0-60001", {"type": "Feature", "properties": {"elevation": "high"}}),
+    ("PATCH", "/collections/stations/items/0-20000-0-60001", {"type": "Feature", "properties": {"opened": "2030-01-01", "closed": "2020-01-01"}}),
+    ("PATCH", "/collections/stations/items/0-20000-0-60001", {"type": "Feature", "properties": {"latitude": 95}}),
+])
+def test_bad_station_writes_are_400_and_change_nothing(api: SecuredApi, method: str, path: str, body: object) -> None:
+    before = _stations_snapshot(api)
+    content = body if isinstance(body, str) else None
+    with api.client("admin") as client:
+        answer = client.request(method, path, json=None if content else body, content=content, headers=GEOJSON)
+    assert answer.status_code == 400, (answer.status_code, answer.text[:300])
+    assert answer.json()["description"]
+    assert _stations_snapshot(api) == before
+
+
+def _stations_snapshot(api: SecuredApi) -> list[tuple]:
+    with Datastore.open(api.settings) as datastore, datastore.engine.connect() as connection:
+        return [tuple(row) for row in connection.execute(sa.text("SELECT * FROM station ORDER BY id"))]
+
+
+def test_concurrent_station_writes(api: SecuredApi) -> None:
+    """Two administrators at once: one create wins, the other is a 409; updates of different
+    attributes at the same time all land (the row is locked, not overwritten from a stale read)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    wigos = f"0-20000-0-8{uuid.uuid4().int % 10**4:04d}"
+
+    def create(_: int) -> int:
+        with api.client("admin") as client:
+            return client.post("/collections/stations/items", json=_station(wigos), headers=GEOJSON).status_code
+
+    with ThreadPoolExecutor(4) as pool:
+        statuses = sorted(pool.map(create, range(4)))
+    assert statuses == [201, 409, 409, 409], statuses
+    changes = {"name": "Concurrent", "territory": "Somewhere", "wmo_region": "II", "status": "testing",
+               "elevation": 42.0}
+
+    def update(item: tuple[str, object]) -> int:
+        with api.client("admin") as client:
+            return client.patch(f"/collections/stations/items/{wigos}",
+                                json={"type": "Feature", "properties": dict([item])}, headers=GEOJSON).status_code
+
+    with ThreadPoolExecutor(len(changes)) as pool:
+        assert set(pool.map(update, changes.items())) == {204}
+    row = _station_row(api, wigos)
+    assert row and {key: row[key] for key in changes} == changes

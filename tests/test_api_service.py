@@ -1,7 +1,8 @@
 """The OGC API served by a real uvicorn process: configuration, collections, EDR, records, pages.
 
 One API process per PostgreSQL setup (embedded and external) serves a small seeded network for
-the whole module; tests that change data use their own station or put it back.
+the whole module; tests that change data use their own station or put it back.  This API runs
+without a hub (the open reads only); what needs a hub identity is tests/test_api_processes.py.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import json
 import re
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 from typing import Iterator
 
@@ -36,6 +38,8 @@ from opencdms_kernel.settings import Settings
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 
+CLOSED = "monthly-summaries"  # closed to anonymous readers (api_closed_collections)
+
 
 @pytest.fixture(scope="module", params=["embedded", "external"])
 def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningApi]:
@@ -46,7 +50,8 @@ def api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     assert server is not None
     name = server.new_database()
     home = tmp_path_factory.mktemp(f"api-{request.param}")
-    settings = Settings(home=home, database_url=server.url_of(name), bucket_url=f"file://{home / 'bucket'}")
+    settings = Settings(home=home, database_url=server.url_of(name), bucket_url=f"file://{home / 'bucket'}",
+                        api_closed_collections=[CLOSED])
     with Datastore.open(settings) as datastore:
         seed_network(datastore)
     try:
@@ -379,7 +384,7 @@ def test_unknown_or_hostile_ids_are_not_found(api: RunningApi, identifier: str) 
     before = _counts(api)
     with api.client() as client:
         for path in (f"/collections/stations/items/{identifier}", f"/collections/observations/locations/{identifier}",
-                     f"/collections/observations/items/{identifier}", f"/jobs/{identifier}"):
+                     f"/collections/observations/items/{identifier}"):  # jobs: test_api_processes.py
             answer = client.get(path, params={"f": "json"})
             assert answer.status_code in (400, 404), (path, answer.status_code, answer.text[:300])
             assert answer.json()["description"]
@@ -442,3 +447,122 @@ def test_url_prefix_serves_everything_under_it(api: RunningApi) -> None:
             assert page.status_code == 200 and f"{prefixed.url}/vendor/" in page.text
     finally:
         stop_api(prefixed.process)
+
+
+# --------------------------------------------------------------------------- without a hub
+
+
+def test_without_a_hub_only_open_reads_are_served(api: RunningApi) -> None:
+    before = _counts(api)
+    feature = {"type": "Feature", "geometry": {"type": "Point", "coordinates": [1, 2]},
+               "properties": {"name": "x"}, "id": "0-20000-0-61111"}
+    refused = [
+        ("POST", "/processes/archive_refresh/execution", {"json": {"inputs": {}}}),
+        ("GET", "/jobs", {}),
+        ("DELETE", f"/jobs/{uuid.uuid4()}", {}),
+        ("POST", "/collections/stations/items", {"json": feature, "headers": {"Content-Type": "application/geo+json"}}),
+        ("PUT", f"/collections/stations/items/{STATION_A}", {"json": feature}),
+        ("PATCH", f"/collections/stations/items/{STATION_A}", {"json": feature}),
+        ("DELETE", f"/collections/stations/items/{STATION_A}", {}),
+        ("GET", f"/collections/{CLOSED}/items", {}),
+    ]
+    with api.client() as client:
+        for method, path, extra in refused:
+            answer = client.request(method, path, params={"f": "json"}, **extra)
+            assert answer.status_code == 401, (method, path, answer.status_code, answer.text[:200])
+            assert "without a hub" in answer.json()["description"] and "www-authenticate" in answer.headers
+            # A token cannot help: there is nobody to check it with.
+            with_token = client.request(method, path, params={"f": "json"}, **extra,
+                                        **({} if "headers" in extra else {"headers": {"Authorization": "token x"}}))
+            assert with_token.status_code == 401
+        assert client.get("/collections/stations/items", params={"f": "json"}).status_code == 200
+        assert client.get("/processes/archive_refresh", params={"f": "json"}).status_code == 200
+    assert _counts(api) == before
+
+
+# --------------------------------------------------------------------------- the values as served
+
+
+def test_coverage_is_the_latest_value_of_each_key(api: RunningApi) -> None:
+    """Several sources for one key (the lowest source id is served), several levels and
+    durations (a coverage each), missing values, and elements on different days (one time axis,
+    nulls where an element has no value): the coverage says exactly what the rows say."""
+    with Datastore.open(api.settings) as datastore, datastore.engine.begin() as connection:
+        connection.execute(sa.text("INSERT INTO source (name) VALUES ('api-tests-second') ON CONFLICT DO NOTHING"))
+        connection.execute(sa.text("SELECT set_config('opencdms.user', 'api-tests', true)"))
+        insert = sa.text("""
+            INSERT INTO observation (station_id, element_id, phenomenon_time, duration_seconds, level, source_id,
+                                     value, result_quality, qc_status, version, status, changed_at, changed_by)
+            SELECT s.id, e.id, CAST(:at AS timestamptz), :duration, :level, src.id, :value, '{}'::jsonb, :qc, 1,
+                   'latest', now(), 'api-tests'
+            FROM station s, element e, source src
+            WHERE s.wigos_id = :station AND e.code = :element AND src.name = :source
+            ON CONFLICT DO NOTHING""")
+        rows = []
+        for day in range(1, 6):
+            rows.append(("TMAX", f"2021-03-0{day}T00:00:00Z", 86400, 0.0, "api-tests", 20.0 + day, "passed"))
+            rows.append(("TMAX", f"2021-03-0{day}T00:00:00Z", 86400, 0.0, "api-tests-second", -5.0, "none"))
+            rows.append(("TMAX", f"2021-03-0{day}T12:00:00Z", 3600, 2.0, "api-tests",
+                         None if day == 3 else 10.0 + day, "suspect"))
+        for day in (2, 4, 6):
+            rows.append(("TMIN", f"2021-03-0{day}T00:00:00Z", 86400, 0.0, "api-tests", 1.0 + day, "failed"))
+        for code, at, duration, level, source, value, qc in rows:
+            connection.execute(insert, {"station": STATION_FAR, "element": code, "at": at, "duration": duration,
+                                        "level": level, "source": source, "value": value, "qc": qc})
+    params = {"coords": "POINT(30 -20)", "parameter-name": "TMAX,TMIN", "datetime": "2021-03-01/2021-03-31"}
+    document = _json(api, "/collections/observations/position", **params)
+    served = {}
+    for coverage in document["coverages"]:
+        times = coverage["domain"]["axes"]["t"]["values"]
+        level = coverage["domain"]["axes"]["z"]["values"][0]
+        for code in ("TMAX", "TMIN"):
+            if code not in coverage["ranges"]:
+                continue
+            values, statuses = coverage["ranges"][code]["values"], coverage["ranges"][code + "_qc"]["values"]
+            assert len(values) == len(statuses) == len(times) == coverage["ranges"][code]["shape"][0]
+            for when, value, status in zip(times, values, statuses):
+                if status is None:
+                    assert value is None  # no value of this element at that time
+                    continue
+                served[(code, when, coverage["duration_seconds"], level)] = (value, status)
+    qc_codes = {"none": 0, "passed": 1, "suspect": 2, "failed": 3}
+    with Datastore.open(api.settings) as datastore, datastore.engine.connect() as connection:
+        expected = {
+            (code, when.strftime("%Y-%m-%dT%H:%M:%SZ"), duration, level): (value, qc_codes[qc])
+            for code, when, duration, level, value, qc in connection.execute(sa.text("""
+                SELECT DISTINCT ON (o.element_id, o.phenomenon_time, o.duration_seconds, o.level)
+                       e.code, o.phenomenon_time, o.duration_seconds, o.level, o.value, o.qc_status
+                FROM observation o JOIN station s ON s.id = o.station_id JOIN element e ON e.id = o.element_id
+                WHERE s.wigos_id = :station AND o.status = 'latest'
+                ORDER BY o.element_id, o.phenomenon_time, o.duration_seconds, o.level, o.source_id"""),
+                {"station": STATION_FAR})}
+    assert served == expected and len(expected) == 5 + 5 + 3
+    assert [c["id"] for c in document["coverages"]] == [f"{STATION_FAR}/0/86400", f"{STATION_FAR}/2/3600"]
+    with api.client() as client:
+        table = client.get("/collections/observations/position", params={**params, "f": "csv"}).text.splitlines()
+    assert len(table) == 1 + 6 + 5  # header, the daily axis (days 1-6), the hourly axis (days 1-5)
+
+
+def test_too_many_values_are_refused_before_they_are_read(api: RunningApi, monkeypatch: pytest.MonkeyPatch) -> None:
+    from datetime import datetime, timezone
+
+    from services.api.errors import ApiParameterError
+    from services.api.providers import observations
+    from services.api.providers.common import Interval
+    from services.api.runtime import install_runtime, reset_runtime
+
+    monkeypatch.setattr(observations, "MAX_VALUES", 1000)
+    try:
+        install_runtime(api.settings)
+        point = observations._stations(observations.station.c.wigos_id == STATION_A)
+        known = observations.known_elements()
+        elements = list(known.values())
+        interval = Interval(datetime(1991, 1, 1, tzinfo=timezone.utc), None)
+        for chosen in ([known["TMAX"]], elements):  # one pair (its LIMIT), several (a cursor on the server)
+            with pytest.raises(ApiParameterError, match="more than 1000 values"):
+                observations.read_series(point, chosen, interval, None, None)
+        small = Interval(datetime(2020, 1, 1, tzinfo=timezone.utc), datetime(2020, 1, 11, tzinfo=timezone.utc))
+        (series,) = observations.read_series(point, elements, small, None, None)  # the pool is still fine
+        assert len(series.times) == 10
+    finally:
+        reset_runtime()

@@ -287,3 +287,22 @@ def test_a_folder_objects_etag_is_its_md5(tmp_path: Path) -> None:
     (listed,) = list_objects(bucket, "incoming/")
     assert listed.key == "incoming/a.csv" and listed.size == 5
     assert Fingerprints().etag(bucket, listed) == hashlib.md5(b"hello").hexdigest()
+
+
+def test_what_an_ingest_loaded_is_only_known_after_an_ingest() -> None:
+    text = """
+routes:
+  - name: a
+    topic: bucket
+    key: "incoming/*.csv"
+    process: touch
+    then:
+      - process: archive_refresh
+        then:
+          - process: qc_run
+            parameters: {stations: "{loaded.stations}"}
+"""
+    with pytest.raises(RoutesError, match="route 'a': field 'then': .*needs 'ledger: true'"):
+        parse_routes(text)
+    config = parse_routes(text.replace("    process: touch\n", "    process: touch\n    ledger: true\n"))
+    assert not config.route("a").then[0].needs_loaded and config.route("a").then[0].then[0].needs_loaded

@@ -14,12 +14,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import httpx
 import pytest
 import sqlalchemy as sa
 
 from api_support import free_port, stop_api
 from events_support import (
+    API_PREFIX,
     REPORT,
     TOUCH,
     Collector,
@@ -29,11 +29,12 @@ from events_support import (
     publish_all,
     put_objects,
     require_mosquitto,
+    service_status,
     service_factory,  # noqa: F401 - a fixture
-    start_api,
     start_process,
     stop_process,
     unique_root,
+    wait_subscribed,
     wait_until,
     write_routes,
 )
@@ -124,9 +125,24 @@ def test_poison_messages_become_dead_letters_and_the_service_goes_on(
         stack: Stack, service_factory: Callable[..., Any], tmp_path: Path) -> None:
     url = require_mosquitto()
     root = unique_root()
-    settings = stack.service_settings(url, root, events_routes_file=write_routes(tmp_path, ROUTES))
+    # A replica that routed topic 'old' once: its persistent session still subscribes to it.
+    earlier = write_routes(tmp_path, ROUTES + """
+  - name: old
+    topic: old
+    key: "incoming/*.csv"
+    process: touch
+""")
+    service = service_factory(stack.service_settings(url, root, events_routes_file=earlier), earlier,
+                              sweep_at_start=False)
+    service.stop()
+    routes = write_routes(tmp_path, ROUTES + """
+schedules:
+  - name: report
+    process: report
+""")
+    settings = stack.service_settings(url, root, events_routes_file=routes)
     collector = Collector(url, f"{root}/deadletter")
-    service = service_factory(settings, settings.events_routes_file, sweep_at_start=False)
+    service = service_factory(settings, routes, sweep_at_start=False)
     from services.events.messages import bucket_notification
 
     poison = [
@@ -138,13 +154,15 @@ def test_poison_messages_become_dead_letters_and_the_service_goes_on(
         (f"{root}/sized", json.dumps({"Records": [{"eventName": "s3:ObjectCreated:Put", "s3": {
             "object": {"key": f"incoming/{root}.csv", "eTag": "abc"}}}]}).encode()),
         (f"{root}/schedules/nothing/run", b'{"id": "1"}'),
+        (f"{root}/schedules/report/run", b'{"no id": 1}'),
+        (f"{root}/old", b'{"Records": []}'),  # no route any more for the session's old subscription
     ]
     client = mqtt_client(url)
     for topic, payload in poison:
         client.publish(topic, payload, qos=1).wait_for_publish(10)
     client.disconnect()
     client.loop_stop()
-    wait_until(lambda: service.counters.dead_letters == len(poison), 30, message="five dead letters")
+    wait_until(lambda: service.counters.dead_letters == len(poison), 30, message="a dead letter for each")
     # Still alive: a good message after the poison ones is routed.
     (key,) = _keys(1, root)
     publish_all(url, f"{root}/bucket", put_objects(stack.bucket, [key]))
@@ -154,7 +172,8 @@ def test_poison_messages_become_dead_letters_and_the_service_goes_on(
                for topic_record in (letter["record"] for letter in service.recent_dead_letters)]
     reasons = " | ".join(record["reason"] for record in records)
     for expected in ("not JSON", "s3.object.key is missing", "is not under an allowed prefix (incoming/)",
-                     "template {object.size}", "no schedule called 'nothing'"):
+                     "parameter 'note': must be a str, not null", "no schedule called 'nothing'",
+                     "an on-demand run needs an 'id'", "no route for topic 'old'"):
         assert expected in reasons
     assert all(record["payload"] is not None for record in records)
     published = wait_until(lambda: len(collector.json()) == len(poison) and collector.json(), 10)
@@ -166,29 +185,13 @@ def _serve(stack: Stack, settings: Settings, name: str, *arguments: str) -> Any:
     return start_process(["events", "serve", *arguments], settings, stack.home / f"{name}.log")
 
 
-def _status(settings: Settings) -> dict[str, Any] | None:
-    try:
-        return httpx.get(f"http://127.0.0.1:{settings.events_status_port}/status.json", timeout=2).json()
-    except (httpx.HTTPError, ValueError):
-        return None
-
-
-def _wait_connected(settings: Settings, process: Any, timeout: float = 60) -> dict[str, Any]:
-    def ready() -> dict[str, Any] | None:
-        assert process.poll() is None, f"the service exited with {process.returncode}"
-        status = _status(settings)
-        return status if status and status["broker"]["connected"] else None
-
-    return wait_until(ready, timeout, message="the event service connected")
-
-
 def test_files_arriving_while_the_service_is_stopped_are_all_run_once(
         stack: Stack, broker_url: str, tmp_path: Path) -> None:
     root = unique_root()
     settings = stack.service_settings(broker_url, root, events_routes_file=write_routes(tmp_path, ROUTES),
                                       events_status_port=free_port())
     service = _serve(stack, settings, f"stopped-{root}", "--no-sweep")
-    _wait_connected(settings, service)  # the session (and its subscription) exists from now on
+    wait_subscribed(settings, service)  # the session (and its subscription) exists from now on
     stop_process(service)
     keys = _keys(20, root)
     publish_all(broker_url, f"{root}/bucket", put_objects(stack.bucket, keys))
@@ -199,7 +202,7 @@ def test_files_arriving_while_the_service_is_stopped_are_all_run_once(
         time.sleep(1)
         jobs = _objects_jobs(stack, root)
         assert sorted(job["parameters"]["object_key"] for job in jobs) == keys
-        status = wait_until(lambda: (s := _status(settings)) and s["counters"]["acknowledged"] == 20 and s, 20)
+        status = wait_until(lambda: (s := service_status(settings)) and s["counters"]["acknowledged"] == 20 and s, 20)
         assert status["counters"]["dead_letters"] == 0
     finally:
         stop_process(service)
@@ -211,7 +214,7 @@ def test_a_service_killed_mid_burst_loses_nothing_and_runs_nothing_twice(stack: 
     settings = stack.service_settings(url, root, events_routes_file=write_routes(tmp_path, ROUTES),
                                       events_status_port=free_port())
     service = _serve(stack, settings, f"killed-{root}", "--no-sweep")
-    _wait_connected(settings, service)
+    wait_subscribed(settings, service)
     keys = _keys(60, root)
     publish_all(url, f"{root}/bucket", put_objects(stack.bucket, keys))
     wait_until(lambda: len(_objects_jobs(stack, root)) >= 5, 60, every=0.05, message="the burst under way")
@@ -299,13 +302,13 @@ def test_while_the_api_is_away_messages_wait_unacknowledged(stack: Stack, servic
     root = unique_root()
     port = free_port()
     settings = stack.service_settings(url, root, events_routes_file=write_routes(tmp_path, ROUTES),
-                                      events_api_url=f"http://127.0.0.1:{port}")
+                                      events_api_url=f"http://127.0.0.1:{port}{API_PREFIX}")
     service = service_factory(settings, settings.events_routes_file, check=False, sweep_at_start=False)
     keys = _keys(3, root)
     publish_all(url, f"{root}/bucket", put_objects(stack.bucket, keys))
     wait_until(lambda: service.counters.retries >= 6, 30, message="retries while the API is away")
     assert service.counters.acknowledged == 0 and service.counters.dead_letters == 0
-    api = start_api(stack.settings, tmp_path / "api.log", port=port)
+    api = stack.start_api(tmp_path / "api.log", port=port)
     try:
         wait_until(lambda: service.counters.acknowledged == 3, 60, message="acknowledged once the API is back")
         assert sorted(job["parameters"]["object_key"] for job in _objects_jobs(stack, root)) == keys
@@ -339,3 +342,28 @@ def _digest(text: str) -> str:
     import hashlib
 
     return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def test_under_the_hub_the_status_page_wants_a_token_with_access(stack: Stack, monkeypatch: pytest.MonkeyPatch) -> None:
+    import httpx
+
+    from services.events.status import HubAccess, StatusServer
+
+    # The hub's variables as it gives them to a service (here: the service 'api' of the test hub).
+    for name, value in stack.hub_environment.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("JUPYTERHUB_SERVICE_NAME", "api")
+    access = HubAccess.from_environment()
+    assert access is not None
+    server = StatusServer(lambda: {"client_id": "x"}, "127.0.0.1", 0, "/services/events", access).start()
+    try:
+        page = server.url + "status.json"
+        assert httpx.get(page, timeout=10).status_code == 401
+        assert httpx.get(page, headers={"Authorization": "token not-a-token"}, timeout=10).status_code == 401
+        allowed = httpx.get(page, headers={"Authorization": f"token {stack.token}"}, timeout=10)
+        assert allowed.status_code == 200 and allowed.json() == {"client_id": "x"}
+        assert httpx.get(page, params={"token": stack.token}, timeout=10).status_code == 200
+        without_access = stack.extra["hub"].token_for("eventservice", scopes=["custom:opencdms:execute"])
+        assert httpx.get(page, headers={"Authorization": f"token {without_access}"}, timeout=10).status_code == 403
+    finally:
+        server.stop()

@@ -71,6 +71,14 @@ def test_product_daily_summarises_hourly_values_per_local_day(settings: Settings
     assert metadata["qc"]["policy"]["excluded"] == ["failed"] and metadata["qc"]["values_excluded"] == 0
 
 
+def test_exclude_suspect_leaves_suspect_and_failed_values_out(settings: Settings, bucket: Bucket, hourly_station) -> None:
+    made = opencdms(settings, "product", "daily", "2020", "--station", ALPHA, "--element", "TMEAN", "--exclude-suspect")
+    assert made.returncode == 0, made.stdout + made.stderr
+    (key,) = list_products(bucket, "daily")
+    _, metadata = read_product(bucket, key)
+    assert metadata["qc"]["policy"] == {"counted": ["none", "passed"], "excluded": ["suspect", "failed"]}
+
+
 def test_monthly_values_of_an_hourly_station_and_a_second_run(settings: Settings, bucket: Bucket, hourly_station) -> None:
     made = opencdms(settings, "product", "monthly", "2020", "--station", ALPHA, "--element", "TMEAN")
     assert made.returncode == 0, made.stdout + made.stderr

@@ -70,6 +70,7 @@ class Execution:
 
     notebook: Any = None
     error: CellError | None = None
+    cells_started: int = 0  # none when it failed: the kernel did not start (worth another attempt)
 
 
 def execute_notebook(
@@ -235,13 +236,13 @@ class OpenCDMSEngine(NBClientEngine):
         nb.metadata.papermill["output_path"] = output_url
         nb.metadata["kernelspec"] = {"name": KERNEL_NAME, "display_name": DISPLAY_NAME, "language": "python"}
         execution.notebook = nb  # executed in place: the caller keeps it if this raises
-        return super().execute_notebook(nb, kernel_name, **kwargs)
+        return super().execute_notebook(nb, kernel_name, execution=execution, **kwargs)
 
     @classmethod
     def execute_managed_notebook(  # type: ignore[override]
-        cls, nb_man: Any, kernel_name: str, log_output: bool = False, *, kernel_env: dict[str, str],
-        kernel_cwd: str, kernel_log: Any = None, start_timeout: float = KERNEL_START_TIMEOUT,
-        execution_timeout: float | None = None, **_: Any,
+        cls, nb_man: Any, kernel_name: str, log_output: bool = False, *, execution: Execution,
+        kernel_env: dict[str, str], kernel_cwd: str, kernel_log: Any = None,
+        start_timeout: float = KERNEL_START_TIMEOUT, execution_timeout: float | None = None, **_: Any,
     ) -> Any:
         from papermill.clientwrap import PapermillNotebookClient
         from papermill.log import logger as papermill_logger
@@ -250,10 +251,15 @@ class OpenCDMSEngine(NBClientEngine):
             nb_man, kernel_name=kernel_name, kernel_manager_class=SettingsKernelManager,
             timeout=execution_timeout, startup_timeout=start_timeout, log=papermill_logger,
             log_output=log_output, resources={"metadata": {"path": kernel_cwd}},
+            on_cell_start=lambda **_: _count_cell(execution),
         )
         # start_kernel(env=…, stdout=…, stderr=…) of the client's own kernel manager (Popen
         # arguments), which the client shuts down at the end.
         return client.execute(env=kernel_env, stdout=kernel_log, stderr=kernel_log)
+
+
+def _count_cell(execution: Execution) -> None:
+    execution.cells_started += 1
 
 
 _register_lock = threading.Lock()

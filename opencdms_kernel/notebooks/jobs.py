@@ -410,6 +410,27 @@ def release_job(datastore: Datastore, job: Job) -> bool:
     return released is not None
 
 
+def retry_job(datastore: Datastore, job: Job, reason: str, backoff: timedelta) -> Job | None:
+    """Put back the attempt ``job`` (as claimed) that failed before its notebook started (the
+    kernel did not start): accepted again after ``backoff`` doubled per attempt used, the
+    attempt counted.  None when no attempt is left or the job is not this attempt's any more."""
+    if job.attempts >= job.max_attempts:
+        return None
+    delay = backoff.total_seconds() * 2 ** max(min(job.attempts, 11) - 1, 0)
+    with datastore.engine.begin() as connection:
+        row = connection.execute(
+            sa.update(job_table)
+            .where(job_table.c.id == job.id, job_table.c.status == JobStatus.RUNNING.value,
+                   job_table.c.worker == job.worker, job_table.c.attempts == job.attempts)
+            .values(status=JobStatus.ACCEPTED.value, worker=None, heartbeat_at=None,
+                    not_before=sa.func.clock_timestamp() + sa.func.make_interval(0, 0, 0, 0, 0, 0, delay),
+                    message=f"retrying: the kernel did not start (attempt {job.attempts} of {job.max_attempts})",
+                    error=reason)
+            .returning(*job_table.c)
+        ).mappings().first()
+    return Job.from_row(row) if row is not None else None
+
+
 # Backoff doubles per attempt, up to 2**10 times the base: a bound, not a schedule.
 _STALE_SQL = sa.text(f"""
 UPDATE job SET

@@ -54,6 +54,7 @@ from opencdms_kernel.notebooks.jobs import (
     get_job,
     heartbeat_jobs,
     requeue_stale_jobs,
+    retry_job,
     submit_job,
 )
 from opencdms_kernel.notebooks.kernelspec import ensure_kernel_spec
@@ -166,10 +167,17 @@ def run_claimed_job(
         except Exception as exc:
             # The kernel died or did not start (or was stopped), a cell timed out, the bucket
             # refused a write: the job ends failed with the cause (the traceback goes to the log).
-            if not stop_was_requested(job_id):
+            stopped = stop_was_requested(job_id)
+            if not stopped:
                 log.exception("job %s (%s) failed outside the notebook", job.id, job.process)
-            return _fail_outside(datastore, bucket, job, execution.notebook, kernel_log,
-                                 f"{type(exc).__name__}: {exc}")
+            reason = f"{type(exc).__name__}: {exc}"
+            if not stopped and execution.cells_started == 0:
+                # The kernel did not start (a busy machine, a kernel killed at birth): nothing of
+                # the notebook ran, so another attempt is safe while attempts are left.
+                retried = retry_job(datastore, job, reason, settings.job_retry_backoff)
+                if retried is not None:
+                    return retried
+            return _fail_outside(datastore, bucket, job, execution.notebook, kernel_log, reason)
         except BaseException:
             # Interrupted (Ctrl-C, shutdown): record it, then let the interruption go on.
             _fail_outside(datastore, bucket, job, execution.notebook, kernel_log, "interrupted")

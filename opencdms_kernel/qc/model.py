@@ -8,7 +8,7 @@ from enum import StrEnum
 from types import MappingProxyType
 from typing import Mapping
 
-from opencdms_kernel.errors import OpenCDMSError, ParameterError, UnknownReferenceError
+from opencdms_kernel.errors import NotFoundError, ParameterError, UnknownReferenceError
 # A value's status and final flag are the system's words, not only QC's: defined once in the
 # vocabulary, re-exported here (``X as X``) where QC code has always found them.
 from opencdms_kernel.vocabulary import FinalFlag as FinalFlag
@@ -70,7 +70,7 @@ class UnknownQcReferenceError(UnknownReferenceError):
         super().__init__(f"{parameter}: unknown {kind}{'s' if len(values) > 1 else ''} {listed}")
 
 
-class ObservationNotFoundError(OpenCDMSError):
+class ObservationNotFoundError(NotFoundError):
     """No current observation has the key given."""
 
 

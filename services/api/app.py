@@ -14,7 +14,10 @@ only then imports it.  Our layer, in front of it:
 - serves local copies of the scripts and styles pygeoapi's HTML pages would load from CDNs
   (``/vendor/…``, npm packages installed by the Makefile) and rewrites those pages' CDN URLs to
   them, so the pages work offline;
-- CORS only for the configured origins and only for reading (never ``*``, never writes).
+- CORS only for the configured origins and only for reading (never ``*``, never writes);
+- checks who is asking (:mod:`services.api.auth`: JupyterHub tokens and its OAuth cookie) before
+  anything else: 401 without an identity, 403 without the scope, a browser sent to the hub's
+  login; the caller reaches the plugins through :mod:`services.api.context`.
 
 The EDR query routes of our collections and the execution route are answered through
 pygeoapi's own API functions, wrapped so our plugins can read the request
@@ -33,6 +36,8 @@ from urllib.parse import parse_qsl
 from opencdms_kernel.errors import OpenCDMSError
 from opencdms_kernel.settings import Settings
 from services.api import config as api_config
+from services.api.auth import CALLER_KEY, ApiAuth, AuthenticationRequired
+from services.api.context import ANONYMOUS, Caller
 from services.api.errors import ApiParameterError, BodyTooLargeError, exception_body
 from services.api.providers.common import parse_datetime
 
@@ -102,13 +107,15 @@ def check_shared_parameters(query_string: bytes) -> None:
 
 
 class OpenCDMSLayer:
-    """ASGI middleware: body limit, shared parameter checks, errors, offline pages, CORS."""
+    """ASGI middleware: body limit, who is asking, shared parameter checks, errors, offline
+    pages, CORS."""
 
-    def __init__(self, app: Any, settings: Settings, vendor_url: str) -> None:
+    def __init__(self, app: Any, settings: Settings, vendor_url: str, auth: ApiAuth) -> None:
         self.app = app
         self.max_body = settings.api_max_body_bytes
         self.cors_origins = frozenset(settings.api_cors_origins)
         self.vendor_url = vendor_url
+        self.auth = auth
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -127,6 +134,14 @@ class OpenCDMSLayer:
             length = headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > self.max_body):
                 raise BodyTooLargeError(f"the request body is larger than {self.max_body} bytes")
+            try:
+                caller = await self.auth.authorize(scope["method"], scope.get("path", ""), headers)
+            except AuthenticationRequired:
+                if self.auth.hub is not None and wants_html(scope, headers):
+                    await self._to_login(scope, send)
+                    return
+                raise
+            scope.setdefault("state", {})[CALLER_KEY] = caller
             check_shared_parameters(scope.get("query_string", b""))
             if _CONTROL.search(scope.get("path", "")):
                 raise ApiParameterError("path", "control characters are not allowed")
@@ -138,7 +153,18 @@ class OpenCDMSLayer:
                 log.error("error after the response started", exc_info=exc)
                 raise
             status, body = exception_body(exc)
-            await _send_body(send, status, body, "application/json")
+            extra = [(b"www-authenticate", b'Bearer realm="opencdms-api"')] if status == 401 else []
+            await _send_body(send, status, body, "application/json", extra)
+
+    async def _to_login(self, scope: dict[str, Any], send: Any) -> None:
+        """Send a browser to the hub's login, to come back to the page it asked for."""
+        query = scope.get("query_string", b"").decode("latin-1")
+        location, cookies = self.auth.hub.login_redirect(  # type: ignore[union-attr]
+            scope.get("path", "") + (f"?{query}" if query else ""))
+        headers = [(b"location", location.encode("latin-1")), (b"content-length", b"0"),
+                   *((name.encode("latin-1"), value.encode("latin-1")) for name, value in cookies)]
+        await send({"type": "http.response.start", "status": 302, "headers": headers})
+        await send({"type": "http.response.body", "body": b""})
 
     def _limited(self, receive: Any) -> Any:
         """``receive`` that refuses a (chunked) body beyond the limit as it arrives."""
@@ -190,10 +216,27 @@ class OpenCDMSLayer:
         return send_wrapped
 
 
-async def _send_body(send: Any, status: int, body: bytes, content_type: str) -> None:
+async def _send_body(send: Any, status: int, body: bytes, content_type: str,
+                     extra: list[tuple[bytes, bytes]] | None = None) -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]})
+                "headers": [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()),
+                            *(extra or [])]})
     await send({"type": "http.response.body", "body": body})
+
+
+def wants_html(scope: dict[str, Any], headers: dict[str, str]) -> bool:
+    """Whether a request is a browser's asking for a page (``f=html``, or HTML accepted and no ``f``)."""
+    if scope.get("method") not in ("GET", "HEAD"):
+        return False
+    pairs = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
+    if "f" in pairs:
+        return pairs["f"] == "html"
+    return "text/html" in headers.get("accept", "")
+
+
+def caller_of(request: Any) -> Caller:
+    """The caller the layer identified for a Starlette request."""
+    return request.scope.get("state", {}).get(CALLER_KEY, ANONYMOUS)
 
 
 def prepare(settings: Settings) -> api_config.ApiFiles:
@@ -219,26 +262,62 @@ def create_app(settings: Settings | None = None) -> Any:
 
     import pygeoapi.starlette_app as pygeoapi_app
     from pygeoapi.api import environmental_data_retrieval as edr_api
+    from pygeoapi.api import itemtypes as itemtypes_api
     from pygeoapi.api import processes as processes_api
+    from starlette.responses import RedirectResponse
 
     from services.api.context import with_request
 
     prefix = settings.api_prefix
     vendor_url = f"{api_config.base_url(settings)}/vendor"
+    auth = ApiAuth.from_settings(settings)
+    if auth.hub is None:
+        log.warning("no JupyterHub configured (JUPYTERHUB_API_TOKEN unset): serving the open reads only; "
+                    "executions, jobs and transactions are refused")
 
     async def edr_query(request: Any) -> Any:
         collection_id = request.path_params["collection_id"]
         location_id = request.path_params.get("location_id")
         query_type = "locations" if location_id is not None else request.url.path.rstrip("/").split("/")[-1]
         return await pygeoapi_app.execute_from_starlette(
-            with_request(edr_api.get_collection_edr_query), request, collection_id, None, query_type,
-            location_id, skip_valid_check=True,
+            with_request(edr_api.get_collection_edr_query, caller_of(request)), request, collection_id, None,
+            query_type, location_id, skip_valid_check=True,
         )
 
     async def execution(request: Any) -> Any:
         return await pygeoapi_app.execute_from_starlette(
-            with_request(processes_api.execute_process), request, request.path_params["process_id"],
+            with_request(processes_api.execute_process, caller_of(request)), request,
+            request.path_params["process_id"],
         )
+
+    async def items_post(request: Any) -> Any:
+        # pygeoapi: a GeoJSON body adds an item (Features Part 4), anything else is a search
+        # (CQL2 JSON).  Its own route needs exactly application/geo+json; any parameters allowed here.
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/geo+json":
+            return await pygeoapi_app.collection_items(request)
+        return await pygeoapi_app.execute_from_starlette(
+            with_request(itemtypes_api.manage_collection_item, caller_of(request), "POST"), request, "create",
+            request.path_params["collection_id"], skip_valid_check=True)
+
+    async def item_change(request: Any) -> Any:
+        # PUT replaces, PATCH updates (pygeoapi has one 'update' action; the provider reads the
+        # method), DELETE closes (what that means is the provider's: nothing is deleted).
+        action = "delete" if request.method == "DELETE" else "update"
+        return await pygeoapi_app.execute_from_starlette(
+            with_request(itemtypes_api.manage_collection_item, caller_of(request), request.method), request, action,
+            request.path_params["collection_id"], request.path_params["item_id"], skip_valid_check=True)
+
+    async def oauth_callback(request: Any) -> Response:
+        if auth.hub is None:
+            raise AuthenticationRequired("this API runs without a hub: there is no login")
+        next_url, cookies = await auth.hub.finish_login(
+            {key.lower(): value for key, value in request.headers.items()},
+            request.query_params.get("state", ""), request.query_params.get("code", ""))
+        response = RedirectResponse(next_url, status_code=302)
+        for _, value in cookies:
+            response.headers.append("set-cookie", value)
+        return response
 
     def delete_job(api: Any, api_request: Any, job_id: str) -> tuple[dict[str, str], int, Any]:
         # pygeoapi 0.24 answers a dismissal with no headers at all, which its own Starlette
@@ -248,7 +327,7 @@ def create_app(settings: Settings | None = None) -> Any:
 
     async def dismissal(request: Any) -> Any:
         return await pygeoapi_app.execute_from_starlette(
-            with_request(delete_job), request, request.path_params["job_id"])
+            with_request(delete_job, caller_of(request)), request, request.path_params["job_id"])
 
     async def job_file(request: Any) -> Response:
         from starlette.concurrency import run_in_threadpool
@@ -262,7 +341,8 @@ def create_app(settings: Settings | None = None) -> Any:
     async def blank_tile(request: Any) -> Response:
         return Response(BLANK_TILE, media_type="image/png", headers={"cache-control": "max-age=86400"})
 
-    routes: list[Any] = [Route(f"{prefix}/vendor/blank-tile.png", blank_tile)]
+    routes: list[Any] = [Route(f"{prefix}/vendor/blank-tile.png", blank_tile),
+                         Route(f"{prefix}/oauth_callback", oauth_callback)]
     static = api_config.static_folder()
     if static.is_dir():
         routes.append(Mount(f"{prefix}/vendor", StaticFiles(directory=static, follow_symlink=False)))
@@ -272,6 +352,8 @@ def create_app(settings: Settings | None = None) -> Any:
     for query in ("position", "radius", "area", "cube", "locations", "trajectory", "corridor"):
         routes.append(Route(f"{prefix}{collection}/{query}", edr_query))
     routes.append(Route(f"{prefix}{collection}/locations/{{location_id}}", edr_query))
+    routes.append(Route(f"{prefix}{collection}/items", items_post, methods=["POST"]))
+    routes.append(Route(f"{prefix}{collection}/items/{{item_id:path}}", item_change, methods=["PUT", "PATCH", "DELETE"]))
     routes.append(Route(f"{prefix}/processes/{{process_id}}/execution", execution, methods=["POST"]))
     routes.append(Route(f"{prefix}/jobs/{{job_id}}/files/{{key:path}}", job_file))
     routes.append(Route(f"{prefix}/jobs/{{job_id}}", dismissal, methods=["DELETE"]))
@@ -285,7 +367,7 @@ def create_app(settings: Settings | None = None) -> Any:
     # too (the same function as the outer layer's, for errors raised before routing).
     inner = Starlette(routes=routes, exception_handlers={OpenCDMSError: error_answer, Exception: error_answer})
     inner.router.redirect_slashes = False
-    return OpenCDMSLayer(inner, settings, vendor_url)
+    return OpenCDMSLayer(inner, settings, vendor_url, auth)
 
 
 def static_files_present() -> bool:

@@ -102,6 +102,8 @@ def build_config(settings: Settings, datastore: Datastore | None = None) -> dict
             "providers": [{
                 "type": "feature", "name": f"{PROVIDERS}.stations.StationsProvider", "data": "station",
                 "id_field": "wigos_id", "title_field": "name", "time_field": "opened",
+                # Features Part 4 for administrators (scope custom:opencdms:transactions, auth.py).
+                "editable": True,
             }],
         },
         OBSERVATIONS: {

@@ -20,23 +20,29 @@ _local = threading.local()
 
 @dataclass(frozen=True)
 class Caller:
-    """Who is asking: a user name (``anonymous`` without one) and the scopes they hold."""
+    """Who is asking: a hub user or service name (``anonymous`` without one), the scopes the
+    token holds (:mod:`services.api.auth`), and whether the hub says it is an administrator."""
 
     name: str
     scopes: frozenset[str] = frozenset()
     admin: bool = False
+    kind: str = "user"  # or "service" (e.g. the event service's own token)
 
 
-ANONYMOUS = Caller("anonymous")
+ANONYMOUS = Caller("anonymous", kind="anonymous")
 
 
-def with_request(api_function: Callable[..., Any], caller: Caller = ANONYMOUS) -> Callable[..., Any]:
-    """``api_function`` (pygeoapi's ``(api, request, *args)``) with its request visible to plugins."""
+def with_request(api_function: Callable[..., Any], caller: Caller = ANONYMOUS,
+                 method: str | None = None) -> Callable[..., Any]:
+    """``api_function`` (pygeoapi's ``(api, request, *args)``) with its request visible to
+    plugins, the caller the auth layer identified, and the HTTP method (pygeoapi's update
+    action serves both PUT and PATCH)."""
 
     @wraps(api_function)
     def call(api: Any, request: Any, *args: Any) -> Any:
         _local.request = request
         _local.caller = caller
+        _local.method = method
         _local.body = None
         try:
             answer = api_function(api, request, *args)
@@ -53,6 +59,7 @@ def with_request(api_function: Callable[..., Any], caller: Caller = ANONYMOUS) -
         finally:
             _local.request = None
             _local.caller = None
+            _local.method = None
             _local.body = None
 
     return call
@@ -83,6 +90,11 @@ def offer_body(content: bytes, content_type: str = "application/vnd.cov+json") -
 def current_request() -> Any | None:
     """pygeoapi's ``APIRequest`` of the call this thread is answering, or None."""
     return getattr(_local, "request", None)
+
+
+def current_method() -> str | None:
+    """The HTTP method of the request this thread is answering (None outside our routes)."""
+    return getattr(_local, "method", None)
 
 
 def current_caller() -> Caller:

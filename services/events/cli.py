@@ -70,7 +70,7 @@ def serve_command(
     from services.events.api_client import ApiClient
     from services.events.routes import load_routes, routes_file
     from services.events.service import EventService
-    from services.events.status import StatusServer
+    from services.events.status import HubAccess, StatusServer
 
     settings = _settings(ctx, events_client_id=client_id, events_routes_file=routes, events_status_port=status_port)
     _log_to_stderr()
@@ -83,7 +83,7 @@ def serve_command(
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     host, port, prefix = _status_place(settings)
-    status_server = StatusServer(service.status, host, port, prefix).start()
+    status_server = StatusServer(service.status, host, port, prefix, HubAccess.from_environment()).start()
     try:
         service.start(sweep_at_start=sweep)
         console.print(f"event service {service.client_id}: broker {service.connection.address.url if service.connection else '?'}, "
@@ -114,8 +114,12 @@ def status_command(
     settings = _settings(ctx)
     host, port, prefix = _status_place(settings)
     target = (url or f"http://{host}:{port}{prefix}").rstrip("/") + "/status.json"
+    # Under a hub the page wants a hub token with access to the event service (a person's own).
+    token = os.environ.get("JUPYTERHUB_API_TOKEN")
+    headers = {"Authorization": f"token {token}"} if token else {}
     try:
-        status = httpx.get(target, timeout=5).json()
+        answer = httpx.get(target, timeout=5, headers=headers)
+        status = answer.json() if answer.status_code == 200 else None
     except (httpx.HTTPError, ValueError):
         status = None
     if status is None:

@@ -88,7 +88,9 @@ class MqttConnection:
         self._client: Any = None
         self._stopping = False
         self.connected = threading.Event()
+        self.subscribed = threading.Event()  # the broker acknowledged this connection's subscriptions
         self.ever_connected = threading.Event()
+        self._subscribe_mid: int | None = None
         self.last_error: str | None = None
         self.connections = 0
         self._socket_opened: float | None = None
@@ -143,6 +145,7 @@ class MqttConnection:
             finally:
                 client.loop_stop()
         self.connected.clear()
+        self.subscribed.clear()
 
     def _build(self) -> Any:
         import paho.mqtt.client as mqtt
@@ -225,20 +228,25 @@ class MqttConnection:
             if self._protocol is Protocol.V5:
                 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-                client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in topics])
+                _, self._subscribe_mid = client.subscribe([(topic, SubscribeOptions(qos=1)) for topic in topics])
             else:
-                client.subscribe([(topic, 1) for topic in topics])
+                _, self._subscribe_mid = client.subscribe([(topic, 1) for topic in topics])
+        else:
+            self.subscribed.set()
         self.connected.set()
         self.ever_connected.set()
 
     def _on_subscribe(self, client: Any, userdata: Any, mid: int, reasons: list[Any], properties: Any) -> None:
-        for reason in reasons:
-            if getattr(reason, "is_failure", False):
-                self.last_error = f"the broker refused a subscription: {reason}"
-                log.error(self.last_error)
+        refused = [reason for reason in reasons if getattr(reason, "is_failure", False)]
+        for reason in refused:
+            self.last_error = f"the broker refused a subscription: {reason}"
+            log.error(self.last_error)
+        if mid == self._subscribe_mid and not refused:
+            self.subscribed.set()
 
     def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
         self.connected.clear()
+        self.subscribed.clear()
         if not self._stopping:
             self.last_error = f"disconnected from the broker: {reason}"
             log.warning("%s; reconnecting", self.last_error)

@@ -383,6 +383,12 @@ def parse_routes(text: str, label: str = "routes.yml") -> RoutesConfig:
         message = error["msg"].removeprefix("Value error, ")
         raise RoutesError(label, where, field, message) from None
     _check_unique(label, config)
+    for entry in [*config.routes, *config.schedules]:
+        ledger = isinstance(entry, Route) and entry.ledger
+        if not ledger and _uses_loaded(entry.then):
+            kind = "route" if isinstance(entry, Route) else "schedule"
+            raise RoutesError(label, f"{kind} {entry.name!r}", "then", "{loaded.…} needs 'ledger: true': the "
+                              "route's process must record what it loads in the ingest ledger")
     for check in _template_checks(config):
         allowed = check.names
         for parameter, value in check.parameters.items():
@@ -393,6 +399,10 @@ def parse_routes(text: str, label: str = "routes.yml") -> RoutesConfig:
                     raise RoutesError(label, check.where, f"{check.field}.{parameter}",
                                       f"template {{{name}}} is not known here (known: {shown})")
     return config
+
+
+def _uses_loaded(steps: list[ChainStep]) -> bool:
+    return any(step.needs_loaded or _uses_loaded(step.then) for step in steps)
 
 
 def _locate(raw: dict[str, Any], loc: list[Any]) -> tuple[str | None, str | None]:

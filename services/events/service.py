@@ -586,11 +586,17 @@ class EventService:
                     "origin": follow.run.origin, "time": now_stamp()})
             self._publish_products(follow)
             follow.announced = True
-        if document.get("status") == "successful":
-            parent = {"id": follow.job_id, "process": follow.run.process,
-                      "parameters": document.get("parameters") or follow.run.parameters}
+        if document.get("status") == "successful" and follow.run.then:
+            context = {**follow.run.context, "parent": {
+                "id": follow.job_id, "process": follow.run.process,
+                "parameters": document.get("parameters") or follow.run.parameters}}
+            # What the ingest loaded is read once, after the ingest, and handed down the chain.
+            if "loaded" not in context and follow.run.ledger and needs_loaded(follow.run.then):
+                loaded = self._loaded(follow, document)
+                if loaded is not None:
+                    context["loaded"] = loaded
             for position, step in enumerate(follow.run.then):
-                self._chain_step(follow, document, parent, position, step)
+                self._chain_step(follow, position, step, context)
         self._unfollow(follow)
 
     def _publish_products(self, follow: Follow) -> None:
@@ -605,22 +611,19 @@ class EventService:
                     "name": link.get("name"), "key": link.get("key"), "media_type": link.get("type"),
                     "href": link.get("href"), "time": now_stamp()})
 
-    def _chain_step(self, follow: Follow, document: dict[str, Any], parent: dict[str, Any], position: int,
-                    step: ChainStep) -> None:
+    def _chain_step(self, follow: Follow, position: int, step: ChainStep, context: dict[str, Any]) -> None:
         path = str(position) if "step" not in follow.run.origin else f"{follow.run.origin['step']}.{position}"
         root_origin = {name: value for name, value in follow.run.origin.items() if name not in ("kind", "parent", "step")}
         origin = {"kind": "chain", "parent": follow.job_id, "step": path, **root_origin}
-        context = {**follow.run.context, "parent": parent}
         if step.needs_loaded:
-            loaded = self._loaded(follow, document)
+            loaded = context.get("loaded")
             if loaded is None:
-                self.dead_letter("the API has no ingest-ledger collection: what the ingest loaded is unknown",
+                self.dead_letter("what the ingest loaded is unknown (the API has no ingest-ledger collection)",
                                  None, None, origin)
                 return
             if not loaded.get("stations"):
                 self._event("chain-skipped", parent=follow.job_id, process=step.process, reason="nothing was loaded")
                 return
-            context["loaded"] = loaded
         self._submit_templated(step.process, step.parameters, context, chain_run_key(follow.job_id, path), origin,
                                step.then, False, None, None)
 
@@ -716,6 +719,7 @@ class EventService:
             "broker": {
                 "url": connection.address.url if connection else None,
                 "connected": bool(connection and connection.connected.is_set()),
+                "subscribed": bool(connection and connection.subscribed.is_set()),
                 "protocol": connection.protocol.value if connection else None,
                 "shared_subscriptions": bool(connection and connection.shared),
                 "subscriptions": connection.subscription_filters() if connection else self.subscriptions(),
@@ -733,6 +737,11 @@ class EventService:
             "recent_jobs": jobs[:100],
             "dead_letters": list(self.recent_dead_letters)[:50],
         }
+
+
+def needs_loaded(steps: tuple[ChainStep, ...] | list[ChainStep]) -> bool:
+    """Whether a step of the chain, at any depth, uses what the ingest loaded."""
+    return any(step.needs_loaded or needs_loaded(step.then) for step in steps)
 
 
 def schedule_overview(routes: RoutesConfig, now: datetime) -> list[dict[str, Any]]:

@@ -6,6 +6,12 @@ when JupyterHub runs it as a service (the hub's proxy routes there; the hub sets
 ``JUPYTERHUB_SERVICE_URL``).  ``<prefix>/`` is the HTML page, ``<prefix>/status.json`` the same as
 JSON (what ``opencdms events status`` reads).  Read-only; it shows no secrets and no payloads
 beyond the dead letters' reasons.
+
+Under JupyterHub (``JUPYTERHUB_API_TOKEN`` set) the page answers only a hub token with access to
+this service (``access:services!service=events``, which the hub's roles grant), sent as
+``Authorization: token …`` or ``?token=…``; anything else gets a 401 or 403.  (A browser's hub
+login through OAuth is not implemented here: a person opens the page with ``?token=``.)  Run
+outside a hub, the page is for this machine: it listens on 127.0.0.1 by default.
 """
 
 from __future__ import annotations
@@ -13,9 +19,11 @@ from __future__ import annotations
 import html
 import json
 import logging
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
+from urllib.parse import parse_qs
 
 log = logging.getLogger(__name__)
 
@@ -64,16 +72,53 @@ def render_page(status: dict[str, Any]) -> str:
     return "".join(parts)
 
 
+class HubAccess:
+    """Who may read the page under JupyterHub: a hub token holding access to this service."""
+
+    def __init__(self) -> None:
+        from jupyterhub.services.auth import HubAuth
+
+        # HubAuth reads JUPYTERHUB_API_TOKEN, JUPYTERHUB_API_URL and JUPYTERHUB_SERVICE_NAME.
+        self.auth = HubAuth(cache_max_age=60)
+
+    @classmethod
+    def from_environment(cls) -> "HubAccess | None":
+        """The check when the hub runs this service, else None (no hub: no check)."""
+        return cls() if os.environ.get("JUPYTERHUB_API_TOKEN") else None
+
+    def verdict(self, authorization: str | None, query: str) -> int:
+        """200 when the request may read the page, else 401 (no valid token) or 403 (no access)."""
+        token = None
+        if authorization and authorization.lower().startswith(("token ", "bearer ")):
+            token = authorization.split(None, 1)[1].strip()
+        if not token:
+            token = (parse_qs(query).get("token") or [None])[0]
+        if not token:
+            return 401
+        model = self.auth.user_for_token(token, sync=True)
+        if not model:
+            return 401
+        return 200 if self.auth.check_scopes(self.auth.access_scopes, model) else 403
+
+
 class StatusServer:
     """The status page in a thread; ``status()`` gives the document to show."""
 
-    def __init__(self, status: Callable[[], dict[str, Any]], host: str, port: int, prefix: str = "") -> None:
+    def __init__(self, status: Callable[[], dict[str, Any]], host: str, port: int, prefix: str = "",
+                 access: HubAccess | None = None) -> None:
         self.prefix = prefix.rstrip("/")
         owner = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:  # noqa: N802 - the standard library's name
-                path = self.path.split("?", 1)[0]
+                path, _, query = self.path.partition("?")
+                if access is not None:
+                    verdict = access.verdict(self.headers.get("Authorization"), query)
+                    if verdict != 200:
+                        reason = (b"a JupyterHub token is needed (Authorization: token ..., or ?token=...)"
+                                  if verdict == 401 else b"this token has no access to the event service")
+                        self._answer(verdict, "text/plain; charset=utf-8", reason)
+                        return
                 if path in (f"{owner.prefix}/status.json", f"{owner.prefix}/api/status"):
                     self._answer(200, "application/json", json.dumps(status(), default=str).encode())
                 elif path in (f"{owner.prefix}/", owner.prefix or "/"):

@@ -378,7 +378,7 @@ def configure(c: Any, settings: Settings) -> None:
         managed.append({"name": CONTROL_SERVICE, "api_token": control_token})
         service_roles.append({"name": "opencdms-control", "services": [CONTROL_SERVICE], "scopes": [
             "admin:users", "admin:servers", "admin:groups", "tokens", "list:users", "read:users",
-            "read:roles", *CUSTOM_SCOPES, API_ACCESS]})
+            "read:roles", "list:services", "read:services", *CUSTOM_SCOPES, API_ACCESS]})
     c.JupyterHub.services = managed
     c.JupyterHub.load_roles = [
         {"name": "admin", "groups": [group_name(HubRole.ADMIN)]},

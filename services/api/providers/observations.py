@@ -38,6 +38,7 @@ from pygeoapi.provider.base import BaseProvider, ProviderItemNotFoundError, Prov
 from pygeoapi.provider.base_edr import BaseEDRProvider
 
 from opencdms_kernel.db.schema import element, observation, station
+from opencdms_kernel.vocabulary import QcStatus
 from services.api.context import offer_body, request_parameter
 from services.api.errors import ApiParameterError, provider_errors
 from services.api.providers.common import (
@@ -55,7 +56,7 @@ from services.api.providers.common import (
 )
 from services.api.runtime import runtime
 
-QC_STATUSES = ("none", "passed", "suspect", "failed")
+QC_STATUSES = tuple(status.value for status in QcStatus)  # CoverageJSON category codes follow this order
 QC_SUFFIX = "_qc"
 MAX_VALUES = 2_000_000  # one answer; beyond it the client is asked to narrow the query
 POSITION_TOLERANCE_DEGREES = 0.01  # a position names the stations within about a kilometre
@@ -401,7 +402,7 @@ def _values_statement(shape: _Shape) -> Any:
                       sa.func.coalesce(o.c.value, sa.literal(math.nan, sa.Double)).label("value"),
                       qc_code.label("qc"))
             .where(*conditions)
-            .limit(MAX_VALUES + 1)
+            .limit(sa.bindparam("most", type_=sa.Integer))
             .correlate(stations, elements)
             .lateral("r"))
     packed = (sa.select(sa.func.count().label("count"),
@@ -456,7 +457,7 @@ def read_series(chosen: list[StationPoint], elements: list[ElementInfo], interva
                    levels="interval" if isinstance(levels, tuple) else "list" if isinstance(levels, list) else None,
                    qc=qc is not None)
     statement = _values_statement(shape)
-    given: dict[str, Any] = {"stations": sorted(by_station), "elements": sorted(by_element)}
+    given: dict[str, Any] = {"stations": sorted(by_station), "elements": sorted(by_element), "most": MAX_VALUES + 1}
     if shape.start:
         given["start"] = interval.start  # type: ignore[union-attr]
     if shape.end:

@@ -4,17 +4,38 @@ bbox, datetime (when the station was in operation: opened before the interval's 
 closed before its start), property filters, ``q`` (name), CQL2 (see
 :func:`~services.api.providers.common.cql_condition`), sortby, paging; ``numberMatched`` lets
 pygeoapi add the ``next`` link.
+
+Features Part 4 (the collection is ``editable``; the auth layer lets only callers with the
+scope ``custom:opencdms:transactions`` through, administrators in the hub's roles), through the
+kernel's station functions (one transaction each, the writer named for the audit):
+
+- ``POST …/items`` (a GeoJSON Feature): create (409 if the WIGOS id exists);
+- ``PUT …/items/{wigos_id}``: replace every attribute (what the feature leaves out takes its
+  default);
+- ``PATCH …/items/{wigos_id}``: update the attributes the feature names (geometry optional);
+- ``DELETE …/items/{wigos_id}``: close the station (``closed`` = today in its time zone,
+  ``status`` = closed): stations and their observations are never deleted.
+
+A feature is ``{"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat
+(, elevation)]}, "properties": {...}}`` with the properties of :data:`FIELDS`; ``id`` (or
+``properties.wigos_id``) is the WIGOS id.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 from pygeoapi.provider.base import BaseProvider, ProviderItemNotFoundError
 
+from opencdms_kernel import stations as kernel_stations
 from opencdms_kernel.db.schema import station
-from services.api.errors import provider_errors
+from services.api.context import current_caller, current_method
+from services.api.errors import ApiParameterError, provider_errors
 from services.api.providers.common import (
     bbox_condition,
     cql_condition,
@@ -95,6 +116,36 @@ class StationsProvider(BaseProvider):
             return {"type": "FeatureCollection", "features": features, "numberMatched": matched,
                     "numberReturned": len(features)}
 
+    # ---- Features Part 4
+
+    def create(self, item: Any) -> str:
+        with provider_errors():
+            fields = station_fields(item, identifier=None, partial=False)
+            created = kernel_stations.create_station(runtime().datastore, fields, user=_writer())
+            return created.wigos_id
+
+    def update(self, identifier: str, item: Any) -> bool:
+        with provider_errors():
+            partial = current_method() == "PATCH"
+            fields = station_fields(item, identifier=str(identifier), partial=partial)
+            if partial:
+                kernel_stations.update_station(runtime().datastore, str(identifier), fields, user=_writer())
+            else:
+                kernel_stations.replace_station(runtime().datastore, str(identifier), fields, user=_writer())
+            return True
+
+    def delete(self, identifier: str) -> bool:
+        with provider_errors():
+            datastore = runtime().datastore
+            current = kernel_stations.get_station(datastore, str(identifier))
+            try:
+                zone = ZoneInfo(current.timezone)
+            except (ValueError, ZoneInfoNotFoundError):  # a stored zone this machine does not know
+                zone = ZoneInfo("UTC")
+            today = datetime.now(zone).date()
+            kernel_stations.close_station(datastore, str(identifier), today, user=_writer())
+            return True
+
     def get(self, identifier: str, **kwargs: Any) -> dict[str, Any]:
         with provider_errors():
             with runtime().datastore.engine.connect() as connection:
@@ -102,3 +153,58 @@ class StationsProvider(BaseProvider):
         if row is None:
             raise ProviderItemNotFoundError(user_msg=f"no station {str(identifier)[:40]!r}")
         return station_feature(row)
+
+
+def _writer() -> str:
+    """The audit's writer of a change through the API: the hub user (or service) who asked."""
+    return current_caller().name
+
+
+def station_fields(item: Any, *, identifier: str | None, partial: bool) -> dict[str, object]:
+    """The station attributes of a GeoJSON Feature (``item``: the request body).
+
+    ``identifier``: the WIGOS id of the item changed (its feature may repeat it, not contradict
+    it); ``partial``: only the attributes present (a PATCH), geometry optional.  The values are
+    checked by the kernel (the vocabulary's Station); here only the shape of the document.
+    """
+    if isinstance(item, (bytes, bytearray, str)):
+        try:
+            item = json.loads(item)
+        except (ValueError, RecursionError) as exc:  # not JSON, not UTF-8, or nested too deep
+            raise ApiParameterError("body", f"not a JSON document ({str(exc)[:80]})") from exc
+    if not isinstance(item, dict) or item.get("type") != "Feature":
+        raise ApiParameterError("body", 'a GeoJSON Feature ({"type": "Feature", "geometry": …, "properties": …})')
+    properties = item.get("properties") or {}
+    if not isinstance(properties, dict):
+        raise ApiParameterError("properties", "must be an object")
+    unknown = sorted(name for name in properties if name not in FIELDS)
+    if unknown:
+        raise ApiParameterError(str(unknown[0])[:60], f"not a station property (properties: {', '.join(FIELDS)})")
+    fields: dict[str, object] = dict(properties)
+    named = [value for value in (item.get("id"), properties.get("wigos_id")) if value is not None]
+    if identifier is not None:
+        named.append(identifier)
+    if any(not isinstance(value, str) for value in named) or len(set(named)) > 1:
+        raise ApiParameterError("id", "the feature's id, its wigos_id and the item's address must name one station")
+    if named:
+        fields["wigos_id"] = named[0]
+    geometry = item.get("geometry")
+    if geometry is None:
+        if not partial:
+            raise ApiParameterError("geometry", "a station needs a Point geometry (longitude, latitude)")
+        if identifier is not None:
+            fields.pop("wigos_id", None)
+        return fields
+    coordinates = geometry.get("coordinates") if isinstance(geometry, dict) else None
+    if (not isinstance(geometry, dict) or geometry.get("type") != "Point" or not isinstance(coordinates, list)
+            or len(coordinates) not in (2, 3)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in coordinates)):
+        raise ApiParameterError("geometry", "a Point with [longitude, latitude] or [longitude, latitude, elevation]")
+    fields["longitude"], fields["latitude"] = float(coordinates[0]), float(coordinates[1])
+    if len(coordinates) == 3:
+        if "elevation" in properties and properties["elevation"] != coordinates[2]:
+            raise ApiParameterError("elevation", "the geometry's third coordinate and the elevation property differ")
+        fields["elevation"] = float(coordinates[2])
+    if partial and identifier is not None:
+        fields.pop("wigos_id", None)
+    return fields

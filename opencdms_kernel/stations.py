@@ -89,12 +89,12 @@ def import_stations(datastore: Datastore, path: Path) -> int:
     if not stations:
         return 0
     statement = insert(station)
+    changeable = [name for name in COLUMNS if name != "wigos_id"]
     upsert = statement.on_conflict_do_update(
         index_elements=[station.c.wigos_id],
-        set_={
-            **{name: statement.excluded[name] for name in COLUMNS if name != "wigos_id"},
-            "changed_at": sa.func.now(),
-        },
+        set_={**{name: statement.excluded[name] for name in changeable}, "changed_at": sa.func.now()},
+        # A station imported again unchanged keeps its row (and writes no history entry).
+        where=sa.or_(*(station.c[name].is_distinct_from(statement.excluded[name]) for name in changeable)),
     )
     with datastore.engine.begin() as connection:
         connection.execute(upsert, [item.model_dump() for item in stations])

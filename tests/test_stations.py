@@ -86,3 +86,33 @@ def test_a_bad_wis2box_row_names_the_wis2box_column() -> None:
         parse_stations("station_list.csv", text)
     with pytest.raises(IngestFileError, match="line 2: column 'wigos_station_identifier'"):
         parse_stations("station_list.csv", WIS2BOX_LIST.replace("0-454-2-AWSBALAKA", "AWSBALAKA"))
+
+
+def test_every_change_of_a_station_keeps_the_row_before_with_who_and_why(datastore: Datastore, tmp_path: Path) -> None:
+    """Station metadata is audited like observations: an edit, a close and a changed import each
+    leave the superseded row in the append-only history; an unchanged import leaves nothing."""
+    from datetime import date
+
+    from opencdms_kernel.stations import close_station, create_station, update_station
+
+    create_station(datastore, {"wigos_id": "0-20000-0-77001", "name": "Kisumu", "latitude": -0.1,
+                               "longitude": 34.8, "timezone": "Africa/Nairobi"}, user="ana")
+    update_station(datastore, "0-20000-0-77001", {"name": "Kisumu Airport"}, user="ana", reason="renamed")
+    close_station(datastore, "0-20000-0-77001", date(2024, 12, 31), user="ben", reason="moved")
+    csv = tmp_path / "stations.csv"
+    csv.write_text("wigos_id,name,latitude,longitude,timezone\n0-20000-0-77002,Eldoret,0.5,35.3,Africa/Nairobi\n")
+    import_stations(datastore, csv)
+    import_stations(datastore, csv)  # the same again: no change, no entry
+    csv.write_text("wigos_id,name,latitude,longitude,timezone\n0-20000-0-77002,Eldoret Intl,0.5,35.3,Africa/Nairobi\n")
+    import_stations(datastore, csv)
+    with datastore.engine.connect() as connection:
+        history = connection.execute(sa.text(
+            "SELECT wigos_id, operation, old_row ->> 'name' AS name, superseded_by, reason "
+            "FROM station_history ORDER BY id")).all()
+        assert [tuple(row) for row in history] == [
+            ("0-20000-0-77001", "UPDATE", "Kisumu", "ana", "renamed"),
+            ("0-20000-0-77001", "UPDATE", "Kisumu Airport", "ben", "moved"),
+            ("0-20000-0-77002", "UPDATE", "Eldoret", history[2].superseded_by, None),
+        ]
+        with pytest.raises(sa.exc.DBAPIError, match="append-only"):
+            connection.execute(sa.text("DELETE FROM station_history"))

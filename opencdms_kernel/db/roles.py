@@ -109,7 +109,8 @@ PREFIX_MAX = 63 - _LONGEST_SUFFIX
 
 # Tables the application role may only read: the history (written by the owner's audit
 # trigger), the record of the roles themselves, and alembic's revision.
-READ_ONLY_FOR_APP = frozenset({"observation_history", "database_role", "alembic_version", "hub_database_user"})
+READ_ONLY_FOR_APP = frozenset({"observation_history", "station_history", "database_role", "alembic_version",
+                               "hub_database_user"})
 
 # One upgrade of one database at a time creates roles and changes grants (advisory locks are
 # per database; concurrent GRANTs on one object fail with "tuple concurrently updated").

@@ -106,6 +106,21 @@ observation_history = sa.Table(
     sa.Column("reason", sa.Text),
 )
 
+# The rows of ``station`` that an UPDATE or DELETE superseded (migration 0008), append-only.
+station_history = sa.Table(
+    "station_history",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("operation", sa.Text, nullable=False),
+    sa.Column("station_id", sa.Integer, nullable=False),
+    sa.Column("wigos_id", sa.Text, nullable=False),
+    sa.Column("old_row", JSONB, nullable=False),
+    sa.Column("superseded_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("superseded_by", sa.Text, nullable=False),
+    sa.Column("superseded_by_role", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text),
+)
+
 # The installation's database roles (migration 0003, db/roles.py).
 database_role = sa.Table(
     "database_role",

@@ -220,21 +220,19 @@ class Series:
 POSTGRES_EPOCH_MICROSECONDS = 946_684_800 * 1_000_000
 ORJSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NAIVE_UTC | orjson.OPT_UTC_Z
 _NO_QC = -1
-_REFERENCING_CACHE: list[Any] = []
 
 
+@lru_cache(maxsize=1)
 def _referencing() -> list[Any]:
     """The coverages' reference systems (CRS84, Gregorian time), as covjson-pydantic models."""
-    if not _REFERENCING_CACHE:
-        from covjson_pydantic.reference_system import ReferenceSystem, ReferenceSystemConnectionObject
+    from covjson_pydantic.reference_system import ReferenceSystem, ReferenceSystemConnectionObject
 
-        _REFERENCING_CACHE[:] = [
-            ReferenceSystemConnectionObject(coordinates=["x", "y"], system=ReferenceSystem(
-                type="GeographicCRS", id="http://www.opengis.net/def/crs/OGC/1.3/CRS84")),
-            ReferenceSystemConnectionObject(coordinates=["t"], system=ReferenceSystem(
-                type="TemporalRS", calendar="Gregorian")),
-        ]
-    return _REFERENCING_CACHE
+    return [
+        ReferenceSystemConnectionObject(coordinates=["x", "y"], system=ReferenceSystem(
+            type="GeographicCRS", id="http://www.opengis.net/def/crs/OGC/1.3/CRS84")),
+        ReferenceSystemConnectionObject(coordinates=["t"], system=ReferenceSystem(
+            type="TemporalRS", calendar="Gregorian")),
+    ]
 
 
 @lru_cache(maxsize=1)

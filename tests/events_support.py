@@ -359,7 +359,7 @@ def open_stack(request: pytest.FixtureRequest, home: Path, notebooks: dict[str, 
         values["notebook_dir"] = write_notebooks(home / "notebooks", notebooks)
     values.update(bucket_settings or {})
     settings = Settings(**values)
-    hub, context, hub_environment, port = _hub_for_api(home)
+    hub, context, hub_environment, port = hub_for_api(home)
     try:
         api = start_api(settings, home / "api.log", port=port, prefix=API_PREFIX, extra_env=hub_environment)
         hub.create_user("eventservice", "scientist")
@@ -374,7 +374,7 @@ def open_stack(request: pytest.FixtureRequest, home: Path, notebooks: dict[str, 
     return stack
 
 
-def _hub_for_api(home: Path) -> tuple[Any, Any, dict[str, str], int]:
+def hub_for_api(home: Path) -> tuple[Any, Any, dict[str, str], int]:
     """A real JupyterHub (tests/support/hub.py) with the API registered as its service ``api``."""
     from opencdms_kernel.hub import proxy_command
     from support.hub import started_hub

@@ -37,7 +37,6 @@ import uuid
 from contextlib import ExitStack
 from datetime import date
 from pathlib import Path
-from typing import Any
 
 import sqlalchemy as sa
 
@@ -78,10 +77,21 @@ routes:
 """
 
 
-def csv_rows(rows: int, offset: int) -> bytes:
-    """A long-layout CSV: ``rows`` daily values of two elements (distinct days per ``offset``)."""
+class Days:
+    """Consecutive days from 1950 on, handed out so that every file loads days of its own."""
+
+    def __init__(self) -> None:
+        self.next = date(1950, 1, 1).toordinal()
+
+    def take(self, count: int) -> int:
+        first, self.next = self.next, self.next + count
+        return first
+
+
+def csv_rows(rows: int, days: Days) -> bytes:
+    """A long-layout CSV: ``rows`` daily values of two elements, on days no other file has."""
     lines = ["station,element,time,value"]
-    first = 700_000 + offset * rows  # an ordinal day: every file its own days
+    first = days.take(rows // 2)
     for number in range(rows // 2):
         day = date.fromordinal(first + number).isoformat()
         lines.append(f"{STATION},TMAX,{day},{25 + number % 10 / 10:.1f}")
@@ -201,6 +211,7 @@ def main() -> None:
         if not service.connection or not service.connection.subscribed.wait(30):
             raise SystemExit("the event service did not subscribe (is Mosquitto on 127.0.0.1:1883?)")
         bucket = open_bucket(settings)
+        days = Days()
         engine = sa.create_engine(database_url)
         stack.callback(engine.dispose)
 
@@ -215,7 +226,7 @@ def main() -> None:
             papermill = Path(sys.executable).parent / "papermill"
             environment = kernel_environment(settings, database_url=database_url)
             for number in range(arguments.files):
-                data = csv_rows(1000, number)
+                data = csv_rows(1000, days)
                 key = f"incoming/daily/{root}-event-{number}.csv"
                 started = time.perf_counter()
                 bucket.write_bytes(key, data)
@@ -224,7 +235,7 @@ def main() -> None:
                 run_key = object_run_key("daily", ObjectEvent(key, etag))
                 event_seconds.append(wait_jobs(engine, [run_key], ("successful", "failed")) - started)
                 baseline_key = f"incoming/daily/{root}-papermill-{number}.csv"
-                bucket.write_bytes(baseline_key, csv_rows(1000, 10_000 + number))
+                bucket.write_bytes(baseline_key, csv_rows(1000, days))
                 started = time.perf_counter()
                 subprocess.run([str(papermill), str(notebooks / "ingest_file.ipynb"), str(work / "out.ipynb"),
                                 "-p", "object_key", baseline_key, "-k", "opencdms", "--no-progress-bar"],
@@ -250,7 +261,7 @@ def main() -> None:
                 extra = [start_process(["worker", "--concurrency", "1"], settings, work / f"worker-{n}.log") for n in range(workers - 1)]
                 keys, payloads = [], []
                 for number in range(arguments.burst):
-                    data = csv_rows(24, 20_000 + workers * 1000 + number)
+                    data = csv_rows(24, days)
                     key = f"incoming/daily/{root}-burst{workers}-{number}.csv"
                     bucket.write_bytes(key, data)
                     etag = hashlib.md5(data).hexdigest()

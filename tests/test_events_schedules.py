@@ -123,8 +123,10 @@ def test_two_replicas_with_the_same_schedule_make_one_job(
     clock.advance(timedelta(minutes=1))
     wait_until(lambda: all(replica.scheduler.done[f"monthly-{root}"] for replica in replicas), 20,
                message="both replicas fired")
-    jobs = _schedule_jobs(stack, root)
-    assert len(jobs) == 1
-    # Both replicas asked for the run, and the API answered both with the one job.
-    assert all(str(jobs[0]["id"]) in replica.recent_jobs for replica in replicas)
+    jobs = wait_until(lambda: _schedule_jobs(stack, root), 20, message="the schedule's job recorded")
+    # Both replicas asked for the run, and the API answered both with the one job (each replica
+    # notes the answer when its request returns: wait for both, then count again).
+    wait_until(lambda: all(str(jobs[0]["id"]) in replica.recent_jobs for replica in replicas), 20,
+               message="both replicas answered with the one job")
+    assert len(_schedule_jobs(stack, root)) == 1
     assert all(replica.counters.runs_requested == 1 for replica in replicas)

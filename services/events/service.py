@@ -30,7 +30,6 @@ import json
 import logging
 import queue
 import threading
-import time
 import uuid
 from collections import deque
 from dataclasses import asdict, dataclass, field

@@ -1,4 +1,5 @@
-"""OpenCDMS services: the OGC API (``services.api``) and, later, the event service.
+"""OpenCDMS services: the OGC API (``services.api``), the event service (``services.events``) and
+the hub's configuration (``services.hub``).
 
 Services import the kernel (``opencdms_kernel``); the kernel never imports a service.
 """

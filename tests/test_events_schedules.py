@@ -121,7 +121,8 @@ def test_two_replicas_with_the_same_schedule_make_one_job(
                                 routes, clock=clock, sweep_at_start=False) for number in range(2)]
     wait_until(lambda: all(replica.scheduler.done for replica in replicas), 10)
     clock.advance(timedelta(minutes=1))
-    wait_until(lambda: all(replica.scheduler.done[f"monthly-{root}"] for replica in replicas), 20,
+    fire = datetime(2026, 3, 3, 5, 0, tzinfo=timezone.utc)
+    wait_until(lambda: all(replica.scheduler.done[f"monthly-{root}"] == fire for replica in replicas), 20,
                message="both replicas fired")
     jobs = wait_until(lambda: _schedule_jobs(stack, root), 20, message="the schedule's job recorded")
     # Both replicas asked for the run, and the API answered both with the one job (each replica

@@ -28,6 +28,7 @@ from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.db.schema import observation, station
 from opencdms_kernel.demo.gridded import GRIDDED_KEY
 from opencdms_kernel.notebooks.registry import NotebookRegistry, open_registry
+from services.api.providers.ingest_ledger import COLLECTION as INGEST_LEDGER, ledger_resource
 from opencdms_kernel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -151,6 +152,7 @@ def build_config(settings: Settings, datastore: Datastore | None = None) -> dict
     gridded = _gridded_collection(settings, described("gridded_analysis"))
     if gridded is not None:
         resources[GRIDDED] = gridded
+    resources[INGEST_LEDGER] = ledger_resource()  # what the event service's sweep compares with
     resources.update(_processes(open_registry(settings.notebook_folder)))
 
     return {

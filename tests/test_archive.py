@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -53,6 +52,7 @@ from opencdms_kernel.ingest.pipeline import IngestRequest, IngestStatus, ingest
 from opencdms_kernel.demo.synthetic_archive import observation_table, write_archive
 from opencdms_kernel.settings import Settings
 from opencdms_kernel.stations import import_stations
+from support.rows import archive_rows, database_rows
 from opencdms_kernel.health import check_archive
 from opencdms_kernel.vocabulary import QcStatus
 
@@ -60,26 +60,6 @@ from opencdms_kernel.vocabulary import QcStatus
 # three hours fall in UTC 1991: small partitions such as RH/1991).
 SPEC = DemoSpec(stations=3, years=2, aws_stations=1, aws_years=1)
 USER = "archive-test"
-
-# The same columns from both sides; the year is computed in PostgreSQL, read from the folder
-# name in the archive, so the comparison checks the partitioning too.
-DATABASE_ROWS = sa.text(
-    """
-    SELECT s.wigos_id, e.code, CAST(extract(year FROM o.phenomenon_time AT TIME ZONE 'UTC') AS integer),
-           o.phenomenon_time, o.duration_seconds, o.level, o.source_id, o.value, o.qc_status,
-           o.final_flag, o.version, o.changed_at
-    FROM observation AS o
-    JOIN station AS s ON s.id = o.station_id
-    JOIN element AS e ON e.id = o.element_id
-    WHERE o.status = 'latest'
-    """
-)
-ARCHIVE_ROWS = """
-    SELECT wigos_id, element, year, phenomenon_time, duration_seconds, level, source_id, value,
-           qc_status, final_flag, version, changed_at
-    FROM observations
-"""
-
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> DemoDataset:
@@ -101,19 +81,6 @@ def load(datastore: Datastore, bucket: Bucket, request: IngestRequest) -> None:
     result = ingest(request, datastore, bucket, USER)
     assert result.status is IngestStatus.LOADED, result.error
     assert result.rejected == 0
-
-
-def database_rows(datastore: Datastore) -> Counter:
-    with datastore.engine.connect() as connection:
-        return Counter(tuple(row) for row in connection.execute(DATABASE_ROWS))
-
-
-def archive_rows(bucket: Bucket) -> Counter:
-    connection = connect_archive(bucket)
-    try:
-        return Counter(connection.execute(ARCHIVE_ROWS).fetchall())
-    finally:
-        connection.close()
 
 
 def assert_same_rows(datastore: Datastore, bucket: Bucket) -> None:

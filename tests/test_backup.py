@@ -11,12 +11,13 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from opencdms_kernel.archive import connect_archive, export_archive
+from opencdms_kernel.archive import export_archive
 from opencdms_kernel.bucket import Bucket
 from opencdms_kernel.db.backup import backup, connection_of, restore
 from opencdms_kernel.db.engine import Datastore, DatastoreError
 from opencdms_kernel.ingest import IngestRequest, IngestStatus, ingest
 from opencdms_kernel.stations import import_stations
+from support.rows import archive_rows, database_rows
 
 
 def snapshot(datastore: Datastore) -> dict[str, list[tuple]]:
@@ -64,38 +65,6 @@ def test_restore_of_a_missing_or_broken_file_is_refused(datastore: Datastore, tm
 
 
 # --------------------------------------------------------------------------- the archive after a restore
-
-# The same columns from both sides, the year from PostgreSQL and from the archive's folders.
-DATABASE_ROWS = sa.text(
-    """
-    SELECT s.wigos_id, e.code, CAST(extract(year FROM o.phenomenon_time AT TIME ZONE 'UTC') AS integer),
-           o.phenomenon_time, o.duration_seconds, o.level, o.source_id, o.value, o.qc_status,
-           o.final_flag, o.version, o.changed_at
-    FROM observation AS o
-    JOIN station AS s ON s.id = o.station_id
-    JOIN element AS e ON e.id = o.element_id
-    WHERE o.status = 'latest'
-    """
-)
-ARCHIVE_ROWS = """
-    SELECT wigos_id, element, year, phenomenon_time, duration_seconds, level, source_id, value,
-           qc_status, final_flag, version, changed_at
-    FROM observations
-"""
-
-
-def database_rows(datastore: Datastore) -> Counter:
-    with datastore.engine.connect() as connection:
-        return Counter(tuple(row) for row in connection.execute(DATABASE_ROWS))
-
-
-def archive_rows(bucket: Bucket) -> Counter:
-    connection = connect_archive(bucket)
-    try:
-        return Counter(connection.execute(ARCHIVE_ROWS).fetchall())
-    finally:
-        connection.close()
-
 
 def checksum(rows: Counter) -> str:
     """One digest of a multiset of rows (the same rows give the same digest, whatever their order)."""

@@ -3,9 +3,8 @@
 - Mosquitto on 127.0.0.1:1883 (the machine's), or one of our own (``MosquittoProcess``: its own
   port, persistence and queue limits, stopped with SIGTERM or kill -9 and started again);
 - the embedded broker (amqtt) in a thread;
-- ``opencdms api serve`` as a process, with the ``ingest-ledger`` collection in its configuration
-  (``serve_api_with_ledger``: the same configuration as the API's plus that one entry, until
-  the API's configuration lists it itself);
+- ``opencdms api serve`` as a process (api_support.start_api; its configuration has the
+  ``ingest-ledger`` collection the sweep reads);
 - ``opencdms worker`` and ``opencdms events serve`` as processes.
 
 Every test uses a topic root and client ids of its own, so parallel runs do not collide.
@@ -33,6 +32,7 @@ import nbformat
 import pytest
 import sqlalchemy as sa
 
+import api_support
 from api_support import RunningApi, free_port, stop_api
 from conftest import IN_CI, PostgresServer, service_missing
 from opencdms_kernel.bucket import Bucket, open_bucket
@@ -204,27 +204,6 @@ def write_notebooks(folder: Path, books: dict[str, nbformat.NotebookNode]) -> Pa
 # --------------------------------------------------------------------------- API, worker, service
 
 
-def serve_api_with_ledger() -> None:
-    """``opencdms api serve`` whose configuration also has the ``ingest-ledger`` collection.
-
-    Runs in the API's process (``python -c``), before the configuration is generated.
-    """
-    import services.api.config as api_config
-    from services.api.providers.ingest_ledger import COLLECTION, ledger_resource
-
-    original = api_config.build_config
-
-    def build_config(settings: Settings, datastore: Any = None) -> dict[str, Any]:
-        config = original(settings, datastore)
-        config["resources"].setdefault(COLLECTION, ledger_resource())
-        return config
-
-    api_config.build_config = build_config
-    from opencdms_kernel.cli import run
-
-    run()
-
-
 def child_environment(settings: Settings, extra: dict[str, str] | None = None) -> dict[str, str]:
     # Only what the test gives: no settings and no hub connection inherited from the caller.
     environment = {key: value for key, value in os.environ.items()
@@ -237,29 +216,9 @@ def child_environment(settings: Settings, extra: dict[str, str] | None = None) -
 
 def start_api(settings: Settings, log: Path, timeout: float = 120.0, port: int | None = None,
               prefix: str = "", extra_env: dict[str, str] | None = None) -> RunningApi:
-    """The API (with the ledger collection) on ``port`` (default: a free one), once it answers."""
-    port = port or free_port()
-    command = [sys.executable, "-c", "import sys, events_support; sys.argv = ['opencdms', *sys.argv[1:]]; "
-               "events_support.serve_api_with_ledger()", "api", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    if prefix:
-        command += ["--prefix", prefix]
-    handle = log.open("wb")
-    process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT,
-                               env=child_environment(settings, extra_env), cwd=settings.home, start_new_session=True)
-    url = f"http://127.0.0.1:{port}{prefix}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"the API exited ({process.returncode}): {log.read_text()[-3000:]}")
-        try:
-            if httpx.get(f"{url}/conformance?f=json", timeout=2).status_code == 200:
-                serving = settings.model_copy(update={"api_host": "127.0.0.1", "api_port": port, "api_prefix": prefix})
-                return RunningApi(url, process, log, serving)
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    stop_api(process)
-    raise RuntimeError(f"the API did not answer within {timeout} s: {log.read_text()[-3000:]}")
+    """The API (its configuration has the ingest-ledger collection) on ``port`` (default: a
+    free one), once it answers."""
+    return api_support.start_api(settings, log, prefix=prefix, extra_env=extra_env, timeout=timeout, port=port)
 
 
 def start_process(arguments: list[str], settings: Settings, log: Path,

@@ -373,15 +373,18 @@ def put_objects(bucket: Bucket, keys: list[str], content: Callable[[str], bytes]
     return payloads
 
 
-def wait_until(predicate: Callable[[], Any], timeout: float = 60, every: float = 0.2, message: str = "") -> Any:
-    """Poll ``predicate`` until it is truthy; AssertionError after ``timeout`` seconds."""
+def wait_until(predicate: Callable[[], Any], timeout: float = 60, every: float = 0.2,
+               message: str | Callable[[], str] = "") -> Any:
+    """Poll ``predicate`` until it is truthy; AssertionError after ``timeout`` seconds (``message``
+    may be a function, called then, to say what the state was)."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout} s: {message or predicate}")
+            said = message() if callable(message) else message
+            raise AssertionError(f"not within {timeout} s: {said or predicate}")
         time.sleep(every)
 
 

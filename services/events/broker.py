@@ -122,6 +122,20 @@ class EmbeddedBroker:
         await broker.start()
         self._broker = broker
 
+    def client_connected(self, client_id: str, timeout: float = 5.0) -> bool:
+        """Whether the broker holds ``client_id``'s session as connected.
+
+        amqtt sends a message for a session it still holds as connected straight to that
+        connection, and a message sent to a connection that is closing is lost (it is not kept for
+        the session's return): only after this turns False does the session collect messages."""
+        async def state() -> bool:
+            session, _ = self._broker._sessions.get(client_id, (None, None))  # type: ignore[attr-defined]
+            return session is not None and session.transitions.state == "connected"
+
+        if self._broker is None:
+            return False
+        return asyncio.run_coroutine_threadsafe(state(), self._loop).result(timeout)
+
     def stop(self, timeout: float = 15.0) -> None:
         """Shut the broker down and end its thread."""
         if self._broker is not None:

@@ -16,6 +16,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from opencdms_kernel.vocabulary import HubRole
+
 # The source tree this package runs from (an editable install, as `make install` makes): the
 # home of the notebooks and of the catalog that ship with the code.
 PROJECT_FOLDER = Path(__file__).resolve().parent.parent
@@ -170,6 +172,14 @@ class Settings(BaseSettings):
     hub_clerk_url: str = Field(
         default="/voila/render/apps/data_entry.ipynb", pattern=r"^/[A-Za-z0-9._~/-]*$",
         description="Where a clerk's server opens (the data-entry app), relative to the server.",
+    )
+    user: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.@-]{1,128}$",
+        description="Who the apps and notebooks act for (the hub sets it in each user's server). "
+        "Empty: the operating-system user.",
+    )
+    hub_role: HubRole | None = Field(
+        default=None, description="The user's workbench role (the hub sets it in each user's server).",
     )
     hub_extra_config: Path | None = Field(
         default=None,

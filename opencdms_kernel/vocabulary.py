@@ -437,3 +437,13 @@ class Period(_TextValue):
 
     def __str__(self) -> str:
         return self.label
+
+
+class HubRole(StrEnum):
+    """The roles people have in the workbench (JupyterHub groups), each mapped to a database group
+    role (``db.roles.HUB_GROUP_SUFFIX``): what a person may see and change, everywhere."""
+
+    ADMIN = "admin"
+    SCIENTIST = "scientist"
+    QC_REVIEWER = "qc-reviewer"
+    CLERK = "clerk"

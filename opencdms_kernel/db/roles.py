@@ -52,6 +52,7 @@ from sqlalchemy.engine import URL, Connection
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.errors import OpenCDMSError
 from opencdms_kernel.settings import Settings
+from opencdms_kernel.vocabulary import HubRole
 
 
 class RoleKind(str, Enum):
@@ -60,15 +61,6 @@ class RoleKind(str, Enum):
     OWNER = "owner"
     APP = "app"
     READONLY = "readonly"
-
-
-class HubRole(str, Enum):
-    """The JupyterHub roles, each mapped to a database group role (:data:`HUB_GROUP_SUFFIX`)."""
-
-    ADMIN = "admin"
-    SCIENTIST = "scientist"
-    QC_REVIEWER = "qc-reviewer"
-    CLERK = "clerk"
 
 
 # <prefix>_<suffix>: at most as long as the longest installation suffix ("_readonly"), so every

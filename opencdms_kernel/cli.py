@@ -785,7 +785,7 @@ def up(
             if not all(check.ok for check in checks):
                 raise typer.Exit(1)
             if smoke:
-                for line in smoke_check(hub):
+                for line in smoke_check(settings, hub):
                     console.print(f"smoke      {escape(line)}", soft_wrap=True)
                 console.print("[green]smoke check passed[/green]")
                 return

@@ -19,15 +19,18 @@ only runs it, as a separate process, so the kernel imports no web framework.  Wh
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -84,6 +87,12 @@ def ensure_first_admin(settings: Settings) -> str | None:
     authenticator is configured: the identity provider has the administrators)."""
     if settings.hub_authenticator != "native":
         return None
+    return native_user(settings, settings.hub_admin_user, replace=False)
+
+
+def native_user(settings: Settings, name: str, *, replace: bool) -> str | None:
+    """Give ``name`` an authorised NativeAuthenticator record with a generated password and
+    return the password; an existing record is kept (None) unless ``replace``."""
     import bcrypt
     from jupyterhub import orm
     from nativeauthenticator.orm import UserInfo  # registers users_info with the hub's tables
@@ -95,16 +104,89 @@ def ensure_first_admin(settings: Settings) -> str | None:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     session = orm.new_session_factory(hub_database_url(settings))()
     try:
-        if UserInfo.find(session, settings.hub_admin_user) is not None:
+        found = UserInfo.find(session, name)
+        if found is not None and not replace:
             return None
         password = secrets.token_urlsafe(18)
-        session.add(UserInfo(username=settings.hub_admin_user, is_authorized=True,
-                             password=bcrypt.hashpw(password.encode(), bcrypt.gensalt())))
+        hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt())
+        if found is None:
+            session.add(UserInfo(username=name, is_authorized=True, password=hashed))
+        else:
+            found.password, found.is_authorized, found.login_email_sent = hashed, True, False
         session.commit()
         return password
     finally:
         session.close()
         session.get_bind().dispose()
+
+
+def remove_native_user(settings: Settings, name: str) -> None:
+    """Remove ``name``'s NativeAuthenticator record (nothing when there is none)."""
+    from jupyterhub import orm
+    from nativeauthenticator.orm import UserInfo
+
+    session = orm.new_session_factory(hub_database_url(settings))()
+    try:
+        found = UserInfo.find(session, name)
+        if found is not None:
+            session.delete(found)
+            session.commit()
+    finally:
+        session.close()
+        session.get_bind().dispose()
+
+
+class HubSession:
+    """A cookie-keeping HTTP client for the hub's HTML forms (login, sign-up, authorise), as a
+    person's browser would use them."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+
+    def _xsrf(self) -> str:
+        return next((cookie.value for cookie in self.jar if cookie.name == "_xsrf"), "")
+
+    def get(self, path: str) -> str:
+        """GET a page (redirects followed); its text."""
+        with self.opener.open(self.base + path, timeout=30) as response:
+            return response.read().decode(errors="replace")
+
+    def post(self, path: str, form: Mapping[str, str]) -> str:
+        """POST a form (with the ``_xsrf`` its page sets); the answer's text, errors included."""
+        self.get(path)
+        data = urllib.parse.urlencode({**form, "_xsrf": self._xsrf()}).encode()
+        try:
+            with self.opener.open(self.base + path, data=data, timeout=60) as response:
+                return response.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            return exc.read().decode(errors="replace")
+
+    def login(self, name: str, password: str) -> None:
+        """Log in (the session cookie), without following the redirect to a server's spawn;
+        HubError when the hub answers with its form again (refused)."""
+        self.get("hub/login")
+        data = urllib.parse.urlencode({"username": name, "password": password, "_xsrf": self._xsrf()}).encode()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), _NoRedirect())
+        try:
+            with opener.open(self.base + "hub/login?next=%2Fhub%2Fhome", data=data, timeout=60) as response:
+                page = response.read().decode(errors="replace")
+        except urllib.error.HTTPError as exc:
+            if exc.code != 302:
+                raise
+            return
+        raise HubError(f"login of {name} refused: {page_text(page)[-200:]}")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def page_text(html: str) -> str:
+    """An HTML page's visible text, whitespace collapsed (for messages)."""
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html)).strip()
 
 
 @dataclass(frozen=True)
@@ -127,19 +209,7 @@ class HubServer:
     def api(self, method: str, path: str, body: object | None = None, *, token: str | None = None,
             timeout: float = 30.0) -> tuple[int, object]:
         """One call of the hub's REST API (default: with the control service's token); (status, JSON)."""
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.api_url}{path}", data=data, method=method, headers={
-            "Authorization": f"token {token or self.control_token}", "Content-Type": "application/json"})
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                text = response.read().decode() or "null"
-                return response.status, json.loads(text)
-        except urllib.error.HTTPError as exc:
-            text = exc.read().decode(errors="replace")
-            try:
-                return exc.code, json.loads(text)
-            except ValueError:
-                return exc.code, text
+        return _http(method, f"{self.api_url}{path}", token or self.control_token, body, timeout=timeout)
 
 
 def hub_environment(settings: Settings, *, database_url: str | None, run_id: str, control_token: str,
@@ -328,16 +398,47 @@ def _tail(log: Path, lines: int = 20) -> str:
 
 
 
-def smoke_check(hub: HubServer, user: str = "opencdms-smoke", timeout: float = 90.0) -> list[str]:
-    """`opencdms up --smoke`: the hub answers, its services are registered, and a scientist's
-    server starts and stops.  Returns one line per check; raises :class:`HubError` on a failure."""
+# The notebook the smoke check runs through the API: cheap, and it needs no particular data.
+SMOKE_PROCESS = "archive_refresh"
+
+
+def smoke_check(settings: Settings, hub: HubServer, user: str = "opencdms-smoke", timeout: float = 180.0) -> list[str]:
+    """`opencdms up --smoke`: the hub answers and lists its services; a scientist logs in over
+    HTTP, gets a server, and runs a notebook through the API (a worker runs it); the event
+    service's status answers.  Returns one line per check; raises :class:`HubError` on a failure.
+    The smoke user is removed afterwards."""
     lines = []
     status, services = hub.api("GET", "/services")
     if status != 200 or not isinstance(services, dict):
         raise HubError(f"the hub's API did not list its services ({status}); see {hub.log}")
     lines.append(f"hub services: {', '.join(sorted(services))}")
+    password = native_user(settings, user, replace=True)
     hub.api("POST", f"/users/{user}")
     hub.api("POST", "/groups/scientist/users", {"users": [user]})
+    try:
+        if password is not None:
+            HubSession(hub.url).login(user, password)
+            lines.append(f"{user} logged in over HTTP")
+        lines.append(_smoke_spawn(hub, user, timeout))
+        status, answer = hub.api("POST", f"/users/{user}/tokens", {"note": "smoke check", "expires_in": 600})
+        if status != 201 or not isinstance(answer, dict):
+            raise HubError(f"no API token for the smoke user ({status}: {answer}); see {hub.log}")
+        token = answer["token"]
+        if "api" in services:
+            lines.append(_smoke_process(hub, token, timeout))
+        if "events" in services:
+            status, _ = _http("GET", f"{hub.url}services/events/status.json", token)
+            if status != 200:
+                raise HubError(f"the event service's status did not answer through the hub ({status}); see {hub.log}")
+            lines.append("the event service's status answers at /services/events/")
+    finally:
+        hub.api("DELETE", f"/users/{user}/server")
+        hub.api("DELETE", f"/users/{user}")
+        remove_native_user(settings, user)
+    return lines
+
+
+def _smoke_spawn(hub: HubServer, user: str, timeout: float) -> str:
     started = time.monotonic()
     status, answer = hub.api("POST", f"/users/{user}/server")
     if status not in (201, 202, 400):
@@ -346,11 +447,47 @@ def smoke_check(hub: HubServer, user: str = "opencdms-smoke", timeout: float = 9
     while time.monotonic() < deadline:
         _, model = hub.api("GET", f"/users/{user}")
         if isinstance(model, dict) and model.get("servers", {}).get("", {}).get("ready"):
-            break
+            return f"a scientist's server started in {time.monotonic() - started:.1f} s"
         time.sleep(0.3)
-    else:
-        raise HubError(f"the smoke user's server was not ready after {timeout:.0f} s; see {hub.log}")
-    lines.append(f"a scientist's server started in {time.monotonic() - started:.1f} s")
-    hub.api("DELETE", f"/users/{user}/server")
-    hub.api("DELETE", f"/users/{user}")
-    return lines
+    raise HubError(f"the smoke user's server was not ready after {timeout:.0f} s; see {hub.log}")
+
+
+def _smoke_process(hub: HubServer, token: str, timeout: float) -> str:
+    """Run :data:`SMOKE_PROCESS` asynchronously through the API and follow its job to the end."""
+    started = time.monotonic()
+    api = f"{hub.url}services/api"
+    status, answer = _http("POST", f"{api}/processes/{SMOKE_PROCESS}/execution", token,
+                           {"inputs": {}}, headers={"Prefer": "respond-async"})
+    if status != 201 or not isinstance(answer, dict) or "jobID" not in answer:
+        raise HubError(f"the API did not accept {SMOKE_PROCESS} ({status}: {str(answer)[:300]})")
+    job = answer["jobID"]
+    deadline = started + timeout
+    while time.monotonic() < deadline:
+        status, document = _http("GET", f"{api}/jobs/{job}", token)
+        state = document.get("status") if isinstance(document, dict) else None
+        if state == "successful":
+            return f"{SMOKE_PROCESS} ran through the API in {time.monotonic() - started:.1f} s (job {job})"
+        if state in ("failed", "dismissed"):
+            raise HubError(f"{SMOKE_PROCESS} through the API ended {state}: {document.get('message')}")
+        time.sleep(0.5)
+    raise HubError(f"{SMOKE_PROCESS} through the API did not finish within {timeout:.0f} s (job {job}); "
+                   "is the worker service running?")
+
+
+def _http(method: str, url: str, token: str, body: object | None = None, *,
+          headers: Mapping[str, str] | None = None, timeout: float = 60.0) -> tuple[int, object]:
+    """One JSON request with a hub token; (status, decoded answer, or its text when not JSON)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers={
+        "Authorization": f"token {token}", "Content-Type": "application/json", "Accept": "application/json",
+        **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            text = response.read().decode() or "null"
+            return response.status, json.loads(text)
+    except urllib.error.HTTPError as exc:
+        text = exc.read().decode(errors="replace")
+        try:
+            return exc.code, json.loads(text)
+        except ValueError:
+            return exc.code, text

@@ -164,19 +164,13 @@ class Settings(BaseSettings):
         description="Idle user servers and kernels are stopped after this long (jupyterhub-idle-culler).",
     )
     hub_services: list[Literal["api", "events", "worker", "idle-culler"]] = Field(
-        # "events" is left out of the default until `opencdms events serve` runs under the hub
-        # (it exits with status 2 there today, and a service failing at start stops the hub).
-        default_factory=lambda: ["api", "worker", "idle-culler"],
-        description="Services the hub starts and restarts (JSON list: api, events, worker, idle-culler).",
+        default_factory=lambda: ["api", "events", "worker", "idle-culler"],
+        description="Services the hub starts and restarts (JSON list: api, events, worker, idle-culler; "
+        "events brings the embedded MQTT broker along when broker_url is empty).",
     )
     hub_clerk_url: str = Field(
         default="/voila/render/apps/data_entry.ipynb", pattern=r"^/[A-Za-z0-9._~/-]*$",
         description="Where a clerk's server opens (the data-entry app), relative to the server.",
-    )
-    user: str | None = Field(
-        default=None, pattern=r"^[A-Za-z0-9_.@-]{1,128}$",
-        description="Who the apps and notebooks act for (the hub sets it in each user's server). "
-        "Empty: the operating-system user.",
     )
     hub_role: HubRole | None = Field(
         default=None, description="The user's workbench role (the hub sets it in each user's server).",

@@ -313,14 +313,14 @@ def test_open_reads_need_no_token(api: SecuredApi) -> None:
 def test_hub_login_cookie_authenticates_a_browser(api: SecuredApi) -> None:
     """A browser without a token is sent to the hub's login; after it, the OAuth cookie of the
     service identifies it, but a write from another origin with only the cookie is refused."""
-    from support.hub import Browserless
+    from opencdms_kernel.hub import HubSession
 
     hub = api.hub
     public = f"{hub.url}services/api"  # type: ignore[attr-defined]
     with httpx.Client(timeout=30) as plain:
         first = plain.get(f"{public}/jobs", params={"f": "html"}, headers={"Accept": "text/html"})
     assert first.status_code == 302 and "/hub/api/oauth2/authorize" in first.headers["location"]
-    browser = Browserless(hub.url)  # type: ignore[attr-defined]
+    browser = HubSession(hub.url)  # type: ignore[attr-defined]
     browser.login(hub.server.admin_user, hub.admin_password)  # type: ignore[attr-defined]
     page = browser.get("services/api/jobs?f=html")  # login, the hub's authorize, our callback, the page
     assert "jobs" in page.lower() and "<html" in page.lower()

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Iterator
 
@@ -48,9 +49,10 @@ def free_ports(count: int) -> list[int]:
 def test_up_smoke_on_the_embedded_defaults(home: Path) -> None:
     tmp_path = home
     # Ports of its own: a demo running on this machine, or another test, may hold the defaults.
-    hub, hub_api, proxy_api, api = free_ports(4)
+    hub, hub_api, proxy_api, api, events, broker = free_ports(6)
     ports = {"OPENCDMS_HUB_PORT": str(hub), "OPENCDMS_HUB_API_PORT": str(hub_api),
-             "OPENCDMS_HUB_PROXY_API_PORT": str(proxy_api), "OPENCDMS_API_PORT": str(api)}
+             "OPENCDMS_HUB_PROXY_API_PORT": str(proxy_api), "OPENCDMS_API_PORT": str(api),
+             "OPENCDMS_EVENTS_STATUS_PORT": str(events), "OPENCDMS_EVENTS_EMBEDDED_BROKER_PORT": str(broker)}
     result = opencdms(tmp_path, "up", "--smoke", "--demo-stations", "3", "--demo-years", "2", env=ports)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
@@ -67,12 +69,21 @@ def test_up_smoke_on_the_embedded_defaults(home: Path) -> None:
     report = tmp_path / "var" / "bucket" / "reports" / "monthly" / "network" / "1992-12.html"
     assert report.is_file() and "<img" in report.read_text()
     assert f"report     {report.as_uri()}" in out
-    runs = sorted((tmp_path / "var" / "bucket" / "runs").iterdir())
-    assert len(runs) == 3 + 3  # three AWS files, QC, archive, report
-    assert all(any(run.glob("*.ipynb")) and any(run.glob("*.html")) for run in runs)
+    # Each run's folder holds its executed notebook and its page.  Besides the pipeline's runs,
+    # the smoke check's and the schedules' first fires (archive, daily QC, monthly report) are
+    # there; the event service's sweep found the AWS files in the ledger and ran none again.
+    runs = {run: sorted(path.name for path in run.iterdir()) for run in (tmp_path / "var" / "bucket" / "runs").iterdir()}
+    notebooks = Counter(Path(names[0]).stem for names in runs.values() if names)
+    assert notebooks["ingest_file"] == 3 and notebooks["qc_run"] >= 1 and notebooks["monthly_report"] >= 1
+    assert notebooks["archive_refresh"] >= 2  # the pipeline's and the smoke check's (through the API)
+    finished = [names for names in runs.values() if any(name.endswith(".html") for name in names)]
+    assert all(any(name.endswith(".ipynb") for name in names) for names in finished)
     assert re.search(rf"hub\s+│\s+ok\s+│\s+answering on http://127\.0\.0\.1:{hub}/", out)
     assert re.search(r"^admin\s+user admin, password \S+", out, re.MULTILINE)
     assert "a scientist's server started" in out
+    assert "opencdms-smoke logged in over HTTP" in out
+    assert re.search(r"archive_refresh ran through the API in [0-9.]+ s", out)
+    assert "the event service's status answers at /services/events/" in out
     # Started again, the data is kept and nothing is loaded twice.
     again = opencdms(tmp_path, "up", "--smoke", env=ports)
     assert again.returncode == 0, again.stdout + again.stderr

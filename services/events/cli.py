@@ -80,14 +80,20 @@ def serve_command(
     api = ApiClient.from_settings(settings, token or os.environ.get("JUPYTERHUB_API_TOKEN"))
     service = EventService(settings, config, api, open_bucket(settings))
     stop = threading.Event()
+
+    def on_signal(*_: object) -> None:
+        stop.set()
+        service.interrupt()  # also ends a start-up still waiting for the API
+
     for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, on_signal)
     host, port, prefix = _status_place(settings)
     status_server = StatusServer(service.status, host, port, prefix, HubAccess.from_environment()).start()
     try:
         service.start(sweep_at_start=sweep)
-        console.print(f"event service {service.client_id}: broker {service.connection.address.url if service.connection else '?'}, "
-                      f"API {api.base}, status {status_server.url}; Ctrl-C to stop", soft_wrap=True)
+        if not stop.is_set():
+            console.print(f"event service {service.client_id}: broker {service.connection.address.url if service.connection else '?'}, "
+                          f"API {api.base}, status {status_server.url}; Ctrl-C to stop", soft_wrap=True)
         while not stop.is_set() and not service.stopping:
             stop.wait(0.5)
     finally:
@@ -97,6 +103,24 @@ def serve_command(
     if service.stopping and not stop.is_set():
         raise typer.Exit(1)
     console.print("event service stopped")
+
+
+@events_app.command("broker")
+def broker_command(ctx: typer.Context) -> None:
+    """Run the embedded MQTT broker (amqtt on 127.0.0.1:OPENCDMS_EVENTS_EMBEDDED_BROKER_PORT) until
+    Ctrl-C or SIGTERM: the broker of the embedded default, which the hub runs as a service when no
+    OPENCDMS_BROKER_URL is set."""
+    from services.events.broker import start_embedded_broker
+
+    settings = _settings(ctx)
+    _log_to_stderr()
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    with start_embedded_broker(settings) as broker:
+        console.print(f"embedded MQTT broker on {broker.url}; Ctrl-C to stop", soft_wrap=True)
+        stop.wait()
+    console.print("embedded MQTT broker stopped")
 
 
 @events_app.command("status")

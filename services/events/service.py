@@ -237,6 +237,8 @@ class EventService:
         """Connect to the broker and start the dispatchers, the follower, the sweep and the schedules."""
         if check:
             self.check_processes()
+        if self._stop.is_set():  # asked to stop while waiting for the API
+            return
         self._load_follows()
         self.connection = MqttConnection(
             broker_address(self.settings), self.client_id, self.subscriptions(), self._on_delivery,
@@ -269,10 +271,15 @@ class EventService:
                 self._stop.set()
         return run
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Stop: messages not yet acknowledged stay with the broker (delivered again later)."""
+    def interrupt(self) -> None:
+        """Ask the service to stop, from a signal handler too: a start waiting for the API gives up,
+        each thread ends after its turn; :meth:`stop` then waits for them and disconnects."""
         self._stop.set()
         self.wake_follower.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop: messages not yet acknowledged stay with the broker (delivered again later)."""
+        self.interrupt()
         for thread in self._threads:
             thread.join(timeout)
         if self.connection is not None:

@@ -25,6 +25,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable
 from urllib.parse import parse_qs
 
+from opencdms_kernel.errors import ServiceError
+
 log = logging.getLogger(__name__)
 
 
@@ -71,6 +73,10 @@ def render_page(status: dict[str, Any]) -> str:
     ]
     return "".join(parts)
 
+
+
+class StatusPageError(ServiceError):
+    """The status page could not start (its port taken)."""
 
 class HubAccess:
     """Who may read the page under JupyterHub: a hub token holding access to this service."""
@@ -137,7 +143,13 @@ class StatusServer:
             def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the standard library's name
                 log.debug("status page: " + format, *args)
 
-        self.server = ThreadingHTTPServer((host, port), Handler)
+        try:
+            self.server = ThreadingHTTPServer((host, port), Handler)
+        except OSError as exc:
+            raise StatusPageError(
+                f"the event service's status page cannot listen on {host}:{port} ({exc.strerror}); "
+                "set OPENCDMS_EVENTS_STATUS_PORT (0: any free port)"
+            ) from exc
         self.server.daemon_threads = True
         self.thread = threading.Thread(target=self.server.serve_forever, name="events-status", daemon=True)
 

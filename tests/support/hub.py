@@ -23,7 +23,6 @@ REST API (the control service's token): real tokens with the scopes of the user'
 
 from __future__ import annotations
 
-import http.cookiejar
 import os
 import re
 import secrets
@@ -37,8 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Mapping
 
-from opencdms_kernel.db.roles import HubRole
-from opencdms_kernel.hub import HubServer, running_hub
+from opencdms_kernel.vocabulary import HubRole
+from opencdms_kernel.hub import HubServer, HubSession, page_text, running_hub
 from opencdms_kernel.settings import Settings
 
 
@@ -123,12 +122,12 @@ class RunningTestHub:
         """A user who signs up through the hub's form and whom the administrator authorises,
         as a person would; then put in ``role``'s group, with an API token."""
         password = password or secrets.token_urlsafe(16)
-        signup = Browserless(self.url)
+        signup = HubSession(self.url)
         page = signup.post("hub/signup", {"username": name, "signup_password": password,
                                           "signup_password_confirmation": password})
         if "has been sent to the admin" not in page:
-            raise AssertionError(f"sign-up of {name} refused: {_text(page)[:300]}")
-        admin = Browserless(self.url)
+            raise AssertionError(f"sign-up of {name} refused: {page_text(page)[:300]}")
+        admin = HubSession(self.url)
         admin.login(self.server.admin_user, self.admin_password)
         admin.get(f"hub/authorize/{urllib.parse.quote(name)}")
         status, _ = self.api("POST", f"/users/{name}")
@@ -150,57 +149,6 @@ class RunningTestHub:
                 return model  # type: ignore[return-value]
             time.sleep(0.3)
         raise AssertionError(f"{name}'s server not ready after {timeout} s; hub log: {self.server.log}")
-
-
-class Browserless:
-    """A cookie-keeping HTTP client for the hub's HTML forms (login, sign-up, authorise)."""
-
-    def __init__(self, base: str) -> None:
-        self.base = base
-        self.jar = http.cookiejar.CookieJar()
-        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
-
-    def _xsrf(self) -> str:
-        for cookie in self.jar:
-            if cookie.name == "_xsrf":
-                return cookie.value
-        return ""
-
-    def get(self, path: str) -> str:
-        with self.opener.open(self.base + path, timeout=30) as response:
-            return response.read().decode(errors="replace")
-
-    def post(self, path: str, form: Mapping[str, str]) -> str:
-        self.get(path)  # the form's page sets the _xsrf cookie
-        data = urllib.parse.urlencode({**form, "_xsrf": self._xsrf()}).encode()
-        try:
-            with self.opener.open(self.base + path, data=data, timeout=60) as response:
-                return response.read().decode(errors="replace")
-        except urllib.error.HTTPError as exc:
-            return exc.read().decode(errors="replace")
-
-    def login(self, name: str, password: str) -> None:
-        """Log in (the session cookie), without following the redirect to a server's spawn."""
-        self.get("hub/login")
-        data = urllib.parse.urlencode({"username": name, "password": password, "_xsrf": self._xsrf()}).encode()
-        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar), _NoRedirect())
-        try:
-            with opener.open(self.base + "hub/login?next=%2Fhub%2Fhome", data=data, timeout=60) as response:
-                page = response.read().decode(errors="replace")
-        except urllib.error.HTTPError as exc:
-            if exc.code != 302:
-                raise
-            return
-        raise AssertionError(f"login of {name} refused: {_text(page)[-200:]}")
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
-
-
-def _text(html: str) -> str:
-    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
 
 
 def hub_settings(home: Path, *, database_url: str | None = None, services: tuple[str, ...] = (),

@@ -12,6 +12,8 @@ only runs it, as a separate process, so the kernel imports no web framework.  Wh
   in a session of its own (so a signal to the hub's process group does not reach them), hence
   the marker: :func:`processes_of_run` finds them all, and stopping ends with a sweep of any
   that are left (there should be none; the count is returned for tests to check);
+- **a hub that dies is started again** (:class:`HubSupervisor`): its orphaned services are ended
+  first; users' servers and the proxy are kept, and the new hub takes them over;
 - **stopping**: the users' servers through the hub's API (the hub keeps them across its own
   restarts: ``cleanup_servers`` is off), then the hub (SIGTERM: it stops its services), then the
   proxy (kept across hub restarts too), then the sweep.
@@ -28,6 +30,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -39,6 +42,8 @@ from typing import Iterator, Mapping
 
 from opencdms_kernel.errors import ServiceError
 from opencdms_kernel.settings import PROJECT_FOLDER, Settings
+
+log = logging.getLogger("opencdms.hub")
 
 HUB_RUN_VARIABLE = "OPENCDMS_HUB_RUN"
 CONTROL_TOKEN_VARIABLE = "OPENCDMS_HUB_CONTROL_TOKEN"
@@ -198,7 +203,6 @@ class HubServer:
     admin_password: str | None  # only on the start that created the administrator
     log: Path
     run_id: str
-    pid: int
     control_token: str = field(repr=False)
 
     @property
@@ -255,12 +259,98 @@ def wait_until_ready(process: subprocess.Popen, url: str, log: Path, timeout: fl
     raise HubError(f"JupyterHub did not answer within {timeout:.0f} s; see {log}:\n{_tail(log)}")
 
 
+class HubSupervisor:
+    """Keeps the hub running for :func:`running_hub`: a hub process that exits while it should be
+    running (a crash, kill -9, the OOM killer) is started again.  A hub killed without its own
+    shutdown leaves its services running, holding their ports: they are ended first (the hub
+    starts them anew).  The users' servers and the proxy are kept: the new hub takes them over
+    (``cleanup_servers`` and ``cleanup_proxy`` are off), so nobody's work is lost."""
+
+    def __init__(self, settings: Settings, environment: Mapping[str, str], *, config_file: Path, url: str,
+                 run_id: str, start_timeout: float, check_every: float = 1.0) -> None:
+        self.settings = settings
+        self.environment = dict(environment)
+        self.config_file = config_file
+        self.url = url
+        self.run_id = run_id
+        self.start_timeout = start_timeout
+        self.check_every = check_every
+        self.restarts = 0
+        self.process: subprocess.Popen | None = None
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._watch, name="opencdms-hub-supervisor", daemon=True)
+
+    def start(self) -> subprocess.Popen:
+        """Start the hub and wait until it answers (HubError if it does not); then watch it."""
+        self._start_once()
+        self._thread.start()
+        assert self.process is not None
+        return self.process
+
+    def _start_once(self) -> None:
+        with self._lock:
+            self.process = start_hub_process(self.settings, self.environment, config_file=self.config_file)
+        wait_until_ready(self.process, self.url, hub_log_file(self.settings), self.start_timeout)
+
+    def _watch(self) -> None:
+        attempt = 0
+        while not self._stopping.wait(self.check_every):
+            if self.process is None or self.process.poll() is None:
+                continue
+            attempt += 1
+            log.warning("JupyterHub exited with code %s; starting it again (attempt %d); see %s",
+                        self.process.returncode, attempt, hub_log_file(self.settings))
+            ended = end_services_of_run(self.run_id)
+            if ended:
+                log.warning("ended %d service process(es) the exited hub left running", ended)
+            try:
+                self._start_once()
+            except HubError as exc:
+                log.error("JupyterHub did not start again: %s", exc)
+                if self._stopping.wait(min(60.0, 2.0 ** attempt)):
+                    return
+                continue
+            attempt = 0
+            self.restarts += 1
+            log.warning("JupyterHub is running again (restart %d)", self.restarts)
+
+    def stop(self) -> subprocess.Popen | None:
+        """Stop watching (the caller stops the hub); the current hub process."""
+        self._stopping.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        return self.process
+
+
+def end_services_of_run(run_id: str, timeout: float = 10.0) -> int:
+    """End the hub services of the run still alive (their processes carry
+    ``JUPYTERHUB_SERVICE_NAME``; users' servers and the proxy do not); returns how many."""
+    pids = [pid for pid in processes_of_run(run_id)
+            if any(entry.startswith(b"JUPYTERHUB_SERVICE_NAME=") for entry in _environ_of(pid).split(b"\0"))]
+    return _end(pids, timeout)
+
+
+def hub_process_of_run(run_id: str) -> int | None:
+    """The pid of the run's JupyterHub process (None when it is not running)."""
+    for pid in processes_of_run(run_id):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        # ``jupyterhub`` is a script: its process runs the interpreter with the script's path after it.
+        if any(Path(part.decode(errors="replace")).name == "jupyterhub" for part in command[:2]):
+            return pid
+    return None
+
+
 @contextmanager
 def running_hub(
     settings: Settings, *, database_url: str | None = None, config_file: Path = CONFIG_FILE,
     start_timeout: float = 90.0, base_environment: Mapping[str, str] | None = None,
 ) -> Iterator[HubServer]:
-    """Run JupyterHub (proxy, services) for the block; stop everything it started after it.
+    """Run JupyterHub (proxy, services) for the block, started again if it exits meanwhile
+    (:class:`HubSupervisor`); stop everything it started after it.
 
     ``database_url``: the running datastore (superuser or CREATEROLE: the hub gives each user a
     login of their own); None: no database (users' servers get no credentials).
@@ -270,18 +360,19 @@ def running_hub(
     environment = hub_environment(settings, database_url=database_url, run_id=run_id,
                                   control_token=control_token, base=base_environment)
     url = f"http://{settings.hub_ip}:{settings.hub_port}/"
-    log = hub_log_file(settings)
     hub_folder(settings).mkdir(parents=True, exist_ok=True)
-    process = start_hub_process(settings, environment, config_file=config_file)
-    hub = HubServer(url=url, admin_user=settings.hub_admin_user, admin_password=None, log=log,
-                    run_id=run_id, pid=process.pid, control_token=control_token)
+    supervisor = HubSupervisor(settings, environment, config_file=config_file, url=url, run_id=run_id,
+                               start_timeout=start_timeout)
+    hub = HubServer(url=url, admin_user=settings.hub_admin_user, admin_password=None, log=hub_log_file(settings),
+                    run_id=run_id, control_token=control_token)
     try:
-        wait_until_ready(process, url, log, start_timeout)
+        supervisor.start()
         # Only once the hub answers: a start that fails must not leave an administrator whose
         # password nobody saw.  (NativeAuthenticator reads its table at each login.)
         hub = replace(hub, admin_password=ensure_first_admin(settings))
         yield hub
     finally:
+        process = supervisor.stop()
         stop_hub(settings, hub, process)
 
 
@@ -307,10 +398,10 @@ def _signal_group(pid: int, signum: int) -> None:
         pass
 
 
-def stop_hub(settings: Settings, hub: HubServer, process: subprocess.Popen, timeout: float = 30.0) -> int:
+def stop_hub(settings: Settings, hub: HubServer, process: subprocess.Popen | None, timeout: float = 30.0) -> int:
     """Stop the users' servers, the hub (and so its services), the proxy, then any process of
     the run still there; returns how many the final sweep had to end (0 when all went well)."""
-    if process.poll() is None:
+    if process is not None and process.poll() is None:
         stop_servers(hub)
         _signal_group(process.pid, signal.SIGTERM)
         try:
@@ -376,7 +467,11 @@ def _state(pid: int) -> str:
 
 def sweep_run(run_id: str, timeout: float = 10.0) -> int:
     """End any process of the run still alive (SIGTERM, then SIGKILL); returns how many there were."""
-    pids = processes_of_run(run_id)
+    return _end(processes_of_run(run_id), timeout)
+
+
+def _end(pids: list[int], timeout: float) -> int:
+    """SIGTERM to each of ``pids``, SIGKILL to those left after ``timeout``; returns how many."""
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)

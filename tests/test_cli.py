@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Iterator
@@ -84,16 +87,76 @@ def test_up_smoke_on_the_embedded_defaults(home: Path) -> None:
     assert "opencdms-smoke logged in over HTTP" in out
     assert re.search(r"archive_refresh ran through the API in [0-9.]+ s", out)
     assert "the event service's status answers at /services/events/" in out
-    # Started again, the data is kept and nothing is loaded twice.
-    again = opencdms(tmp_path, "up", "--smoke", env=ports)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "demo data:" not in again.stdout
+    # Started again (running, as `make demo`), the data is kept and nothing is loaded twice; the
+    # administrator's server is started; Ctrl-C stops everything: no process of ours is left.
+    password = re.search(r"^admin\s+user admin, password (\S+)", out, re.MULTILINE).group(1)  # type: ignore[union-attr]
+    again = _up_until_ctrl_c(tmp_path, ports, hub, password)
+    assert "demo data:" not in again
+    assert _our_processes(tmp_path) == []
     # The products a climate section asks for, from the archive that `up` exported.
     for command in (("product", "monthly", "1991"), ("product", "normals", "1991-2020"),
                     ("product", "indices", "1991"), ("product", "climat", "0-20000-0-60001", "1991-07")):
         made = opencdms(tmp_path, *command)
         assert made.returncode == 0, f"{command}: {made.stdout}{made.stderr}"
         assert "written to" in made.stdout, made.stdout
+
+
+def _up_until_ctrl_c(home: Path, ports: dict[str, str], hub_port: int, admin_password: str) -> str:
+    """`opencdms up` in a process group of its own, as a terminal runs it; once it runs, the
+    administrator logs in over HTTP and starts their server; then Ctrl-C (SIGINT to the group).
+    Returns what it printed."""
+    from opencdms_kernel.hub import HubSession
+
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("OPENCDMS_")}
+    environment.update({"OPENCDMS_HOME": str(home), "COLUMNS": "200"}, **ports)
+    process = subprocess.Popen([sys.executable, "-m", "opencdms_kernel.cli", "up"], stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env=environment, start_new_session=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(iter(process.stdout.readline, "")), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    try:
+        deadline = time.monotonic() + 240
+        while not any("press Ctrl-C" in line for line in lines):
+            assert process.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.5)
+        session = HubSession(f"http://127.0.0.1:{hub_port}/")
+        session.login("admin", admin_password)
+        session.get("hub/spawn")  # as the "Start My Server" button does
+        while not any(b"JUPYTERHUB_USER=admin" in _environ(pid) for pid in _our_processes(home)):
+            assert time.monotonic() < deadline, "the administrator's server did not start"
+            time.sleep(0.5)
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=120)
+        reader.join(timeout=10)
+    assert process.returncode == 0, "".join(lines)
+    return "".join(lines)
+
+
+def _environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""
+
+
+def _our_processes(home: Path) -> list[int]:
+    """Live processes of the installation in ``home``: its settings in their environment (the hub,
+    the proxy, the services, the users' servers and kernels) or its folder on their command line
+    (the embedded PostgreSQL)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state != "Z" and (f"OPENCDMS_HOME={home}".encode() in _environ(int(entry.name)).split(b"\0")
+                             or str(home).encode() in command):
+            found.append(int(entry.name))
+    return found
 
 
 def test_bad_setting_stops_at_start_with_the_variable_named(tmp_path: Path) -> None:

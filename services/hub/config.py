@@ -206,6 +206,14 @@ def services(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, A
         if "events" not in _installed_commands():
             log.warning("`opencdms events` is not installed: the event service is left out")
         else:
+            if settings.broker_url is None:
+                # The embedded default: the broker is a service too (restarted if it dies; the
+                # event service reconnects, and its sweep finds what arrived meanwhile).
+                found.append({
+                    "name": "broker",
+                    "command": _sigint_default([_bin("opencdms"), "events", "broker"]),
+                    "environment": _service_environment(settings, database_url=None),
+                })
             token = secrets.token_hex(32)
             found.append({
                 "name": "events",
@@ -216,7 +224,9 @@ def services(settings: Settings) -> tuple[list[dict[str, Any]], list[dict[str, A
                 # "interaction with the data occurs via the API": no database credentials.
                 "environment": _service_environment(settings, database_url=None) | {
                     "OPENCDMS_EVENTS_STATUS_PREFIX": "/services/events",
-                    "OPENCDMS_EVENTS_API_URL": f"http://127.0.0.1:{settings.hub_port}/services/api",
+                    # The API's own address, not the proxy's: the proxy has no route to the API
+                    # until the hub has started every service (it answers 404 until then).
+                    "OPENCDMS_EVENTS_API_URL": f"http://127.0.0.1:{settings.api_port}/services/api",
                     "OPENCDMS_EVENTS_API_TOKEN": token,
                 },
                 "oauth_no_confirm": True,

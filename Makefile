@@ -66,10 +66,13 @@ test: $(STAMP) $(API_VENDOR) $(HUB_PROXY_VENDOR) chromium
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
 
 ## Speed against same-run baselines; prints ratios and medians.
-bench: $(STAMP) $(API_VENDOR)
+bench: $(STAMP) $(API_VENDOR) $(HUB_PROXY_VENDOR) chromium
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/qc_products.py
 	$(BIN)/python bench/notebooks.py
+	$(BIN)/python bench/api.py
+	$(BIN)/python bench/events.py
+	$(BIN)/python bench/hub.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

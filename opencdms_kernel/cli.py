@@ -6,6 +6,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -721,7 +722,9 @@ def up(
     from opencdms_kernel.archive import export_archive
     from opencdms_kernel.db import migrate
     from opencdms_kernel.demo import DemoSpec
-    from opencdms_kernel.demo.load import demo_folder, demo_pipeline, load_demo, loaded_demo
+    from opencdms_kernel.demo.load import (
+        deliver_aws_files, demo_folder, demo_pipeline, demo_processing, load_demo, loaded_demo,
+    )
     from opencdms_kernel.health import check_parts, observation_count
     from opencdms_kernel.hub import running_hub, smoke_check
 
@@ -755,16 +758,25 @@ def up(
             f"exported in {exported.seconds:.1f} s"
         )
         demo = loaded_demo(settings)  # the network loaded earlier, whatever this start's options say
+        # With the event service and the workers behind the hub, the delivered AWS files are theirs
+        # to ingest (and QC), as any station's file would be; without them, `up` runs the pipeline.
+        through_events = demo is not None and {"events", "worker"} <= set(settings.hub_services)
+        jobs: list[Job] = []
+        delivered: list[str] = []
         if demo is None:
             console.print("notebook pipeline: skipped (this datastore holds no demo network)")
-            jobs = []
+        elif through_events:
+            delivered, _ = deliver_aws_files(bucket, demo[0])
+            console.print(f"demo data: {len(delivered)} AWS files delivered to incoming/aws/ for the event service")
         else:
-            dataset, loaded_spec = demo
-            jobs = _run_pipeline(settings, datastore, bucket, demo_pipeline(dataset, bucket, loaded_spec))
+            jobs = _run_pipeline(settings, datastore, bucket, demo_pipeline(demo[0], bucket, demo[1]))
         checks = check_parts(settings, datastore, bucket)
         # The hub gives each user a database login of their own: it gets the running datastore's
         # administrative URL (the embedded superuser, or database_url), never the users' servers.
         with running_hub(settings, database_url=datastore.url.render_as_string(hide_password=False)) as hub:
+            if through_events and demo is not None:
+                _follow_delivered(datastore, delivered)
+                jobs = _run_pipeline(settings, datastore, bucket, demo_processing(demo[1]), queued=True)
             table = Table("part", "status", "detail")
             for check in checks:
                 table.add_row(check.part, "[green]ok[/green]" if check.ok else "[red]FAILED[/red]", check.detail)
@@ -817,11 +829,45 @@ def _background_worker(settings: Settings, datastore: Datastore, bucket: Bucket)
         thread.join()
 
 
+def _follow_delivered(datastore: Datastore, keys: list[str], timeout: float = 600.0) -> None:
+    """Wait, with a progress bar, until the event service has ingested the delivered ``keys``
+    (their ledger entries loaded, or skipped as known); exit 1 when one fails or time runs out."""
+    from opencdms_kernel.demo.load import delivered_outcomes
+
+    done = {IngestStatus.LOADED.value, IngestStatus.SKIPPED.value}
+    deadline = time.monotonic() + timeout
+    with _progress() as progress:
+        task = progress.add_task("demo data: the event service ingesting incoming/aws/", total=len(keys))
+        while True:
+            outcomes = delivered_outcomes(datastore, keys)
+            progress.update(task, completed=sum(status in done for status in outcomes.values()))
+            failed = {key: status for key, status in outcomes.items() if status == IngestStatus.FAILED.value}
+            if failed:
+                console.print(f"[red]the event service's ingest failed for {', '.join(failed)}: "
+                              "`opencdms ingest ledger` and `opencdms events status` say why[/red]")
+                raise typer.Exit(1)
+            if all(status in done for status in outcomes.values()):
+                return
+            if time.monotonic() > deadline:
+                console.print(f"[red]the event service did not ingest {len(keys)} delivered files within "
+                              f"{timeout:.0f} s: see `opencdms events status` and the hub's log[/red]")
+                raise typer.Exit(1)
+            time.sleep(0.5)
+
+
 def _run_pipeline(
-    settings: Settings, datastore: Datastore, bucket: Bucket, runs: list[tuple[str, dict[str, object]]]
+    settings: Settings, datastore: Datastore, bucket: Bucket, runs: list[tuple[str, dict[str, object]]],
+    *, queued: bool = False, timeout: float = 600.0,
 ) -> list[Job]:
-    """Run the notebooks of ``runs`` in order through the registry; stop at the first failure."""
-    from opencdms_kernel.notebooks import JobStatus, run_notebook
+    """Run the notebooks of ``runs`` in order through the registry (in this process, or
+    ``queued`` for the worker service); stop at the first failure."""
+    from opencdms_kernel.notebooks import JobStatus, run_notebook, submit_job, wait_for_job
+
+    def run(name: str, parameters: dict[str, object]) -> Job:
+        if not queued:
+            return run_notebook(name, parameters, settings=settings, datastore=datastore, bucket=bucket, trigger="demo")
+        job = submit_job(datastore, _registry(settings, None), name, parameters, trigger="demo", user=settings.user)
+        return wait_for_job(datastore, job.id, timeout)
 
     table = Table("notebook", "parameters", "status", "seconds", "outputs", title="notebook pipeline")
     jobs = []
@@ -829,7 +875,7 @@ def _run_pipeline(
         task = progress.add_task("pipeline", total=len(runs))
         for name, parameters in runs:
             progress.update(task, description=f"pipeline: {name}")
-            job = run_notebook(name, parameters, settings=settings, datastore=datastore, bucket=bucket, trigger="demo")
+            job = run(name, parameters)
             jobs.append(job)
             progress.advance(task)
             seconds = (job.finished_at - job.started_at).total_seconds() if job.finished_at and job.started_at else 0.0

@@ -65,9 +65,11 @@ def test_up_smoke_on_the_embedded_defaults(home: Path) -> None:
         assert part in out
     assert "FAILED" not in out
     assert (tmp_path / "var" / "bucket" / "archive" / "observations").is_dir()
-    # The demo pipeline ran through the notebook registry: each AWS file delivered to incoming/
-    # ingested by its own job, then QC, archive and the network's report of the last month.
-    for notebook in ("ingest_file", "qc_run", "archive_refresh", "monthly_report"):
+    # The demo's AWS files, delivered to incoming/, were ingested by the event service (a job each,
+    # through the API, run by the worker service); then QC, archive and the network's report of
+    # the last month ran as queued jobs.
+    assert "3 AWS files delivered to incoming/aws/ for the event service" in out
+    for notebook in ("qc_run", "archive_refresh", "monthly_report"):
         assert notebook in out
     report = tmp_path / "var" / "bucket" / "reports" / "monthly" / "network" / "1992-12.html"
     assert report.is_file() and "<img" in report.read_text()
@@ -91,7 +93,8 @@ def test_up_smoke_on_the_embedded_defaults(home: Path) -> None:
     # administrator's server is started; Ctrl-C stops everything: no process of ours is left.
     password = re.search(r"^admin\s+user admin, password (\S+)", out, re.MULTILINE).group(1)  # type: ignore[union-attr]
     again = _up_until_ctrl_c(tmp_path, ports, hub, password)
-    assert "demo data:" not in again
+    assert not re.search(r"demo data: [0-9,]+ observations", again)
+    assert re.search(r"the event service ingesting incoming/aws/ .* 3/3", again)  # already in the ledger
     assert _our_processes(tmp_path) == []
     # The products a climate section asks for, from the archive that `up` exported.
     for command in (("product", "monthly", "1991"), ("product", "normals", "1991-2020"),

@@ -6,7 +6,8 @@ its stations, writes the gridded analysis to the bucket and ingests the daily fi
 hourly AWS files, unless they are left to the pipeline).  :func:`demo_pipeline` delivers the
 hourly files to ``incoming/aws/`` as a station would, and lists the notebook runs that ingest
 them, run QC, refresh the archive and write a monthly report; the caller runs them through the
-notebook registry as recorded jobs.
+notebook registry as recorded jobs — or, with the event service running, leaves the delivered
+files to it (:func:`delivered_outcomes` follows them) and runs only :func:`demo_processing`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,11 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+import sqlalchemy as sa
+
 from opencdms_kernel.bucket import Bucket
 from opencdms_kernel.db.engine import Datastore
+from opencdms_kernel.db.schema import ingest_ledger
 from opencdms_kernel.demo.dataset import DemoDataset, generate_demo_data, read_demo_dataset
 from opencdms_kernel.demo.gridded import write_gridded_analysis
 from opencdms_kernel.demo.network import DemoSpec
@@ -96,14 +100,29 @@ def demo_pipeline(dataset: DemoDataset, bucket: Bucket, spec: DemoSpec) -> list[
     network.
     """
     keys, mapping_key = deliver_aws_files(bucket, dataset)
-    last_year = spec.start_year + spec.years - 1
-    last_month = f"{last_year}-12"
     runs: list[tuple[str, dict[str, object]]] = [
         ("ingest_file", {"object_key": key, "mapping_key": mapping_key}) for key in keys
     ]
-    runs += [
-        ("qc_run", {"start": f"{last_year}-01-01", "end": f"{last_year}-12-31"}),
-        ("archive_refresh", {}),
-        ("monthly_report", {"month": last_month}),
-    ]
-    return runs
+    return runs + demo_processing(spec)
+
+
+def demo_processing(spec: DemoSpec) -> list[tuple[str, dict[str, object]]]:
+    """The runs once the data is in: QC of the last year, the archive refreshed, the network's
+    report of the last month."""
+    last_year = spec.start_year + spec.years - 1
+    return [("qc_run", {"start": f"{last_year}-01-01", "end": f"{last_year}-12-31"}),
+            ("archive_refresh", {}), ("monthly_report", {"month": f"{last_year}-12"})]
+
+
+def delivered_outcomes(datastore: Datastore, keys: list[str]) -> dict[str, str | None]:
+    """The latest ingest ledger status of each delivered object (None: not ingested yet) — how
+    `opencdms up` follows the event service ingesting the files it delivered."""
+    with datastore.engine.connect() as connection:
+        rows = connection.execute(
+            sa.select(ingest_ledger.c.object_key, ingest_ledger.c.status)
+            .where(ingest_ledger.c.object_key.in_(keys))
+            .order_by(ingest_ledger.c.object_key, ingest_ledger.c.id.desc())
+            .distinct(ingest_ledger.c.object_key)
+        ).all()
+    found = {row.object_key: row.status for row in rows}
+    return {key: found.get(key) for key in keys}

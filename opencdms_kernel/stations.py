@@ -83,9 +83,17 @@ def parse_stations(file: str, text: str) -> list[Station]:
     return stations
 
 
-def import_stations(datastore: Datastore, path: Path) -> int:
+def import_stations(datastore: Datastore, path: Path, *, user: str | None = None, reason: str | None = None) -> int:
     """Insert or update the stations of a CSV file (by WIGOS id), all or none; returns the count."""
-    stations = parse_stations(str(path), path.read_text(encoding="utf-8-sig"))
+    return import_station_text(datastore, str(path), path.read_text(encoding="utf-8-sig"), user=user, reason=reason)
+
+
+def import_station_text(datastore: Datastore, file: str, text: str, *, user: str | None = None,
+                        reason: str | None = None) -> int:
+    """:func:`import_stations` for a CSV already read (an upload); ``file`` names it in errors.
+    ``user`` (and ``reason``) name the writer in the stations' history; without them the
+    history names the database login."""
+    stations = parse_stations(file, text)
     if not stations:
         return 0
     statement = insert(station)
@@ -97,6 +105,8 @@ def import_stations(datastore: Datastore, path: Path) -> int:
         where=sa.or_(*(station.c[name].is_distinct_from(statement.excluded[name]) for name in changeable)),
     )
     with datastore.engine.begin() as connection:
+        if user is not None:
+            _identify_writer(connection, user, reason or f"stations imported from {file}")
         connection.execute(upsert, [item.model_dump() for item in stations])
     return len(stations)
 
@@ -131,8 +141,8 @@ def _wis2box_row(row: sa.Row) -> list[object]:
 # The writes of OGC API - Features Part 4 (services/api): create, replace, update, close.  Each is
 # one transaction that names its writer for the audit (identify_writer: ``opencdms.user`` and
 # ``opencdms.reason``, as every other writer does) and stamps ``changed_at``; nothing is deleted.
-# The ``station`` table has no history trigger yet (observation_history is the only audit
-# table): until a migration adds one, the writer's name reaches no table.
+# The row before each change goes to ``station_history`` (migration 0008) with that writer and
+# reason; the administration app (opencdms_kernel/admin/stations.py) writes through these too.
 
 STATION_STATUS_CLOSED = "closed"
 

@@ -528,3 +528,61 @@ def current_thresholds(datastore: Datastore, test: QcTest | None = None) -> list
     with datastore.engine.connect() as connection:
         rows = connection.execute(sa.text(sql), {"test": test.value if test else None}).mappings().all()
     return [dict(row) for row in rows]
+
+
+def current_relations(datastore: Datastore) -> list[dict[str, object]]:
+    """The relation rows in force (newest active version of every relation), with codes."""
+    sql = """
+        SELECT t.id, t.version, l.code AS left, t.operator, r.code AS right, t.right_value, t.tolerance,
+               t.severity, t.method, t.reason, t.created_at, t.created_by
+        FROM (SELECT DISTINCT ON (left_element_id, operator, right_element_id, right_value) q.*
+              FROM qc_relation AS q
+              ORDER BY left_element_id, operator, right_element_id, right_value, version DESC) AS t
+        JOIN element AS l ON l.id = t.left_element_id
+        LEFT JOIN element AS r ON r.id = t.right_element_id
+        WHERE t.active
+        ORDER BY l.code, t.operator, r.code NULLS LAST, t.right_value
+    """
+    with datastore.engine.connect() as connection:
+        return [dict(row) for row in connection.execute(sa.text(sql)).mappings().all()]
+
+
+def threshold_versions(datastore: Datastore, test: QcTest | str, element: str, station: str | None = None,
+                       month: int | None = None, duration_seconds: int | None = None) -> list[dict[str, object]]:
+    """Every version of one threshold scope, newest first: the values, whether it was active,
+    and who wrote it, when and why (rows are never changed, so this is the rule's whole story)."""
+    sql = """
+        SELECT q.id, q.version, q.active, q.test, e.code AS element, s.wigos_id AS station, q.month,
+               q.duration_seconds, q.severity, q.low, q.high, q.max_change, q.max_gap_seconds, q.max_run,
+               q.min_spread, q.exclude_value, q.radius_km, q.min_neighbours, q.max_z, q.resolution,
+               q.min_difference, q.history_values, q.method, q.reason, q.created_at, q.created_by
+        FROM qc_threshold AS q
+        JOIN element AS e ON e.id = q.element_id
+        LEFT JOIN station AS s ON s.id = q.station_id
+        WHERE q.test = :test AND e.code = :element AND s.wigos_id IS NOT DISTINCT FROM CAST(:station AS text)
+          AND q.month IS NOT DISTINCT FROM CAST(:month AS smallint)
+          AND q.duration_seconds IS NOT DISTINCT FROM CAST(:duration AS integer)
+        ORDER BY q.version DESC
+    """
+    parameters = {"test": QcTest(test).value, "element": element, "station": station, "month": month,
+                  "duration": duration_seconds}
+    with datastore.engine.connect() as connection:
+        return [dict(row) for row in connection.execute(sa.text(sql), parameters).mappings().all()]
+
+
+def relation_versions(datastore: Datastore, left: str, operator: str, right: str | None = None,
+                      right_value: float | None = None) -> list[dict[str, object]]:
+    """Every version of one relation, newest first, with who wrote it, when and why."""
+    sql = """
+        SELECT q.id, q.version, q.active, l.code AS left, q.operator, r.code AS right, q.right_value,
+               q.tolerance, q.severity, q.method, q.reason, q.created_at, q.created_by
+        FROM qc_relation AS q
+        JOIN element AS l ON l.id = q.left_element_id
+        LEFT JOIN element AS r ON r.id = q.right_element_id
+        WHERE l.code = :left AND q.operator = :operator AND r.code IS NOT DISTINCT FROM CAST(:right AS text)
+          AND q.right_value IS NOT DISTINCT FROM CAST(:right_value AS float8)
+        ORDER BY q.version DESC
+    """
+    parameters = {"left": left, "operator": operator, "right": right, "right_value": right_value}
+    with datastore.engine.connect() as connection:
+        return [dict(row) for row in connection.execute(sa.text(sql), parameters).mappings().all()]

@@ -46,6 +46,8 @@ from opencdms_kernel.hub import (
     proxy_token_file,
 )
 from opencdms_kernel.settings import Settings, shipped_folder
+# The role rules (groups, precedence, a user's role) are the kernel's, shared with the admin app.
+from opencdms_kernel.hub_users import MANAGE_SCOPES, ROLE_PRECEDENCE, group_name, hub_role_of  # noqa: F401
 
 log = logging.getLogger("opencdms.hub")
 
@@ -71,33 +73,15 @@ ROLE_SCOPES: dict[HubRole, list[str]] = {
                           "custom:opencdms:jobs", "custom:opencdms:qc-decide"],
     HubRole.CLERK: [API_ACCESS, "custom:opencdms:read", "custom:opencdms:keying"],
 }
-# When a user is in several groups, the first of these decides their database role and landing.
-ROLE_PRECEDENCE = (HubRole.ADMIN, HubRole.QC_REVIEWER, HubRole.SCIENTIST, HubRole.CLERK)
-
 # Lockout: this many failed logins in a row block the name for SECONDS_LOCKED.
 FAILED_LOGINS_ALLOWED = 3
 SECONDS_LOCKED = 600
 MINIMUM_PASSWORD_LENGTH = 12
 
 
-def group_name(role: HubRole) -> str:
-    """The hub group whose members have hub role ``role`` (the role's own name)."""
-    return role.value
-
-
 def role_name(role: HubRole) -> str:
     """The JupyterHub role given to that group."""
     return f"opencdms-{role.value}"
-
-
-def hub_role_of(group_names: set[str], is_admin: bool) -> HubRole | None:
-    """The hub role of a user in ``group_names`` (None: no role yet, no server)."""
-    if is_admin:
-        return HubRole.ADMIN
-    for role in ROLE_PRECEDENCE:
-        if group_name(role) in group_names:
-            return role
-    return None
 
 
 def _bin(name: str) -> str:
@@ -423,6 +407,10 @@ def configure(c: Any, settings: Settings) -> None:
     c.Spawner.start_timeout = 60
     c.Spawner.http_timeout = 60
     c.Spawner.pre_spawn_hook = make_pre_spawn_hook(settings)
+    # A server's own token (JUPYTERHUB_API_TOKEN): JupyterHub's default (activity, access to the
+    # server) plus managing users and role groups, which JupyterHub grants only to those who hold
+    # these scopes — administrators — so the admin app in an administrator's server can change roles.
+    c.Spawner.server_token_scopes = ["users:activity!user", "access:servers!server", *MANAGE_SCOPES]
 
     # ---- the site's own additions (OIDC/LDAP details, spawner options), last
     if settings.hub_extra_config is not None:

@@ -175,6 +175,11 @@ class Settings(BaseSettings):
     hub_role: HubRole | None = Field(
         default=None, description="The user's workbench role (the hub sets it in each user's server).",
     )
+    apps_map_tile_url: str | None = Field(
+        default=None, pattern=r"^https?://\S+$",
+        description="Map tiles under the explorer's station map, e.g. https://tiles.example/{Z}/{X}/{Y}.png. "
+        "Empty: no tiles (stations on longitude/latitude axes; nothing is fetched from elsewhere).",
+    )
     hub_extra_config: Path | None = Field(
         default=None,
         description="A site's JupyterHub config file loaded after ours (OIDC or LDAP details, spawner options).",

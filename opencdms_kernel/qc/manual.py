@@ -5,7 +5,8 @@ correction the original value); the automatic entries stay beside it, and re-QC 
 it — the derived status follows it (accept, correct: passed; reject: failed).  The update goes
 through the observation triggers, so ``observation_history`` keeps the previous row with who
 (``superseded_by``), when (``superseded_at``) and why (``reason``); a correction's old value is
-there too.  QC itself never changes a value: only a person's correction does.
+there too.  QC itself never changes a value: only a person's correction does.  :func:`decide_many` records
+one decision on several values in one transaction (all or none), each audited the same way.
 
 A decision records the source value it was made on (``source_value``).  A later ingest never
 overrides the decision: when the source delivers another value, the ingest keeps it beside the
@@ -19,6 +20,7 @@ import json
 import math
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Sequence
 
 import sqlalchemy as sa
 
@@ -84,8 +86,11 @@ _DECIDE_SQL = sa.text(
 )
 
 
-def _check(decision: Decision | str, reason: str, user: str, corrected_value: float | None,
-           key: ObservationKey) -> Decision:
+def check_decision(decision: Decision | str, reason: str, user: str,
+                   corrected_value: float | None = None) -> Decision:
+    """The decision, if it can be recorded as given (a reason, who, a value only for a
+    correction); else :class:`QcParameterError` naming the parameter.  Apps call it before
+    asking a person to confirm; :func:`decide` and :func:`decide_many` call it again."""
     try:
         chosen = Decision(str(decision).strip().lower())
     except ValueError:
@@ -101,8 +106,14 @@ def _check(decision: Decision | str, reason: str, user: str, corrected_value: fl
             raise QcParameterError("corrected_value", "a correction needs the corrected value (a finite number)")
     elif corrected_value is not None:
         raise QcParameterError("corrected_value", f"only a correction takes a value, not {chosen.value}")
+    return chosen
+
+
+def _check(decision: Decision | str, reason: str, user: str, corrected_value: float | None,
+           key: ObservationKey, parameter: str = "key") -> Decision:
+    chosen = check_decision(decision, reason, user, corrected_value)
     if key.phenomenon_time.tzinfo is None:
-        raise QcParameterError("key.phenomenon_time", "give the time with its time zone (e.g. UTC)")
+        raise QcParameterError(f"{parameter}.phenomenon_time", "give the time with its time zone (e.g. UTC)")
     return chosen
 
 
@@ -121,64 +132,91 @@ def decide(
     """
     chosen = _check(decision, reason, user, corrected_value, key)
     with datastore.engine.begin() as connection:
-        identify_writer(connection, user.strip(), f"manual QC ({chosen.value}): {reason.strip()}")
-        station_id = connection.execute(
-            sa.text("SELECT id FROM station WHERE wigos_id = :w"), {"w": key.station}).scalar_one_or_none()
-        if station_id is None:
-            raise UnknownQcReferenceError("key.station", "station", (key.station,))
-        element = connection.execute(
-            sa.text("SELECT id, code, units, valid_min, valid_max FROM element WHERE code = :c"),
-            {"c": key.element}).one_or_none()
-        if element is None:
-            raise UnknownQcReferenceError("key.element", "element", (key.element,))
-        source_id = None
-        if key.source is not None:
-            source_id = connection.execute(
-                sa.text("SELECT id FROM source WHERE name = :n"), {"n": key.source}).scalar_one_or_none()
-            if source_id is None:
-                raise UnknownQcReferenceError("key.source", "source", (key.source,))
-        if chosen is Decision.CORRECT and not (
-            (element.valid_min is None or corrected_value >= element.valid_min)
-            and (element.valid_max is None or corrected_value <= element.valid_max)
-        ):
-            raise QcParameterError(
-                "corrected_value",
-                f"{corrected_value} {element.units} is outside the physical range of {element.code} "
-                f"({element.valid_min}..{element.valid_max} {element.units})",
-            )
-        where = {
-            "station_id": station_id, "element_id": element.id, "phenomenon_time": key.phenomenon_time,
-            "duration_seconds": key.duration_seconds, "level": key.level, "source_id": source_id,
-        }
-        found = connection.execute(_FIND_SQL, where).all()
-        if not found:
-            raise ObservationNotFoundError(
-                f"no observation of {key.element} at station {key.station} at "
-                f"{key.phenomenon_time.isoformat()} (duration {key.duration_seconds} s, level {key.level}"
-                + (f", source {key.source})" if key.source else ")")
-            )
-        if len(found) > 1:
-            names = ", ".join(row.source for row in found)
-            raise QcParameterError("key.source", f"several sources have this value ({names}); name one")
-        row = found[0]
-        previous = row.manual or {}
-        changed = previous.get("source_changed")
-        # The value this decision is made on: a newly delivered source value, if there is one.
-        current = changed["value"] if changed else row.value
-        if current is None and chosen is not Decision.CORRECT:
-            raise QcParameterError("decision", f"the value is missing; it can be corrected, not {chosen.value}ed")
-        source = changed["value"] if changed else previous.get(
-            "source_value", previous.get("original_value", row.value))
-        entry: dict[str, object] = {"decision": chosen.value, "reason": reason.strip(), "by": user.strip(),
-                                    "source_value": source}
-        if "original_value" in previous and not changed:
-            entry["original_value"] = previous["original_value"]
-        elif chosen is Decision.CORRECT:
-            entry["original_value"] = current
-        new_value = corrected_value if chosen is Decision.CORRECT else current
-        result = connection.execute(_DECIDE_SQL, {
-            **where, "source_id": row.source_id, "value": new_value, "entry": json.dumps(entry),
-        }).one()
+        return _decide_in(connection, key, chosen, reason, user, corrected_value)
+
+
+def decide_many(
+    datastore: Datastore,
+    keys: Sequence[ObservationKey],
+    decision: Decision | str,
+    reason: str,
+    user: str,
+    corrected_value: float | None = None,
+) -> list[DecisionResult]:
+    """The same decision, with one reason, on every observation of ``keys``, in one
+    transaction: all are recorded (each audited as :func:`decide` does) or none is."""
+    if not keys:
+        raise QcParameterError("keys", "choose at least one value to decide on")
+    if len(set(keys)) != len(keys):
+        raise QcParameterError("keys", "the same value is chosen twice")
+    chosen = check_decision(decision, reason, user, corrected_value)
+    for index, key in enumerate(keys):
+        _check(chosen, reason, user, corrected_value, key, f"keys[{index}]")
+    with datastore.engine.begin() as connection:
+        return [_decide_in(connection, key, chosen, reason, user, corrected_value) for key in keys]
+
+
+def _decide_in(connection: sa.Connection, key: ObservationKey, chosen: Decision, reason: str, user: str,
+               corrected_value: float | None) -> DecisionResult:
+    """One decision in the caller's transaction."""
+    identify_writer(connection, user.strip(), f"manual QC ({chosen.value}): {reason.strip()}")
+    station_id = connection.execute(
+        sa.text("SELECT id FROM station WHERE wigos_id = :w"), {"w": key.station}).scalar_one_or_none()
+    if station_id is None:
+        raise UnknownQcReferenceError("key.station", "station", (key.station,))
+    element = connection.execute(
+        sa.text("SELECT id, code, units, valid_min, valid_max FROM element WHERE code = :c"),
+        {"c": key.element}).one_or_none()
+    if element is None:
+        raise UnknownQcReferenceError("key.element", "element", (key.element,))
+    source_id = None
+    if key.source is not None:
+        source_id = connection.execute(
+            sa.text("SELECT id FROM source WHERE name = :n"), {"n": key.source}).scalar_one_or_none()
+        if source_id is None:
+            raise UnknownQcReferenceError("key.source", "source", (key.source,))
+    if chosen is Decision.CORRECT and not (
+        (element.valid_min is None or corrected_value >= element.valid_min)
+        and (element.valid_max is None or corrected_value <= element.valid_max)
+    ):
+        raise QcParameterError(
+            "corrected_value",
+            f"{corrected_value} {element.units} is outside the physical range of {element.code} "
+            f"({element.valid_min}..{element.valid_max} {element.units})",
+        )
+    where = {
+        "station_id": station_id, "element_id": element.id, "phenomenon_time": key.phenomenon_time,
+        "duration_seconds": key.duration_seconds, "level": key.level, "source_id": source_id,
+    }
+    found = connection.execute(_FIND_SQL, where).all()
+    if not found:
+        raise ObservationNotFoundError(
+            f"no observation of {key.element} at station {key.station} at "
+            f"{key.phenomenon_time.isoformat()} (duration {key.duration_seconds} s, level {key.level}"
+            + (f", source {key.source})" if key.source else ")")
+        )
+    if len(found) > 1:
+        names = ", ".join(row.source for row in found)
+        raise QcParameterError("key.source", f"several sources have this value ({names}); name one")
+    row = found[0]
+    previous = row.manual or {}
+    changed = previous.get("source_changed")
+    # The value this decision is made on: a newly delivered source value, if there is one.
+    current = changed["value"] if changed else row.value
+    if current is None and chosen is not Decision.CORRECT:
+        raise QcParameterError("decision", f"the value is missing; it can be corrected, not {chosen.value}ed")
+    source = changed["value"] if changed else previous.get(
+        "source_value", previous.get("original_value", row.value))
+    entry: dict[str, object] = {"decision": chosen.value, "reason": reason.strip(), "by": user.strip(),
+                                "source_value": source}
+    if "original_value" in previous and not changed:
+        entry["original_value"] = previous["original_value"]
+    elif chosen is Decision.CORRECT:
+        entry["original_value"] = current
+    new_value = corrected_value if chosen is Decision.CORRECT else current
+    result = connection.execute(_DECIDE_SQL, {
+        **where, "source_id": row.source_id, "value": new_value, "entry": json.dumps(entry),
+    }).one()
     return DecisionResult(
         key=key,
         decision=chosen,

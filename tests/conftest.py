@@ -193,3 +193,31 @@ def s3_settings(tmp_path: Path, database_url: str, s3_endpoint: str, monkeypatch
         s3_secret_access_key="testing",
         s3_region="us-east-1",
     )
+
+
+# --------------------------------------------------------------------------- browser
+
+
+@pytest.fixture(scope="session")
+def chromium() -> Iterator[object]:
+    """Debian's chromium (Playwright, headless), one per test process; missing: skip, in CI: fail."""
+    from support.browser import browser
+
+    yield from browser()
+
+
+@pytest.fixture
+def page(chromium: object) -> Iterator[object]:
+    """A fresh browser context's page (1400×1000; downloads accepted), closed after the test."""
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)  # type: ignore[attr-defined]
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
+def shots(request: pytest.FixtureRequest) -> object:
+    """Numbered screenshots of the test's pages (artefacts: support.browser.artifact_folder)."""
+    from support.browser import Shots
+
+    return Shots(request)
+

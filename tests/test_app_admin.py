@@ -23,7 +23,7 @@ from opencdms_kernel.settings import Settings
 from opencdms_kernel.stations import get_station
 from opencdms_kernel.vocabulary import HubRole
 from support.apps import RunningApp, record_requests, serve_panel
-from support.browser import Shots, browser
+from support.browser import Shots
 from support.hub import RunningTestHub, started_hub
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -87,22 +87,6 @@ def servers(settings: Settings, home: Path) -> Iterator[Servers]:
             if clerk_start.exception() is None:  # waits for the start to end either way
                 clerk_start.result().stop()
 
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
-    yield from browser()
-
-
-@pytest.fixture
-def shots(request: pytest.FixtureRequest) -> Shots:
-    return Shots(request)
-
-
-@pytest.fixture
-def page(chromium: object) -> Iterator[object]:
-    context = chromium.new_context(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
-    yield context.new_page()
-    context.close()
 
 
 def fill_station(page: object, **values: str) -> None:

@@ -1,6 +1,6 @@
 """The explorer in a real browser (Debian's chromium through Playwright), served standalone by
 ``panel serve`` on the embedded PostgreSQL with the explorer's seeded network
-(tests/test_explore.py ``build_network``: station Alpha with 30 years of daily values, three
+(tests/support/network.py ``build_network``: station Alpha with 30 years of daily values, three
 of them flagged).  Its plots are drawn for the demo station — map, series, climatology,
 anomalies, heat map: each Bokeh canvas exists and has been painted — the flagged values and
 the normal are shown beside them, another station redraws it, the selection downloads as CSV
@@ -21,8 +21,8 @@ from opencdms_kernel import explore
 from opencdms_kernel.catalog import close_catalog
 from opencdms_kernel.settings import Settings
 from support.apps import RunningApp, record_requests, serve_panel
-from support.browser import Shots, browser
-from test_explore import build_network
+from support.browser import Shots
+from support.network import build_network
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -61,22 +61,6 @@ def app(settings: Settings, home: Path) -> Iterator[RunningApp]:
     yield running
     running.stop()
 
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
-    yield from browser()
-
-
-@pytest.fixture
-def shots(request: pytest.FixtureRequest) -> Shots:
-    return Shots(request)
-
-
-@pytest.fixture
-def page(chromium: object) -> Iterator[object]:
-    context = chromium.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)  # type: ignore[attr-defined]
-    yield context.new_page()
-    context.close()
 
 
 def drawn(page: object, station_label: str) -> None:

@@ -1,6 +1,6 @@
 """The QC review app in a real browser (Debian's chromium through Playwright), served standalone
 by ``panel serve`` on the embedded PostgreSQL with the explorer's seeded network
-(tests/test_explore.py ``build_network``: four flagged values at station Alpha) and one value
+(tests/support/network.py ``build_network``: four flagged values at station Alpha) and one value
 whose source changed after a decision.  The reviewer rita opens a flagged value in context,
 is refused without a reason, rejects it with one; the explorer then shows it rejected.  A bulk
 decision waits for its confirmation (cancel writes nothing).  The "source changed" tab lists the
@@ -29,8 +29,8 @@ from opencdms_kernel.ingest import IngestRequest, IngestStatus, ingest
 from opencdms_kernel.qc.review import decide_items
 from opencdms_kernel.settings import Settings
 from support.apps import RunningApp, record_requests, serve_panel
-from support.browser import Shots, browser
-from test_explore import SPIKE_DAY, SWAP_DAY, build_network, key
+from support.browser import Shots
+from support.network import SPIKE_DAY, SWAP_DAY, build_network, key
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
@@ -90,22 +90,6 @@ def apps(settings: Settings, home: Path) -> Iterator[Apps]:
                 if start.exception() is None:
                     start.result().stop()
 
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
-    yield from browser()
-
-
-@pytest.fixture
-def shots(request: pytest.FixtureRequest) -> Shots:
-    return Shots(request)
-
-
-@pytest.fixture
-def page(chromium: object) -> Iterator[object]:
-    context = chromium.new_context(viewport={"width": 1500, "height": 1000})  # type: ignore[attr-defined]
-    yield context.new_page()
-    context.close()
 
 
 def row(page: object, *texts: str) -> object:

@@ -14,7 +14,7 @@ from typing import Iterator
 import pytest
 
 from conftest import PostgresServer, outside_pytest_tmp
-from support.browser import Shots, browser, run_in_kernel
+from support.browser import Shots, run_in_kernel
 from support.hub import RunningTestHub, started_hub
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -34,22 +34,6 @@ def hub(hub_database: str) -> Iterator[RunningTestHub]:
     with started_hub(home, database_url=hub_database) as running:
         yield running
 
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[object]:
-    yield from browser()
-
-
-@pytest.fixture
-def shots(request: pytest.FixtureRequest) -> Shots:
-    return Shots(request)
-
-
-@pytest.fixture
-def page(chromium: object) -> Iterator[object]:
-    context = chromium.new_context(viewport={"width": 1280, "height": 800})  # type: ignore[attr-defined]
-    yield context.new_page()
-    context.close()
 
 
 def log_in(page: object, hub: RunningTestHub, name: str, password: str) -> None:
@@ -158,10 +142,15 @@ def test_a_clerk_lands_in_data_entry_and_is_refused_elsewhere(hub: RunningTestHu
     clerk = hub.create_native_user("carla", "clerk")
     other = hub.create_user("sam", "scientist")
     log_in(page, hub, clerk.name, clerk.password)
-    # The data-entry app's address (the apps issue builds the app itself; until then the
-    # server answers there with its own "not found" page).
+    # The clerk's server opens the data-entry app (Voilà), acting for her.
     page.wait_for_url(f"**/user/carla{hub.settings.hub_clerk_url}**", timeout=90_000)
+    page.get_by_text("Keying as").wait_for(timeout=90_000)
+    assert "carla" in page.get_by_text("Keying as").inner_text()
     shots(page, "clerk-landing")
+    # The administration app, in her own server (Panel's preview), refuses her.
+    page.goto(f"{hub.url}user/carla/panel-preview/render/apps/admin.py")
+    page.get_by_text("is not an administrator").wait_for(timeout=90_000)
+    shots(page, "clerk-admin-app-refused")
 
     response = page.goto(f"{hub.url}hub/admin")
     assert response.status == 403

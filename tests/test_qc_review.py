@@ -1,5 +1,5 @@
 """The QC review's queries and decisions (opencdms_kernel/qc/review.py) on the explorer's seeded
-network (tests/test_explore.py ``build_network``), on both PostgreSQL setups: flagged values
+network (tests/support/network.py ``build_network``), on both PostgreSQL setups: flagged values
 with their tests and the exact rules that judged them, filters, a value in context (its
 series, the neighbours the spatial rule in force reaches, the station's normal), single and
 bulk decisions (a reason required, all or none, audited), and the values whose source changed
@@ -10,7 +10,6 @@ Tests that decide touch only their own values; the module's fixture builds the n
 
 from __future__ import annotations
 
-import shutil
 from datetime import date, datetime, timezone
 from typing import Iterator
 
@@ -19,8 +18,6 @@ import pytest
 import sqlalchemy as sa
 
 from api_support import STATION_A, STATION_B, STATION_C, STATION_FAR
-from conftest import PostgresServer, service_missing
-from opencdms_kernel.catalog import close_catalog
 from opencdms_kernel.ingest import IngestRequest, IngestStatus, ingest
 from opencdms_kernel.qc import (
     Decision,
@@ -35,28 +32,15 @@ from opencdms_kernel.qc import (
 )
 from opencdms_kernel.qc.manual import check_decision
 from opencdms_kernel.qc.review import decide_items, items_table, review_items, source_change_table, value_context
-from opencdms_kernel.settings import Settings
-from test_explore import DOUBT_DAY, SPIKE_DAY, SWAP_DAY, Network, build_network, key
+from support.network import DOUBT_DAY, SPIKE_DAY, SWAP_DAY, Network, key, network_on
 
 REVIEWER = "reviewer-quinn"
 
 
 @pytest.fixture(scope="module", params=["embedded", "external"])
 def network(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    server: PostgresServer | None = request.getfixturevalue(f"{request.param}_server")
-    if server is None:
-        service_missing("no external PostgreSQL for the QC review tests")
-    name = server.new_database()
-    home = tmp_path_factory.mktemp(f"review-{request.param}")
-    settings = Settings(home=home, database_url=server.url_of(name), bucket_url=f"file://{home / 'bucket'}")
-    built = build_network(settings)
-    try:
+    with network_on(request, request.param, tmp_path_factory.mktemp(f"review-{request.param}")) as built:
         yield built
-    finally:
-        close_catalog(built.catalog)
-        built.datastore.close()
-        server.drop(name)
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def history(network: Network, element: str, day: datetime, station: str = STATION_A) -> list[sa.Row]:

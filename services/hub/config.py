@@ -35,7 +35,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from opencdms_kernel.db.roles import HubRole
+import apps
 from opencdms_kernel.hub import (
     CONTROL_SERVICE,
     CONTROL_TOKEN_VARIABLE,
@@ -45,11 +45,14 @@ from opencdms_kernel.hub import (
     proxy_pid_file,
     proxy_token_file,
 )
-from opencdms_kernel.settings import Settings, shipped_folder
 # The role rules (groups, precedence, a user's role) are the kernel's, shared with the admin app.
 from opencdms_kernel.hub_users import MANAGE_SCOPES, ROLE_PRECEDENCE, group_name, hub_role_of  # noqa: F401
+from opencdms_kernel.settings import Settings, shipped_folder
+from opencdms_kernel.vocabulary import HubRole
 
 log = logging.getLogger("opencdms.hub")
+
+APPS_JUPYTER = Path(apps.__file__).resolve().parent / "jupyter"
 
 # The API's scopes (JupyterHub custom scopes: granted through roles, carried by tokens, checked
 # by the API service with jupyterhub.services.auth).
@@ -288,6 +291,9 @@ def make_pre_spawn_hook(settings: Settings):  # type: ignore[no-untyped-def]
         environment = dict(hub_environment)
         environment["OPENCDMS_USER"] = user.name
         environment["OPENCDMS_HUB_ROLE"] = role.value
+        # The apps' Jupyter files: Voilà's page template (no CDN, the data-entry grid's keys) and
+        # its settings (a preheated kernel), found before the environment's own.
+        environment["JUPYTER_PATH"] = environment["JUPYTER_CONFIG_PATH"] = str(APPS_JUPYTER)
         if os.environ.get(HUB_RUN_VARIABLE):
             environment[HUB_RUN_VARIABLE] = os.environ[HUB_RUN_VARIABLE]
         if settings.database_url is not None:

@@ -24,7 +24,6 @@ REST API (the control service's token): real tokens with the scopes of the user'
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import socket
 import time

@@ -73,6 +73,7 @@ bench: $(STAMP) $(API_VENDOR) $(HUB_PROXY_VENDOR) chromium
 	$(BIN)/python bench/api.py
 	$(BIN)/python bench/events.py
 	$(BIN)/python bench/hub.py
+	$(BIN)/python bench/apps.py
 
 clean:
 	rm -rf $(VENV) var .pytest_cache

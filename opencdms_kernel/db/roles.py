@@ -75,12 +75,21 @@ HUB_GROUP_SUFFIX: dict[HubRole, str] = {
 HUB_GRANTS: dict[HubRole, str] = {
     HubRole.ADMIN: "everything the app role may (a member of it): read all, insert and update data; no DDL",
     HubRole.SCIENTIST: "read every table; write nothing (writing is done by processes, through the API)",
-    HubRole.QC_REVIEWER: "read every table; update an observation's value, flags and comment (decisions)",
-    HubRole.CLERK: "read reference data (stations, elements, sources, QC rules); insert and update keyings",
+    HubRole.QC_REVIEWER: "read every table; update an observation's value, flags and comment (decisions); "
+                         "resolve differences between keyings",
+    HubRole.CLERK: "read reference data (stations, elements, sources, QC rules); insert and update keyings; "
+                   "commit a ready sheet through keying_commit (never observation itself)",
 }
 # The clerk's reference data, and the prefix of the keying tables (the data-entry app's).
 CLERK_READS = frozenset({"station", "element", "source", "qc_threshold", "qc_relation"})
 KEYING_TABLE = re.compile(r"^keying(_[a-z0-9_]+)?$")
+# Keying tables a clerk only reads: a supervisor's resolutions (qc-reviewers insert them) and
+# the log (written by its trigger as the owner; nobody else writes it, as for the histories).
+KEYING_SUPERVISED = frozenset({"keying_resolution"})
+KEYING_READ_ONLY = frozenset({"keying_log"})
+# Functions of the data-entry app run as the owner (migration 0009), each checking what it is
+# asked: committing a ready sheet as observations, reading what is stored for a sheet.
+KEYING_FUNCTIONS = ("keying_commit(bigint)", "keying_observations(bigint)")
 # The columns a QC decision changes (qc/manual.py); the stamp trigger sets version/changed_*.
 REVIEWER_UPDATES = ("value", "result_quality", "qc_status", "final_flag", "comment")
 # A hub user's login role: <prefix>_u<7 hex of the user name's SHA-256>, no longer than the
@@ -102,7 +111,7 @@ PREFIX_MAX = 63 - _LONGEST_SUFFIX
 # Tables the application role may only read: the history (written by the owner's audit
 # trigger), the record of the roles themselves, and alembic's revision.
 READ_ONLY_FOR_APP = frozenset({"observation_history", "station_history", "database_role", "alembic_version",
-                               "hub_database_user"})
+                               "hub_database_user", "keying_log"})
 
 # One upgrade of one database at a time creates roles and changes grants (advisory locks are
 # per database; concurrent GRANTs on one object fail with "tuple concurrently updated").
@@ -664,11 +673,14 @@ def _grant_hub_groups(connection: Connection, roles: InstallationRoles) -> None:
         "SELECT relname FROM pg_class WHERE relnamespace = 'public'::regnamespace "
         "AND relkind IN ('r', 'p', 'v') ORDER BY relname")).scalars())
     reads = [name for name in tables if name in CLERK_READS]
-    keyings = [name for name in tables if KEYING_TABLE.fullmatch(name)]
+    keying_reads = [name for name in tables if name in KEYING_SUPERVISED | KEYING_READ_ONLY]
+    keyings = [name for name in tables if KEYING_TABLE.fullmatch(name) and name not in keying_reads]
     clerk = ident[HubRole.CLERK]
+    reads += keying_reads
     if reads:
         raw.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(
             sql.SQL(", ").join(sql.Identifier("public", name) for name in reads), clerk))
+    _grant_keying_supervision(connection, roles, [name for name in tables if name in KEYING_SUPERVISED])
     if keyings:
         raw.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE ON {} TO {}").format(
             sql.SQL(", ").join(sql.Identifier("public", name) for name in keyings), clerk))
@@ -683,6 +695,24 @@ def _grant_hub_groups(connection: Connection, roles: InstallationRoles) -> None:
         if sequences:
             raw.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(
                 sql.SQL(", ").join(sql.Identifier("public", name) for name in sequences), clerk))
+
+
+def _grant_keying_supervision(connection: Connection, roles: InstallationRoles, supervised: list[str]) -> None:
+    """QC reviewers insert resolutions of keying differences; clerks, reviewers and the app role
+    (so admins and services) run the keying functions (EXECUTE is revoked from PUBLIC)."""
+    raw = _raw(connection)
+    groups = hub_group_roles(roles)
+    reviewer = sql.Identifier(groups[HubRole.QC_REVIEWER])
+    if supervised:
+        raw.execute(sql.SQL("GRANT INSERT ON {} TO {}").format(
+            sql.SQL(", ").join(sql.Identifier("public", name) for name in supervised), reviewer))
+        raw.execute(sql.SQL("GRANT USAGE ON SEQUENCE {} TO {}").format(
+            sql.SQL(", ").join(sql.Identifier("public", f"{name}_id_seq") for name in supervised), reviewer))
+    for function in KEYING_FUNCTIONS:
+        if connection.execute(sa.text("SELECT to_regprocedure(:f) IS NOT NULL"), {"f": f"public.{function}"}).scalar_one():
+            raw.execute(sql.SQL("GRANT EXECUTE ON FUNCTION {} TO {}, {}, {}").format(
+                sql.SQL(f"public.{function}"), sql.Identifier(roles.app), sql.Identifier(groups[HubRole.CLERK]),
+                reviewer))
 
 
 def ensure_hub_user(datastore: Datastore, hub_user: str, hub_role: HubRole | str) -> URL:

@@ -7,7 +7,7 @@ this metadata with a migrated database so that the two cannot drift apart.
 from __future__ import annotations
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 
 metadata = sa.MetaData()
 
@@ -203,4 +203,74 @@ archive_export = sa.Table(
     sa.Column("partitions", sa.Integer, nullable=False),
     sa.Column("rows", sa.BigInteger, nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+# Data entry (migration 0009, opencdms_kernel/keying/): a sheet is one form for one station and
+# period; its keyings are held apart until they agree or a supervisor resolves each difference.
+keying_sheet = sa.Table(
+    "keying_sheet",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("form", sa.Text, nullable=False),
+    sa.Column("station_id", sa.Integer, sa.ForeignKey("station.id"), nullable=False),
+    sa.Column("period", sa.Text, nullable=False),
+    sa.Column("period_start", sa.DateTime(timezone=False), nullable=False),
+    sa.Column("row_step", sa.Interval, nullable=False),
+    sa.Column("row_origin", sa.SmallInteger, nullable=False),
+    sa.Column("row_numbers", ARRAY(sa.SmallInteger), nullable=False),
+    sa.Column("time_zone", sa.Text, nullable=False),
+    sa.Column("duration_seconds", sa.Integer, nullable=False),
+    sa.Column("level", sa.REAL, nullable=False),
+    sa.Column("elements", ARRAY(sa.Text), nullable=False),
+    sa.Column("double_keying", sa.Boolean, nullable=False),
+    sa.Column("status", sa.Text, nullable=False, server_default="keying"),
+    sa.Column("committed_at", sa.DateTime(timezone=True)),
+    sa.Column("committed_by", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("created_by", sa.Text, nullable=False),
+    sa.UniqueConstraint("form", "station_id", "period", name="keying_sheet_once"),
+)
+
+keying_entry = sa.Table(
+    "keying_entry",
+    metadata,
+    sa.Column("sheet_id", sa.BigInteger, sa.ForeignKey("keying_sheet.id"), primary_key=True),
+    sa.Column("keying", sa.SmallInteger, primary_key=True),
+    sa.Column("keyed_by", sa.Text, nullable=False),
+    sa.Column("keyed_by_role", sa.Text, nullable=False),
+    sa.Column("cells", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("version", sa.Integer, nullable=False, server_default="1"),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("saved_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+    sa.Column("saved_by", sa.Text, nullable=False),
+)
+
+keying_resolution = sa.Table(
+    "keying_resolution",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("sheet_id", sa.BigInteger, sa.ForeignKey("keying_sheet.id"), nullable=False),
+    sa.Column("cell", sa.Text, nullable=False),
+    sa.Column("first", JSONB),
+    sa.Column("second", JSONB),
+    sa.Column("resolved", JSONB),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("resolved_by", sa.Text, nullable=False),
+    sa.Column("resolved_by_role", sa.Text, nullable=False),
+    sa.Column("resolved_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+)
+
+keying_log = sa.Table(
+    "keying_log",
+    metadata,
+    sa.Column("id", sa.BigInteger, primary_key=True),
+    sa.Column("sheet_id", sa.BigInteger, nullable=False),
+    sa.Column("action", sa.Text, nullable=False),
+    sa.Column("keying", sa.SmallInteger),
+    sa.Column("version", sa.Integer),
+    sa.Column("cell", sa.Text),
+    sa.Column("detail", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.Column("done_by", sa.Text, nullable=False),
+    sa.Column("done_by_role", sa.Text, nullable=False),
+    sa.Column("done_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
 )

@@ -34,6 +34,14 @@ IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 _database_numbers = itertools.count()
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``slow`` (hubs, services, browsers) first.  With xdist's ``--dist loadfile``
+    a module goes whole to one worker in collection order: a long module collected last would
+    run alone at the end while the other workers wait.  (The sort is stable and the same in
+    every worker, as xdist requires.)"""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
 def service_missing(reason: str) -> None:
     """Skip outside CI; fail in CI, where every service must be there."""
     if IN_CI:
@@ -68,6 +76,12 @@ class PostgresServer:
     def drop(self, database: str) -> None:
         with self.admin.connect() as connection:
             connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)'))
+
+    def new_empty_database(self) -> str:
+        """A database without the schema (its installation migrates it and makes its own roles)."""
+        name = f"{self.template.replace('template', 'e')}_{next(_database_numbers)}"
+        self._create(name)
+        return name
 
     def new_database(self) -> str:
         name = f"{self.template.replace('template', 't')}_{next(_database_numbers)}"

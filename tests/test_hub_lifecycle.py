@@ -5,6 +5,7 @@ survives, the same process, reachable through the proxy as before."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import time
@@ -16,27 +17,34 @@ from typing import Iterator
 import pytest
 
 from conftest import PostgresServer, outside_pytest_tmp
-from opencdms_kernel.db.roles import secrets_file
+from opencdms_kernel.db import migrate
+from opencdms_kernel.db.engine import Datastore
+from opencdms_kernel.db.roles import drop_roles
 from opencdms_kernel.hub import hub_process_of_run, processes_of_run
-from support.hub import RunningTestHub, started_hub
+from support.hub import RunningTestHub, hub_settings, started_hub
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 
 @pytest.fixture(scope="module")
 def hub(embedded_server: PostgresServer) -> Iterator[RunningTestHub]:
-    name = embedded_server.new_database()
+    """A hub with the API and the worker as its services, over a database of its own with roles of
+    its own (the services log in as its application role; a clone of the template would share the
+    template's roles, whose passwords other tests may change)."""
+    name = embedded_server.new_empty_database()
     home = outside_pytest_tmp("opencdms-test-hub-restart-")
-    # The database is a copy of the server's template, with its roles: the services log in as
-    # the template's application role, whose password the template's installation keeps.
-    secrets = secrets_file(embedded_server.settings)
-    (home / secrets.relative_to(embedded_server.home)).parent.mkdir(parents=True)
-    shutil.copy2(secrets, home / secrets.relative_to(embedded_server.home))
+    settings = hub_settings(home, database_url=embedded_server.url_of(name), services=("api", "worker"),
+                            database_role_prefix=f"hubrestart_{secrets.token_hex(4)}")
+    with Datastore.open(settings) as datastore:
+        migrate.upgrade(datastore)
     try:
-        with started_hub(home, database_url=embedded_server.url_of(name), services=("api", "worker")) as running:
+        with started_hub(home, database_url=embedded_server.url_of(name), settings=settings) as running:
             yield running
     finally:
+        with Datastore.open(settings) as datastore:
+            drop_roles(datastore)
         embedded_server.drop(name)
+        shutil.rmtree(home, ignore_errors=True)
 
 
 def _status(url: str, token: str) -> int:

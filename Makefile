@@ -62,8 +62,9 @@ demo-smoke: $(STAMP) $(API_VENDOR) $(HUB_PROXY_VENDOR)
 
 ## The whole test suite, against the embedded PostgreSQL and the server at
 ## OPENCDMS_TEST_DATABASE_URL (default postgresql://postgres@127.0.0.1:5432/postgres).
+## Three workers on two cores: most of the slow tests wait on hubs, services and browsers.
 test: $(STAMP) $(API_VENDOR) $(HUB_PROXY_VENDOR) chromium
-	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n 3 --dist loadfile $(PYTEST_ARGS)
 
 ## Speed against same-run baselines; prints ratios and medians.
 bench: $(STAMP) $(API_VENDOR) $(HUB_PROXY_VENDOR) chromium

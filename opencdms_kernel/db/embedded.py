@@ -244,8 +244,15 @@ def _stop_upgrade_leftover(pgdata: Path, bin_path: Path, user: str | None) -> No
             f"the server itself with `kill -INT {pid}`, then start again. Nothing was changed"
         )
     logger.warning("stopping the server (pid %s) that an interrupted upgrade left running on %s", pid, pgdata)
-    _run([str(bin_path / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(pgdata)], user,
-         f"stopping the server an interrupted upgrade left on {pgdata}")
+    try:
+        _run([str(bin_path / "pg_ctl"), "stop", "-w", "-m", "fast", "-D", str(pgdata)], user,
+             f"stopping the server an interrupted upgrade left on {pgdata}")
+    except DatastoreError:
+        # The killed pg_upgrade may have asked it to stop already: a server that went away
+        # meanwhile (pg_ctl then finds no PID file) is what we wanted.
+        if _postmaster(pgdata) is not None:
+            raise
+        logger.info("the server (pid %s) on %s had stopped by itself", pid, pgdata)
 
 
 def _sync_folder(folder: Path) -> None:

@@ -48,7 +48,9 @@ NORMALISED = pa.schema(
 # pyarrow parses blocks of this size; a line must fit in one block.
 BLOCK_BYTES = 4 << 20
 # Rows handed on at a time: large enough that per-chunk costs vanish, small enough to bound memory.
-CHUNK_ROWS = 1_000_000
+CHUNK_ROWS = 500_000
+# The first chunk is this much smaller: writing starts after it, so it is the pipeline's fill time.
+FIRST_CHUNK_DIVISOR = 2
 
 Opener = Callable[[], BinaryIO]
 
@@ -377,12 +379,14 @@ class CsvReading:
             reader = self._open_reader(stream, skip_row)
             pending: list[pa.RecordBatch] = []
             pending_rows = 0
+            # A smaller first chunk: the load can start writing sooner.
+            wanted = max(1, self._chunk_rows // FIRST_CHUNK_DIVISOR)
             for batch in self._batches(reader):
                 pending.append(batch)
                 pending_rows += batch.num_rows
-                if pending_rows >= self._chunk_rows:
+                if pending_rows >= wanted:
                     yield self._chunk(pending, counter, malformed)
-                    pending, pending_rows = [], 0
+                    pending, pending_rows, wanted = [], 0, self._chunk_rows
             if pending or malformed:
                 yield self._chunk(pending, counter, malformed)
         finally:

@@ -114,6 +114,9 @@ class DataEntryApp:
             widgets.HBox([self.save_button]), self.message, self.supervision, self.audit,
         ])
         self.widget.add_class("keying-app")
+        # The grid of the form shown first, made now: in a preheated kernel (the hub's Voilà)
+        # that is before anyone asks for the page, and opening a sheet then only fills it in.
+        self._grid(self._current_form)
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> "DataEntryApp":

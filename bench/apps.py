@@ -7,16 +7,18 @@ tests' network (tests/api_support.py ``seed_network``: station Alpha with 30 yea
 and TMIN, PRCP added here) and exported to the archive; a JupyterHub over it
 (tests/support/hub.py), a clerk and a scientist who sign up, are authorised and log in through
 the hub's form; each server spawned once and every page loaded once before the timed loads
-(warm servers and browser cache, as for someone who works there every day; Voilà and Panel's
-``panel-preview`` still start a kernel of their own for each page load inside a server).
+(warm servers and browser cache, as for someone who works there every day).  The apps are
+processes of each user's server behind its proxy (apps/proxy.py): Voilà with a preheated kernel
+for data entry, one ``panel serve`` for the Panel apps.
 
 1. **Browser**, median of --repeat page loads each, interleaved (one load of each per round):
-   (a) the data-entry app (``/voila/render/apps/data_entry.ipynb``, the clerk's server): the page
-   interactive (its Period box), then the sheet opened from the keyboard and the grid's first
-   cell focused; (b) the explorer (``/panel-preview/render/apps/explorer.py``, the scientist's
-   server): its first plot canvas painted, then every plot drawn for the station; (c) the
-   baseline, a bare Voilà notebook of one Text widget (same server, kernel and page template as
-   (a)) until its box shows.  Target: (a) and (b) <= 2 s each; each printed with its ratio to (c).
+   (a) the data-entry app (``/user/<clerk>/opencdms-entry/``): the page interactive (its Period
+   box), then the sheet opened from the keyboard and the grid's first cell focused; (b) the
+   explorer (``/user/<scientist>/opencdms-apps/explorer``): its first plot canvas painted, then
+   every plot drawn for the station; (c) the baseline, a bare Voilà notebook of one Text widget
+   through the server's own Voilà (``/voila/render/…``, a kernel started per page load: what a
+   notebook shown with Voilà costs without a process of its own) until its box shows.  Target:
+   (a) and (b) <= 2 s each; each printed with its ratio to (c).
    Beside the marks, when the server had sent the whole page, and every request that left
    127.0.0.1 (there should be none).
 2. **Kernel** (no browser), median of --repeat: the daily climate form's full month (31 days x
@@ -382,7 +384,7 @@ def measure_pages(database_url: str, home: Path, repeat: int) -> tuple[Marks, Ma
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         stack.callback(browser.close)
         contexts = {}
-        for user, landing in ((clerk, f"**/user/{CLERK}/voila/**"), (scientist, f"**/user/{SCIENTIST}/lab**")):
+        for user, landing in ((clerk, f"**/user/{CLERK}/opencdms-entry/**"), (scientist, f"**/user/{SCIENTIST}/lab**")):
             context = browser.new_context(viewport={"width": 1400, "height": 1000})
             page = context.new_page()
             began = time.perf_counter()
@@ -395,8 +397,8 @@ def measure_pages(database_url: str, home: Path, repeat: int) -> tuple[Marks, Ma
         bare_notebook(_user_home(hub.settings) / CLERK)
         pages = [
             (bare, contexts[CLERK], f"{hub.url}user/{CLERK}/voila/render/{BARE_NOTEBOOK}", bare_steps),
-            (entry, contexts[CLERK], f"{hub.url}user/{CLERK}/voila/render/apps/data_entry.ipynb", data_entry_steps),
-            (explorer, contexts[SCIENTIST], f"{hub.url}user/{SCIENTIST}/panel-preview/render/apps/explorer.py",
+            (entry, contexts[CLERK], f"{hub.url}user/{CLERK}/opencdms-entry/", data_entry_steps),
+            (explorer, contexts[SCIENTIST], f"{hub.url}user/{SCIENTIST}/opencdms-apps/explorer",
              explorer_steps),
         ]
         for round_ in range(repeat + 1):  # round 0 warms servers, kernels and the browser's cache

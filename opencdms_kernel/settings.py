@@ -169,8 +169,9 @@ class Settings(BaseSettings):
         "events brings the embedded MQTT broker along when broker_url is empty).",
     )
     hub_clerk_url: str = Field(
-        default="/voila/render/apps/data_entry.ipynb", pattern=r"^/[A-Za-z0-9._~/-]*$",
-        description="Where a clerk's server opens (the data-entry app), relative to the server.",
+        default="/opencdms-entry/", pattern=r"^/[A-Za-z0-9._~/-]*$",
+        description="Where a clerk's server opens (the data-entry app behind the server's proxy: apps/proxy.py), "
+        "relative to the server.",
     )
     hub_role: HubRole | None = Field(
         default=None, description="The user's workbench role (the hub sets it in each user's server).",

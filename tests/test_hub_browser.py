@@ -6,6 +6,7 @@ refusing a clerk's raw SQL, run in the clerk's own server.  Screenshots: var/tes
 from __future__ import annotations
 
 import threading
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -15,6 +16,7 @@ import pytest
 
 from conftest import PostgresServer, outside_pytest_tmp
 from support.browser import Shots, run_in_kernel
+from support.apps import record_requests
 from support.hub import RunningTestHub, started_hub
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
@@ -141,18 +143,27 @@ def _status(url: str, token: str | None = None, method: str = "GET", body: bytes
 def test_a_clerk_lands_in_data_entry_and_is_refused_elsewhere(hub: RunningTestHub, page: object, shots: Shots) -> None:
     clerk = hub.create_native_user("carla", "clerk")
     other = hub.create_user("sam", "scientist")
+    recorded = record_requests(page)
     log_in(page, hub, clerk.name, clerk.password)
-    # The clerk's server opens the data-entry app (Voilà), acting for her.  (Not checked here:
-    # inside a hub server Voilà's extension still asks cdnjs for MathJax; the standalone app's
-    # tests check that no request leaves 127.0.0.1.)
+    # The clerk's server opens the data-entry app (Voilà behind the server's proxy), acting for her.
     page.wait_for_url(f"**/user/carla{hub.settings.hub_clerk_url}**", timeout=90_000)
     page.get_by_text("Keying as").wait_for(timeout=90_000)
     assert "carla" in page.get_by_text("Keying as").inner_text()
     shots(page, "clerk-landing")
-    # The administration app, in her own server (Panel's preview), refuses her.
-    page.goto(f"{hub.url}user/carla/panel-preview/render/apps/admin.py")
+    # The administration app, in her own server (panel serve behind the proxy), refuses her.
+    page.goto(f"{hub.url}user/carla/opencdms-apps/admin")
     page.get_by_text("is not an administrator").wait_for(timeout=90_000)
     shots(page, "clerk-admin-app-refused")
+    assert recorded.leaving() == []
+    # Behind the proxy, not around it: Voilà's own port answers nobody without the proxy's token,
+    # and Panel listens on a socket in a folder only the server's user may enter.
+    [voila], [panel] = (_app_processes(hub, marker) for marker in APP_MARKERS)
+    port = next(argument.split("=", 1)[1] for argument in voila if argument.startswith("--port="))
+    with pytest.raises(urllib.error.HTTPError) as refused:  # sent to Voilà's token form instead
+        urllib.request.build_opener(_NoRedirect).open(f"http://127.0.0.1:{port}/", timeout=30)
+    assert refused.value.code == 302 and "/login?" in refused.value.headers["Location"]
+    socket_path = Path(next(argument.split("=", 1)[1] for argument in panel if argument.startswith("--unix-socket=")))
+    assert socket_path.is_socket() and socket_path.parent.stat().st_mode & 0o077 == 0
 
     response = page.goto(f"{hub.url}hub/admin")
     assert response.status == 403
@@ -169,6 +180,35 @@ def test_a_clerk_lands_in_data_entry_and_is_refused_elsewhere(hub: RunningTestHu
     assert _status(f"{hub.server.api_url}/users/{other.name}", clerk.token) in (403, 404)
     assert _status(f"{hub.server.api_url}/users/{other.name}/server", clerk.token, "POST", b"") in (403, 404)
     assert hub.api("GET", f"/users/{other.name}")[1]["servers"] == {}  # type: ignore[index]
+    # Her server stopped: its app processes go with it.
+    assert hub.api("DELETE", f"/users/{clerk.name}/server")[0] in (202, 204)
+    deadline = time.monotonic() + 60
+    while any(_app_processes(hub, marker) for marker in APP_MARKERS):
+        assert time.monotonic() < deadline, "app processes outlived their server"
+        time.sleep(0.2)
+
+
+# The data-entry Voilà and the Panel apps' process, as their command lines show them.
+APP_MARKERS = ("data_entry.ipynb", "--unix-socket=")
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+def _app_processes(hub: RunningTestHub, marker: str) -> list[list[str]]:
+    """The command lines of this hub's app processes (apps/proxy.py) that hold ``marker``."""
+    home = f"OPENCDMS_HOME={hub.settings.home}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            arguments = (proc / "cmdline").read_bytes().decode().split("\0")
+            if marker in " ".join(arguments) and home in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(arguments)
+        except (OSError, UnicodeDecodeError):
+            continue  # gone meanwhile, or not ours
+    return found
 
 
 def test_raw_sql_in_a_clerks_server_is_refused_by_the_database(hub: RunningTestHub) -> None:

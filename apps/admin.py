@@ -23,6 +23,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 import panel as pn
 
+from apps._panel import message, shared
 from opencdms_kernel.admin.access import AdminOnlyError, Administrator, administrator
 from opencdms_kernel.admin.elements import list_elements
 from opencdms_kernel.admin.files import read_config_text, save_config_text
@@ -63,19 +64,12 @@ TITLE = "OpenCDMS administration"
 ROWS_SHOWN = 200  # rows of a rule table drawn at once (derived thresholds run to thousands)
 NO_ROLE = "(no role)"
 # Each Panel component draws in a shadow root of its own: styles go with the component.
-MESSAGE_STYLE = {True: "background:#e6f4ea;color:#1e4620", False: "background:#fdecea;color:#611a15"}
 FIELD_ERROR_STYLE = [":host { color: #b00020; font-size: 0.85em; }"]
 STATION_LABELS = {
     "wigos_id": "WIGOS id", "name": "Name", "latitude": "Latitude", "longitude": "Longitude",
     "elevation": "Elevation (m)", "territory": "Territory", "wmo_region": "WMO region", "timezone": "Time zone",
     "status": "Status", "opened": "Opened (YYYY-MM-DD)", "closed": "Closed (YYYY-MM-DD)",
 }
-
-
-def message(text: str, ok: bool) -> str:
-    """A line of feedback (escaped: messages quote what people typed)."""
-    return (f'<div class="admin-message {"ok" if ok else "error"}" style="{MESSAGE_STYLE[ok]};padding:6px 10px;'
-            f'border-radius:4px">{html.escape(text)}</div>')
 
 
 def cell(value: object) -> object:
@@ -122,17 +116,17 @@ class Form:
         """Run ``action``; its text as the success message, or its refusal where it belongs."""
         self.clear()
         try:
-            self.message.object = message(action(), ok=True)
+            self.message.object = message(action(), "ok")
             return True
         except ParameterError as exc:
             if exc.parameter in self.errors:
                 self.errors[exc.parameter].object = html.escape(exc.reason)
                 self.message.object = message(f"Not saved: {STATION_LABELS.get(exc.parameter, exc.parameter)}: "
-                                              f"{exc.reason}", ok=False)
+                                              f"{exc.reason}", "error")
             else:
-                self.message.object = message(f"Not saved: {exc}", ok=False)
+                self.message.object = message(f"Not saved: {exc}", "error")
         except OpenCDMSError as exc:
-            self.message.object = message(f"Not saved: {exc}", ok=False)
+            self.message.object = message(f"Not saved: {exc}", "error")
         return False
 
 
@@ -203,15 +197,15 @@ def stations_tab(datastore: Datastore, admin: Administrator) -> pn.Column:
 
     def import_file(event: object) -> None:
         if not upload.value:
-            file_message.object = message("Choose a CSV file first.", ok=False)
+            file_message.object = message("Choose a CSV file first.", "error")
             return
         try:
             count = import_station_file(datastore, admin, upload.filename or "stations.csv", upload.value,
                                         reason=reason.value)
         except OpenCDMSError as exc:
-            file_message.object = message(f"Nothing imported: {exc}", ok=False)
+            file_message.object = message(f"Nothing imported: {exc}", "error")
             return
-        file_message.object = message(f"{count} station(s) imported from {upload.filename}.", ok=True)
+        file_message.object = message(f"{count} station(s) imported from {upload.filename}.", "ok")
         refresh()
 
     def export() -> io.BytesIO:
@@ -406,7 +400,7 @@ def routes_tab(settings: Settings, admin: Administrator) -> pn.Column:
         try:
             current = read_config_text(path)
         except OpenCDMSError as exc:
-            feedback.object = message(str(exc), ok=False)
+            feedback.object = message(str(exc), "error")
             return
         editor.value = current.text
         state["digest"] = current.digest
@@ -416,18 +410,18 @@ def routes_tab(settings: Settings, admin: Administrator) -> pn.Column:
         try:
             config = check(editor.value)
         except OpenCDMSError as exc:
-            feedback.object = message(f"Invalid: {exc}", ok=False)
+            feedback.object = message(f"Invalid: {exc}", "error")
             return
-        feedback.object = message(f"Valid: {len(config.routes)} routes, {len(config.schedules)} schedules.", ok=True)
+        feedback.object = message(f"Valid: {len(config.routes)} routes, {len(config.schedules)} schedules.", "ok")
 
     def save(event: object) -> None:
         try:
             saved = save_config_text(admin, path, editor.value, check, expected_digest=state["digest"])
         except OpenCDMSError as exc:
-            feedback.object = message(f"Not saved: {exc}", ok=False)
+            feedback.object = message(f"Not saved: {exc}", "error")
             return
         state["digest"] = saved.digest
-        feedback.object = message(f"Saved {path.name}; the event service reads it when it starts.", ok=True)
+        feedback.object = message(f"Saved {path.name}; the event service reads it when it starts.", "ok")
 
     check_button.on_click(run_check)
     save_button.on_click(save)
@@ -450,7 +444,7 @@ def users_tab(admin: Administrator) -> pn.Column:
     try:
         hub = HubUsers.from_environment()
     except OpenCDMSError as exc:
-        return pn.Column(header, pn.pane.HTML(message(str(exc), ok=False), css_classes=["users-message"]))
+        return pn.Column(header, pn.pane.HTML(message(str(exc), "error"), css_classes=["users-message"]))
     listing = pn.pane.DataFrame(index=False, na_rep="", sizing_mode="stretch_width", css_classes=["users-table"])
     person = pn.widgets.Select(name="User", options=[], css_classes=["users-person"], width=220)
     role = pn.widgets.Select(name="Role", options=[*(item.value for item in HubRole), NO_ROLE],
@@ -463,7 +457,7 @@ def users_tab(admin: Administrator) -> pn.Column:
         try:
             users = hub.list_users()
         except OpenCDMSError as exc:
-            feedback.object = message(str(exc), ok=False)
+            feedback.object = message(str(exc), "error")
             return
         listing.object = table([{"name": user.name, "role": user.role.value if user.role else NO_ROLE,
                                  "groups": ", ".join(user.groups), "hub administrator": user.admin,
@@ -477,10 +471,10 @@ def users_tab(admin: Administrator) -> pn.Column:
         try:
             changed = hub.set_role(admin, person.value, wanted)
         except OpenCDMSError as exc:
-            feedback.object = message(f"Not changed: {exc}", ok=False)
+            feedback.object = message(f"Not changed: {exc}", "error")
             return
         shown = changed.role.value if changed.role else NO_ROLE
-        feedback.object = message(f"{changed.name} is now {shown}.", ok=True)
+        feedback.object = message(f"{changed.name} is now {shown}.", "ok")
         refresh()
 
     change.on_click(apply)
@@ -501,19 +495,10 @@ def refusal_page(error: AdminOnlyError) -> pn.Column:
     """What anyone but an administrator sees."""
     return pn.Column(
         pn.pane.Markdown(f"## {TITLE}"),
-        pn.pane.HTML(f'<div class="admin-refused" style="{MESSAGE_STYLE[False]};padding:10px"><strong>Not allowed.'
-                     f"</strong> {html.escape(str(error))}</div>", sizing_mode="stretch_width"),
+        pn.pane.HTML(message(f"Not allowed. {error}", "error"), css_classes=["admin-refused"],
+                     sizing_mode="stretch_width"),
         css_classes=["admin-refusal"], sizing_mode="stretch_width",
     )
-
-
-def shared_datastore(settings: Settings) -> Datastore:
-    """One datastore (engine and pool) per server process, shared by its sessions."""
-    key = "opencdms-admin-datastore"
-    store = pn.state.cache.get(key)
-    if store is None:
-        store = pn.state.cache[key] = Datastore.open(settings)
-    return store
 
 
 def build(settings: Settings) -> pn.viewable.Viewable:
@@ -522,7 +507,7 @@ def build(settings: Settings) -> pn.viewable.Viewable:
         admin = administrator(settings)
     except AdminOnlyError as exc:
         return refusal_page(exc)
-    datastore = shared_datastore(settings)
+    datastore = shared("opencdms-admin-datastore", lambda: Datastore.open(settings))
     codes = [row.code for row in list_elements(datastore)]
     return pn.Column(
         pn.pane.Markdown(f"## {TITLE}\nSigned in as **{html.escape(admin.user)}** (administrator); every change is "

@@ -23,7 +23,7 @@ import pandas as pd
 import panel as pn
 from intake.readers.entry import Catalog
 
-from apps._panel import message, refusal, setup, shared_catalog
+from apps._panel import message, refusal, session_page, setup, shared_catalog
 from opencdms_kernel import explore
 from opencdms_kernel.errors import OpenCDMSError
 from opencdms_kernel.explore import Climatology, Mark, Normal, Series
@@ -208,7 +208,7 @@ class Explorer:
 
     # ------------------------------------------------------------------ drawing
 
-    def draw_all(self) -> None:
+    def load(self) -> None:
         """Everything for the chosen station and element."""
         self.status.object = message("Drawing…", "info")
         self._set_years()
@@ -306,7 +306,7 @@ class Explorer:
         self._drawn()
 
     def _element_changed(self, _: object) -> None:
-        self.draw_all()
+        self.load()
 
     def _dates_changed(self, _: object) -> None:
         if not self._setting_years:
@@ -348,14 +348,7 @@ class Explorer:
 
 def build(settings: Settings) -> pn.viewable.Viewable:
     """The explorer page for one browser session."""
-    catalog = shared_catalog(settings)
-    try:
-        explorer = Explorer(settings, catalog)
-    except OpenCDMSError as error:
-        return pn.pane.HTML(refusal(error))
-    # The page is sent at once; the plots are drawn once the browser has it (over its websocket).
-    pn.state.onload(explorer.draw_all)
-    return explorer.page()
+    return session_page(lambda: Explorer(settings, shared_catalog(settings)))
 
 
 if __name__.startswith("bokeh"):  # `panel serve apps/explorer.py`: one page per browser session

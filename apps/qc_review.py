@@ -20,18 +20,18 @@ import pandas as pd
 import panel as pn
 from intake.readers.entry import Catalog
 
-from apps._panel import message, refusal, setup, shared_catalog
+from apps._panel import message, refusal, session_page, setup, shared_catalog
 from opencdms_kernel import explore
 from opencdms_kernel.errors import OpenCDMSError
 from opencdms_kernel.explore import Mark
 from opencdms_kernel.qc.manual import check_decision
+from opencdms_kernel.qc.manual import decide_many
 from opencdms_kernel.qc.model import Decision
 from opencdms_kernel.qc.review import (
     REVIEW_STATUSES,
     ReviewItem,
     ReviewList,
     ValueContext,
-    decide_items,
     items_table,
     review_items,
     source_change_table,
@@ -265,7 +265,7 @@ class Review:
     def _decide(self, items: list[ReviewItem]) -> None:
         decision, reason, corrected = self._form()
         try:
-            results = decide_items(self.datastore, [item.key for item in items], decision, reason, self.user,
+            results = decide_many(self.datastore, [item.key for item in items], decision, reason, self.user,
                                    corrected)
         except OpenCDMSError as error:
             self.feedback.object = refusal(error)
@@ -308,13 +308,7 @@ class Review:
 
 def build(settings: Settings) -> pn.viewable.Viewable:
     """The QC review page for one browser session."""
-    catalog = shared_catalog(settings)
-    try:
-        review = Review(settings, catalog)
-    except OpenCDMSError as error:
-        return pn.pane.HTML(refusal(error))
-    pn.state.onload(review.load)  # the page is sent at once, the lists follow over its websocket
-    return review.page()
+    return session_page(lambda: Review(settings, shared_catalog(settings)))
 
 
 if __name__.startswith("bokeh"):  # `panel serve apps/qc_review.py`: one page per browser session

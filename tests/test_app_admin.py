@@ -189,7 +189,7 @@ def test_an_administrator_changes_a_role_through_the_hub(servers: Servers, page:
 def test_anyone_but_an_administrator_gets_the_refusal_page(servers: Servers, page: object, shots: Shots) -> None:
     recorded = record_requests(page)
     page.goto(servers.clerk_app.url)
-    refusal = page.wait_for_selector(".admin-refused", timeout=60_000)
+    refusal = page.wait_for_selector(".admin-refused .app-message.error", timeout=60_000)
     assert "carla is not an administrator (role: clerk)" in refusal.inner_text()
     assert page.query_selector(".station-wigos_id input") is None
     assert page.query_selector(".admin-tabs") is None

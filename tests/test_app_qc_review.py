@@ -26,7 +26,7 @@ from opencdms_kernel import explore
 from opencdms_kernel.catalog import close_catalog, open_catalog
 from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.ingest import IngestRequest, IngestStatus, ingest
-from opencdms_kernel.qc.review import decide_items
+from opencdms_kernel.qc.manual import decide_many
 from opencdms_kernel.settings import Settings
 from support.apps import RunningApp, record_requests, serve_panel
 from support.browser import Shots
@@ -63,7 +63,7 @@ def settings(embedded_server: PostgresServer, home: Path) -> Iterator[Settings]:
     network = build_network(built)
     close_catalog(network.catalog)
     deliver_far(network.datastore, built, 21.0)
-    decide_items(network.datastore, [key(datetime(2021, 1, 2, tzinfo=timezone.utc), station=STATION_FAR)],
+    decide_many(network.datastore, [key(datetime(2021, 1, 2, tzinfo=timezone.utc), station=STATION_FAR)],
                  "correct", "transposed digits", "quinn", corrected_value=12.0)
     deliver_far(network.datastore, built, 21.4)
     network.datastore.close()

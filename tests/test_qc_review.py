@@ -31,7 +31,8 @@ from opencdms_kernel.qc import (
     add_thresholds,
 )
 from opencdms_kernel.qc.manual import check_decision
-from opencdms_kernel.qc.review import decide_items, items_table, review_items, source_change_table, value_context
+from opencdms_kernel.qc.manual import decide_many
+from opencdms_kernel.qc.review import items_table, review_items, source_change_table, value_context
 from support.network import DOUBT_DAY, SPIKE_DAY, SWAP_DAY, Network, key, network_on
 
 REVIEWER = "reviewer-quinn"
@@ -140,12 +141,12 @@ def test_one_decision_needs_a_reason_and_is_audited(network: Network) -> None:
     before = state(network, "TMAX", day)
     for reason in ("", "   "):
         with pytest.raises(QcParameterError, match="parameter 'reason': a manual decision needs a reason"):
-            decide_items(network.datastore, [key(day)], "reject", reason, REVIEWER)
+            decide_many(network.datastore, [key(day)], "reject", reason, REVIEWER)
     with pytest.raises(QcParameterError, match="parameter 'corrected_value'"):
         check_decision("correct", "typo on the form", REVIEWER)
     assert state(network, "TMAX", day) == before and history(network, "TMAX", day) == []
 
-    (result,) = decide_items(network.datastore, [key(day)], "reject", "observer wrote 3 for 8", REVIEWER)
+    (result,) = decide_many(network.datastore, [key(day)], "reject", "observer wrote 3 for 8", REVIEWER)
     assert (result.qc_status, result.final_flag, result.version) == (QcStatus.FAILED, FinalFlag.REJECTED,
                                                                      before.version + 1)
     (entry,) = history(network, "TMAX", day)
@@ -158,7 +159,7 @@ def test_one_decision_needs_a_reason_and_is_audited(network: Network) -> None:
     assert [(i.decision.decision, i.decision.by, i.decision.reason) for i in decided] == [
         (Decision.REJECT, REVIEWER, "observer wrote 3 for 8")]
 
-    (corrected,) = decide_items(network.datastore, [key(day)], "correct", "read again from the form", REVIEWER,
+    (corrected,) = decide_many(network.datastore, [key(day)], "correct", "read again from the form", REVIEWER,
                                 corrected_value=31.5)
     assert corrected.value == 31.5 and corrected.final_flag is FinalFlag.CORRECTED
 
@@ -167,14 +168,14 @@ def test_bulk_decisions_are_all_or_none_and_each_audited(network: Network) -> No
     keys = [key(SWAP_DAY, "TMAX"), key(SWAP_DAY, "TMIN")]
     missing = key(datetime(1980, 1, 1, tzinfo=timezone.utc))
     with pytest.raises(ObservationNotFoundError):
-        decide_items(network.datastore, [*keys, missing], "accept", "checked", REVIEWER)
+        decide_many(network.datastore, [*keys, missing], "accept", "checked", REVIEWER)
     assert [state(network, k.element, SWAP_DAY).final_flag for k in keys] == ["bad", "bad"]  # none written
     with pytest.raises(QcParameterError, match="parameter 'keys'"):
-        decide_items(network.datastore, [keys[0], keys[0]], "accept", "checked", REVIEWER)
+        decide_many(network.datastore, [keys[0], keys[0]], "accept", "checked", REVIEWER)
     with pytest.raises(QcParameterError, match="parameter 'reason'"):
-        decide_items(network.datastore, keys, "reject", "", REVIEWER)
+        decide_many(network.datastore, keys, "reject", "", REVIEWER)
 
-    results = decide_items(network.datastore, keys, "reject", "max and min swapped on the form", REVIEWER)
+    results = decide_many(network.datastore, keys, "reject", "max and min swapped on the form", REVIEWER)
     assert [(r.key.element, r.final_flag) for r in results] == [("TMAX", FinalFlag.REJECTED),
                                                                  ("TMIN", FinalFlag.REJECTED)]
     for k in keys:
@@ -195,7 +196,7 @@ def test_values_whose_source_changed_since_the_decision_are_listed(network: Netw
     assert source_change_table(network.datastore).empty
     deliver(21.0)
     day = datetime(2021, 1, 2, tzinfo=timezone.utc)
-    decide_items(network.datastore, [key(day, station=STATION_FAR)], "correct", "transposed digits", REVIEWER,
+    decide_many(network.datastore, [key(day, station=STATION_FAR)], "correct", "transposed digits", REVIEWER,
                  corrected_value=12.0)
     deliver(21.4)
     table = source_change_table(network.datastore)

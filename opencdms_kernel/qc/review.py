@@ -10,8 +10,6 @@ context, decisions on one or many, and the values whose source changed since a d
   of the spatial (buddy) rule in force for the value's series and month — resolved by
   :func:`opencdms_kernel.qc.rules.resolve`, the rule the check itself used; without one, the
   nearest stations.  The normal is the explorer's (:func:`opencdms_kernel.explore.station_normal`);
-- :func:`decide_items`: one decision (with its reason) through :func:`~.manual.decide`, several
-  through :func:`~.manual.decide_many` in one transaction; both audited;
 - :func:`source_change_table`: :func:`~.manual.source_changes` laid out for review.
 """
 
@@ -30,7 +28,7 @@ from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.errors import ParameterError
 from opencdms_kernel.explore import Normal, catalog_connections, marks, station_normal
 from opencdms_kernel.qc.frame import Frame
-from opencdms_kernel.qc.manual import DecisionResult, decide, decide_many, source_changes
+from opencdms_kernel.qc.manual import source_changes
 from opencdms_kernel.qc.model import (
     Decision,
     FinalFlag,
@@ -459,23 +457,6 @@ def value_context(catalog: Catalog, key: ObservationKey, *, days: int = CONTEXT_
 
 
 # --------------------------------------------------------------------------- decisions
-
-
-def decide_items(
-    datastore: Datastore,
-    keys: Sequence[ObservationKey],
-    decision: Decision | str,
-    reason: str,
-    user: str,
-    corrected_value: float | None = None,
-) -> list[DecisionResult]:
-    """Record ``decision`` with ``reason`` for ``user`` on each value of ``keys``: one value
-    through :func:`~.manual.decide`, several through :func:`~.manual.decide_many` (one
-    transaction: all or none).  Refused without a reason, naming the parameter."""
-    keys = list(keys)
-    if len(keys) == 1:
-        return [decide(datastore, keys[0], decision, reason, user, corrected_value)]
-    return decide_many(datastore, keys, decision, reason, user, corrected_value)
 
 
 def source_change_table(datastore: Datastore, limit: int = 1000) -> pd.DataFrame:

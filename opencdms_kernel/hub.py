@@ -477,11 +477,13 @@ def _end(pids: list[int], timeout: float) -> int:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-    for pid in _wait_gone(pids, timeout):
+    killed = _wait_gone(pids, timeout)
+    for pid in killed:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+    _wait_gone(killed, timeout)  # gone before the caller goes on (and, say, stops the datastore)
     return len(pids)
 
 

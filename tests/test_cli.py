@@ -95,7 +95,10 @@ def test_up_smoke_on_the_embedded_defaults(home: Path) -> None:
     again = _up_until_ctrl_c(tmp_path, ports, hub, password)
     assert not re.search(r"demo data: [0-9,]+ observations", again)
     assert re.search(r"the event service ingesting incoming/aws/ .* 3/3", again)  # already in the ledger
-    assert _our_processes(tmp_path) == []
+    deadline = time.monotonic() + 20  # a process may still be on its way out when `up` returns
+    while (left := {pid: _command_line(pid) for pid in _our_processes(tmp_path)}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert left == {}, "left running after Ctrl-C:\n" + "\n".join(f"{pid}: {command}" for pid, command in left.items())
     # The products a climate section asks for, from the archive that `up` exported.
     for command in (("product", "monthly", "1991"), ("product", "normals", "1991-2020"),
                     ("product", "indices", "1991"), ("product", "climat", "0-20000-0-60001", "1991-07")):
@@ -141,6 +144,13 @@ def _environ(pid: int) -> bytes:
         return Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return b""
+
+
+def _command_line(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "(gone)"
 
 
 def _our_processes(home: Path) -> list[int]:

@@ -24,7 +24,14 @@ import pyarrow.compute as pc
 # The columns written, in this order; the others take their defaults (comment: NULL).
 COPY_COLUMNS = ("station_id", "element_id", "phenomenon_time", "duration_seconds", "level", "source_id",
                 "value", "result_quality", "changed_by", "ingest_id")
-COPY_SQL = f"COPY observation ({', '.join(COPY_COLUMNS)}) FROM STDIN (FORMAT binary)"
+# Rows with no flag or source word (the usual file) leave result_quality to its default ('{}'):
+# the server then parses no jsonb per row (about 5 % of a load's time).
+PLAIN_COLUMNS = tuple(column for column in COPY_COLUMNS if column != "result_quality")
+
+
+def copy_sql(columns: tuple[str, ...]) -> str:
+    """The COPY statement for rows of ``columns`` (constant names, never input)."""
+    return f"COPY observation ({', '.join(columns)}) FROM STDIN (FORMAT binary)"
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 TRAILER = (-1).to_bytes(2, "big", signed=True)
@@ -71,18 +78,28 @@ def quality_groups(rows: pa.Table) -> tuple[pa.Array, list[bytes]] | None:
     return encoded.indices, values
 
 
-def encode(rows: pa.Table, target: CopyTarget) -> Iterator[bytes] | None:
-    """The binary COPY stream of ``rows`` (station_id, element_id, epoch_seconds, value, flag,
-    source), or None when the rows are not suited (too many distinct flags: stage them instead)."""
+@dataclass(frozen=True)
+class CopyStream:
+    """A COPY statement and the binary rows it reads."""
+
+    sql: str
+    blocks: Iterator[bytes]
+
+
+def encode(rows: pa.Table, target: CopyTarget) -> CopyStream | None:
+    """The binary COPY of ``rows`` (station_id, element_id, epoch_seconds, value, flag, source),
+    or None when the rows are not suited (too many distinct flags: stage them instead)."""
     groups = quality_groups(rows)
     if groups is None:
         return None
     quality_index, qualities = groups
-    return _stream(rows, target, quality_index.to_numpy(zero_copy_only=False), qualities)
+    plain = qualities == [NO_QUALITY]
+    blocks = _stream(rows, target, quality_index.to_numpy(zero_copy_only=False), [None] if plain else qualities)
+    return CopyStream(copy_sql(PLAIN_COLUMNS if plain else COPY_COLUMNS), blocks)
 
 
 def _stream(rows: pa.Table, target: CopyTarget, quality_index: np.ndarray,
-            qualities: list[bytes]) -> Iterator[bytes]:
+            qualities: list[bytes | None]) -> Iterator[bytes]:
     yield HEADER
     user = target.user.encode()
     for start in range(0, rows.num_rows, BLOCK_ROWS):
@@ -100,8 +117,9 @@ def _stream(rows: pa.Table, target: CopyTarget, quality_index: np.ndarray,
 
 
 def _encode_group(columns: dict[str, np.ndarray], selected: np.ndarray, target: CopyTarget, user: bytes,
-                  quality: bytes, null_value: bool) -> bytes:
-    """The selected rows, which share one layout, as binary COPY rows."""
+                  quality: bytes | None, null_value: bool) -> bytes:
+    """The selected rows, which share one layout, as binary COPY rows (``quality`` None: the
+    result_quality field left out, as PLAIN_COLUMNS say)."""
     fields: list[tuple[str, str]] = [
         ("count", ">i2"),
         ("station_length", ">i4"), ("station", ">i4"),
@@ -114,13 +132,14 @@ def _encode_group(columns: dict[str, np.ndarray], selected: np.ndarray, target: 
     ]
     if not null_value:
         fields.append(("value", ">f8"))
+    if quality is not None:
+        fields += [("quality_length", ">i4"), ("quality", f"S{len(quality)}")]
     fields += [
-        ("quality_length", ">i4"), ("quality", f"S{len(quality)}"),
         ("user_length", ">i4"), ("user", f"S{len(user)}"),
         ("ingest_length", ">i4"), ("ingest", ">i8"),
     ]
     out = np.empty(int(selected.sum()), dtype=np.dtype(fields))
-    out["count"] = len(COPY_COLUMNS)
+    out["count"] = len(COPY_COLUMNS if quality is not None else PLAIN_COLUMNS)
     out["station_length"], out["station"] = 4, columns["station_id"][selected]
     out["element_length"], out["element"] = 2, columns["element_id"][selected]
     out["time_length"] = 8
@@ -133,7 +152,8 @@ def _encode_group(columns: dict[str, np.ndarray], selected: np.ndarray, target: 
     else:
         out["value_length"] = 8
         out["value"] = columns["value"][selected]
-    out["quality_length"], out["quality"] = len(quality), quality
+    if quality is not None:
+        out["quality_length"], out["quality"] = len(quality), quality
     out["user_length"], out["user"] = len(user), user
     out["ingest_length"], out["ingest"] = 8, target.ingest_id
     return out.tobytes()

@@ -294,8 +294,8 @@ def copy_new_rows(connection: Connection, rows: pa.Table, target: CopyTarget) ->
     if stream is None:
         return False
     raw = connection.connection.driver_connection  # the psycopg connection, for COPY
-    with raw.cursor() as cursor, cursor.copy(binary_copy.COPY_SQL) as copy:
-        for block in stream:
+    with raw.cursor() as cursor, cursor.copy(stream.sql) as copy:
+        for block in stream.blocks:
             copy.write(block)
     return True
 

@@ -5,6 +5,8 @@ environment and asks every request for it: only the proxy, which adds it, gets i
 
 import os
 
-token = os.environ.get("OPENCDMS_APPS_TOKEN")
+from apps.proxy import TOKEN_VARIABLE
+
+token = os.environ.get(TOKEN_VARIABLE)
 if token:
     c.Voila.token = token  # noqa: F821 - ``c`` is the config object traitlets provides

@@ -81,6 +81,11 @@ class Settings(BaseSettings):
     worker_concurrency: int = Field(
         default=2, ge=1, le=64, description="Notebooks one worker process runs at once.",
     )
+    worker_kernels_ahead: int | None = Field(
+        default=None, ge=0, le=64,
+        description="Kernels a worker keeps started ahead of its jobs (each about 220 MB of memory). "
+                    "Empty: one per job it runs at once; 0: every job starts its own kernel.",
+    )
     job_heartbeat_interval: timedelta = Field(
         default=timedelta(seconds=5), gt=timedelta(0),
         description="How often a worker renews the heartbeat of the jobs it runs (and looks for stale ones).",

@@ -124,6 +124,46 @@ def test_with_a_hub_requests_without_identity_are_refused_before_asking_it() -> 
                            {"cookie": cookie, "host": "hub", "origin": "http://evil"}))
 
 
+class _Hub:
+    """A stand-in for HubOAuth that counts the tokens it is asked about."""
+
+    access_scopes = {"access:services!service=api"}
+
+    def __init__(self) -> None:
+        self.asked: list[str] = []
+
+    async def user_for_token(self, token: str, sync: bool = True) -> dict | None:
+        self.asked.append(token)
+        if token == "unknown":
+            return None
+        return {"name": token, "kind": "user", "scopes": ["access:services!service=api", SCOPE_EXECUTE]}
+
+
+def test_the_hubs_answer_about_a_token_is_kept_for_the_cache_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import services.api.auth as auth_module
+
+    now = [1000.0]
+    monkeypatch.setattr(auth_module.time, "monotonic", lambda: now[0])
+    hub_auth = _Hub()
+    hub = HubIdentity(hub_auth, b"secret", "/services/api", cache_seconds=60)
+    run = asyncio.run
+    first = run(hub.caller("ana-token"))
+    assert first is not None and first.name == "ana-token" and hub.has_scope(first, SCOPE_EXECUTE)
+    assert hub.has_access(first) and not hub.has_scope(first, SCOPE_JOBS)
+    for _ in range(50):  # a request per routed message: the hub is asked once
+        assert run(hub.caller("ana-token")) == first
+    assert run(hub.caller("unknown")) is None and run(hub.caller("unknown")) is None
+    assert hub_auth.asked == ["ana-token", "unknown"]
+    now[0] += 61  # past the cache time: asked again (a revoked token stops working)
+    run(hub.caller("ana-token"))
+    assert hub_auth.asked == ["ana-token", "unknown", "ana-token"]
+
+    uncached = HubIdentity(hub_auth, b"secret", "/services/api", cache_seconds=0)  # HubOAuth's own cache only
+    run(uncached.caller("ben-token"))
+    run(uncached.caller("ben-token"))
+    assert hub_auth.asked[-2:] == ["ben-token", "ben-token"]
+
+
 @pytest.mark.parametrize("cookie", [
     "service-api=user-token",  # unsigned
     "service-api=2|1:0|10:1700000000|11:service-api|12:dXNlci10b2tlbg==|" + "0" * 64,  # a forged signature

@@ -13,6 +13,7 @@ before every run costs one ``stat`` per notebook.
 
 from __future__ import annotations
 
+import ast
 import re
 import threading
 from dataclasses import dataclass, field
@@ -58,6 +59,24 @@ class NotebookInfo:
     def parameters_from_text(self, pairs: list[tuple[str, str]]) -> dict[str, Any]:
         """``(name, text)`` pairs typed by a person converted to checked values."""
         return parse_text_request(self.name, self.parameters, pairs)
+
+    def imported_modules(self) -> set[str]:
+        """The modules the notebook's code cells import by name (``import a.b``, ``from a.b
+        import c``; relative imports and cells that are not plain Python are left out)."""
+        found: set[str] = set()
+        for cell in self.notebook.cells:
+            if cell.cell_type != "code":
+                continue
+            try:
+                tree = ast.parse(cell.source)
+            except SyntaxError:
+                continue  # IPython magics or shell lines: not Python this can read
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    found.update(alias.name for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    found.add(node.module)
+        return found
 
 
 def default_notebook_folder(settings: Settings) -> Path:

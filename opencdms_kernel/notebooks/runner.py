@@ -9,11 +9,13 @@ One run:
 2. The job is claimed (``running``, one more attempt, this runner's name as its worker) and
    its heartbeat is kept while it runs (:class:`Heartbeat`), so that a run on a machine that
    dies is noticed and retried, and a dismissed run's kernel is stopped.
-3. The notebook runs in a fresh ``opencdms`` kernel whose environment carries the run's
+3. The notebook runs in an ``opencdms`` kernel of its own whose environment carries the run's
    settings (``OPENCDMS_*``), the requesting user (``OPENCDMS_USER``, named by the audit
    trail) and the job id (``OPENCDMS_JOB_ID``); ``OPENCDMS_DATABASE_URL`` is the server the
    runner is connected to (for the embedded mode, the running private server), so a notebook
-   never starts a second embedded PostgreSQL.
+   never starts a second embedded PostgreSQL.  A worker's runs take that kernel from its
+   :class:`~.execution.KernelPool` (started ahead, given the job's user and id before the first
+   cell, shut down after the run); other runs, and runs the pool cannot serve, start one.
 4. The executed notebook (partial, with papermill's error marker, when a cell failed) and its
    HTML are saved under ``runs/<job id>/`` in the bucket, the kernel's own output as
    ``kernel.log`` when there is any; the outputs the notebook recorded with
@@ -30,6 +32,7 @@ import tempfile
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from typing import Any, Callable, Mapping
 
 import sqlalchemy as sa
@@ -39,6 +42,7 @@ from opencdms_kernel.db.engine import Datastore
 from opencdms_kernel.notebooks.errors import NotebookRequestError
 from opencdms_kernel.notebooks.execution import (
     Execution,
+    KernelPool,
     execute_notebook,
     kernel_environment,
     save_run,
@@ -63,6 +67,15 @@ from opencdms_kernel.notebooks.registry import NotebookRegistry, default_noteboo
 from opencdms_kernel.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def run_environment(settings: Settings, datastore: Datastore, job: Job | None = None) -> dict[str, str]:
+    """The kernel environment of ``job``'s run (without a job: what every run of this runner
+    shares, which a worker's kernel pool starts its kernels with)."""
+    return kernel_environment(
+        settings, database_url=datastore.url.render_as_string(hide_password=False),
+        user=job.requested_by if job is not None else None, job_id=str(job.id) if job is not None else None,
+    )
 
 
 def runner_name(kind: str) -> str:
@@ -133,13 +146,15 @@ def run_claimed_job(
     bucket: Bucket | None = None,
     registry: NotebookRegistry | None = None,
     timeout: float | None = None,
+    kernels: KernelPool | None = None,
 ) -> Job:
     """Run a job this runner has claimed and record how it ended; returns the job as recorded.
 
     A failing cell, a cell timeout or a kernel that dies end the job ``failed`` (returned, not
     raised).  When the job stopped being this attempt's meanwhile (dismissed, or given up as
     stale), nothing is recorded and the job is returned as it is.  An interruption (Ctrl-C)
-    fails the job, then goes on.
+    fails the job, then goes on.  ``kernels``: the pool the run takes its kernel from, when it
+    has one for this run's environment (else the run starts its own).
     """
     registry = registry or open_registry(default_notebook_folder(settings))
     bucket = bucket or open_bucket(settings)
@@ -152,16 +167,21 @@ def run_claimed_job(
     job_id = str(job.id)
     # The kernel process's own stdout/stderr (ipykernel's log, start-up failures) go to a file
     # kept with the run, not to the caller's terminal; cell output is in the notebook.
-    with tracked_run(job_id), tempfile.TemporaryFile() as kernel_log:
+    environment = run_environment(settings, datastore, job)
+    # Taken inside tracked_run: a stop asked for while the pool hands the kernel over kills it.
+    with tracked_run(job_id), ExitStack() as closing:
+        pooled = kernels.take(environment, info.path.parent) if kernels is not None else None
+        # A pooled kernel's output went to its own file since it started: that is the run's log.
+        kernel_log = closing.enter_context(pooled.log if pooled is not None else tempfile.TemporaryFile())
         try:
             ensure_kernel_spec(settings.home)
-            environment = kernel_environment(
-                settings, database_url=datastore.url.render_as_string(hide_password=False),
-                user=job.requested_by, job_id=job_id,
-            )
-            execute_notebook(info.notebook, checked, execution=execution, input_path=info.path,
-                             output_url=bucket.url(job.notebook_key), environment=environment,
-                             kernel_log=kernel_log, timeout=timeout)
+            try:
+                execute_notebook(info.notebook, checked, execution=execution, input_path=info.path,
+                                 output_url=bucket.url(job.notebook_key), environment=environment,
+                                 kernel_log=kernel_log, timeout=timeout, kernel=pooled)
+            finally:
+                if pooled is not None:
+                    kernels.retire(pooled)  # type: ignore[union-attr]  # one job per kernel; off the run's path
             outputs = recorded_outputs(execution.notebook)
             save_run(bucket, job, execution.notebook, kernel_log)
         except Exception as exc:

@@ -13,6 +13,11 @@ listener reconnects, the claim loop backs off, results are written again), runni
 on meanwhile.  On stop (``stop_event``, Ctrl-C, SIGTERM), the worker claims nothing more, gives
 its running jobs back to the queue uncounted (:func:`~.jobs.release_job`) and stops their
 kernels: a shutdown never fails a job nor leaves one running.
+
+Its jobs run in kernels started ahead (:class:`~.execution.KernelPool`, one ready kernel per
+slot by default), which have imported the project's modules that the registered notebooks import:
+a job does not wait for a Python to start and import them.  Each kernel serves one job, then is
+shut down while a replacement starts; the worker's stop shuts the pool's kernels down too.
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ import logging
 import threading
 import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
 from opencdms_kernel.bucket import Bucket, open_bucket
 from opencdms_kernel.db.engine import Datastore
-from opencdms_kernel.notebooks.execution import stop_kernel
+from opencdms_kernel.notebooks.execution import KernelPool, stop_kernel
 from opencdms_kernel.notebooks.jobs import (
     JOB_CHANNEL,
     Job,
@@ -37,8 +43,9 @@ from opencdms_kernel.notebooks.jobs import (
     requeue_stale_jobs,
     seconds_until_due,
 )
+from opencdms_kernel.notebooks.kernelspec import ensure_kernel_spec
 from opencdms_kernel.notebooks.registry import NotebookRegistry, default_notebook_folder, open_registry
-from opencdms_kernel.notebooks.runner import Heartbeat, run_claimed_job, runner_name
+from opencdms_kernel.notebooks.runner import Heartbeat, run_claimed_job, run_environment, runner_name
 from opencdms_kernel.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -46,6 +53,9 @@ log = logging.getLogger(__name__)
 # Pauses after the datastore failed to answer, longest last (then the heartbeat interval).
 _RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0)
 _MIN_PAUSE = 0.05
+# The package whose modules a pooled kernel imports ahead: they read no setting when imported
+# (settings are read when called), so a kernel started before its job gets none of its values.
+_AHEAD_PACKAGE = "opencdms_kernel"
 
 
 def run_worker(
@@ -56,19 +66,21 @@ def run_worker(
     datastore: Datastore | None = None,
     bucket: Bucket | None = None,
     registry: NotebookRegistry | None = None,
+    warm_kernels: int | None = None,
 ) -> None:
     """Run jobs until ``stop_event`` is set (forever without one).
 
     ``concurrency`` defaults to ``settings.worker_concurrency``; ``datastore`` and ``bucket``
     are opened from ``settings`` when not given (``opencdms up`` passes its own), ``registry``
-    is the shared registry of ``settings.notebook_folder``.
+    is the shared registry of ``settings.notebook_folder``; ``warm_kernels``: kernels kept
+    started ahead (default: ``settings.worker_kernels_ahead``, else one per job run at once;
+    0: every job starts its own).
     """
     owned = datastore is None
     datastore = datastore or Datastore.open(settings)
     try:
-        Worker(settings, datastore, bucket=bucket, registry=registry, concurrency=concurrency).run(
-            stop_event or threading.Event()
-        )
+        Worker(settings, datastore, bucket=bucket, registry=registry, concurrency=concurrency,
+               warm_kernels=warm_kernels).run(stop_event or threading.Event())
     finally:
         if owned:
             datastore.close()
@@ -85,6 +97,7 @@ class Worker:
         bucket: Bucket | None = None,
         registry: NotebookRegistry | None = None,
         concurrency: int | None = None,
+        warm_kernels: int | None = None,
     ) -> None:
         self.settings = settings
         self.datastore = datastore
@@ -93,6 +106,10 @@ class Worker:
         self.concurrency = concurrency or settings.worker_concurrency
         if self.concurrency < 1:
             raise ValueError(f"a worker runs at least one job at once, not {self.concurrency}")
+        if warm_kernels is None:
+            warm_kernels = settings.worker_kernels_ahead
+        self.warm_kernels = self.concurrency if warm_kernels is None else warm_kernels
+        self.kernels: KernelPool | None = None
         self.name = runner_name("worker")
         self.interval = settings.job_heartbeat_interval.total_seconds()
         self._wake = threading.Event()
@@ -108,15 +125,33 @@ class Worker:
         # The stop wakes the claim loop at once rather than at its next look.
         threading.Thread(target=lambda: (stop_event.wait(), self._wake.set()), daemon=True).start()
         pool = ThreadPoolExecutor(self.concurrency, thread_name_prefix="opencdms-job")
-        with Heartbeat(self.datastore, self.name, self.interval) as heartbeat:
-            self._heartbeat = heartbeat
-            listener.start()
-            try:
-                self._loop(pool, stop_event)
-            finally:
-                self._shut_down(pool)
-                listener.join()
+        self.kernels = self._start_kernel_pool()
+        try:
+            with Heartbeat(self.datastore, self.name, self.interval) as heartbeat:
+                self._heartbeat = heartbeat
+                listener.start()
+                try:
+                    self._loop(pool, stop_event)
+                finally:
+                    self._shut_down(pool)
+                    listener.join()
+        finally:
+            if self.kernels is not None:
+                self.kernels.close()  # after the jobs' threads: every kernel is retired or ready
         log.info("worker %s stopped", self.name)
+
+    def _start_kernel_pool(self) -> KernelPool | None:
+        """The worker's kernels started ahead (None when ``warm_kernels`` is 0)."""
+        if self.warm_kernels < 1:
+            return None
+        ensure_kernel_spec(self.settings.home)
+        modules = ahead_modules(self.registry)
+        kernels = KernelPool(self.warm_kernels, run_environment(self.settings, self.datastore), self.registry.folder,
+                             modules=modules)
+        kernels.start()
+        log.info("worker %s: %d kernel(s) started ahead, importing %s", self.name, self.warm_kernels,
+                 ", ".join(modules) or "nothing")
+        return kernels
 
     def _loop(self, pool: ThreadPoolExecutor, stop_event: threading.Event) -> None:
         failures = 0
@@ -158,7 +193,7 @@ class Worker:
     def _run_job(self, job: Job) -> Job:
         try:
             return run_claimed_job(job, settings=self.settings, datastore=self.datastore, bucket=self.bucket,
-                                   registry=self.registry)
+                                   registry=self.registry, kernels=self.kernels)
         finally:
             self._heartbeat.discard(job.id)
             with self._running_lock:
@@ -203,6 +238,25 @@ class Worker:
 
 
 _JOB_STATES = {status.value for status in JobStatus}
+
+
+def ahead_modules(registry: NotebookRegistry) -> tuple[str, ...]:
+    """The modules of this project that the registered notebooks import (those a pooled kernel
+    imports ahead), sorted; a name with no module file in the package is left out (it may name
+    something else than a module, and the notebook reports it itself)."""
+    import opencdms_kernel
+
+    package = Path(opencdms_kernel.__file__).parent
+    found = set()
+    for info in registry.notebooks():
+        for name in info.imported_modules():
+            parts = name.split(".")
+            if parts[0] != _AHEAD_PACKAGE:
+                continue
+            place = package.joinpath(*parts[1:])
+            if len(parts) == 1 or place.with_suffix(".py").is_file() or (place / "__init__.py").is_file():
+                found.add(name)
+    return tuple(sorted(found))
 
 
 class _Listener(threading.Thread):

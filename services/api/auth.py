@@ -33,7 +33,9 @@ import hmac
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass
+from functools import lru_cache
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Mapping
 from urllib.parse import urlencode, urlsplit
@@ -136,10 +138,17 @@ class HubIdentity:
     """JupyterHub as identity provider: ``HubOAuth`` from the hub's variables, its token
     checks, and the OAuth login that leaves a signed cookie with the user's token."""
 
-    def __init__(self, hub_auth: Any, cookie_secret: bytes, prefix: str) -> None:
+    def __init__(self, hub_auth: Any, cookie_secret: bytes, prefix: str, cache_seconds: float = 0) -> None:
         self.hub_auth = hub_auth
         self.cookie_secret = cookie_secret
         self.prefix = prefix
+        # Read once: HubOAuth's settings are traitlets, slow to read on every request.
+        self.access_scopes = frozenset(hub_auth.access_scopes)
+        # The hub's answers, by token digest: (valid until, monotonic; the caller or None).
+        # HubOAuth caches them too, but reaching its cache costs more than the rest of a run
+        # request's check; 0 leaves caching to HubOAuth alone.
+        self.cache_seconds = cache_seconds
+        self._answers: dict[str, tuple[float, Caller | None]] = {}
 
     @classmethod
     def from_environment(cls, settings: Settings, environ: Mapping[str, str] | None = None) -> "HubIdentity | None":
@@ -165,7 +174,7 @@ class HubIdentity:
         # The cookie is signed with a key only this service's processes know (from its hub
         # token: it changes when the token does, and every replica of the service agrees on it).
         secret = hmac.new(token.encode(), b"opencdms-api-cookie", hashlib.sha256).digest()
-        return cls(hub_auth, secret, prefix)
+        return cls(hub_auth, secret, prefix, cache_seconds=settings.api_auth_cache_seconds)
 
     @property
     def cookie_name(self) -> str:
@@ -190,33 +199,42 @@ class HubIdentity:
         return create_signed_value(self.cookie_secret, name, value).decode("ascii")
 
     async def caller(self, token: str) -> Caller | None:
-        """Whose token this is and its scopes (None: the hub does not know it)."""
+        """Whose token this is and its scopes (None: the hub does not know it); the hub's answer
+        is kept for ``cache_seconds`` (a revoked token works that much longer, as with HubOAuth)."""
         from tornado.web import HTTPError
 
+        digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()
+        now = time.monotonic()
+        known = self._answers.get(digest)
+        if known is not None and known[0] > now:
+            return known[1]
         try:
             model = await self.hub_auth.user_for_token(token, sync=False)
         except HTTPError as exc:
             log.error("checking a token with the hub failed: %s", exc)
             raise IdentityProviderUnavailable("the identity provider (JupyterHub) did not answer; "
                                               "try again later") from exc
-        if not model:
-            return None
-        scopes = frozenset(model.get("scopes") or ())
-        kind = model.get("kind", "user")
-        return Caller(name=str(model.get("name")), scopes=scopes, admin=bool(model.get("admin")), kind=kind)
+        caller = None
+        if model:
+            scopes = frozenset(model.get("scopes") or ())
+            kind = model.get("kind", "user")
+            caller = Caller(name=str(model.get("name")), scopes=scopes, admin=bool(model.get("admin")), kind=kind)
+        if self.cache_seconds > 0:
+            if len(self._answers) >= _MAX_CACHED_TOKENS:
+                self._answers = {key: entry for key, entry in self._answers.items() if entry[0] > now}
+                if len(self._answers) >= _MAX_CACHED_TOKENS:
+                    self._answers.clear()  # that many live tokens: start again rather than grow
+            self._answers[digest] = (now + self.cache_seconds, caller)
+        return caller
 
     def has_access(self, caller: Caller) -> bool:
         """Whether the caller's token may be used with this service at all (its access scope)."""
-        from jupyterhub.services.auth import check_scopes
-
-        wanted = set(self.hub_auth.access_scopes)
-        return not wanted or bool(check_scopes(wanted, set(caller.scopes)))
+        return not self.access_scopes or _holds(self.access_scopes, caller.scopes)
 
     @staticmethod
     def has_scope(caller: Caller, scope: str) -> bool:
-        from jupyterhub.services.auth import check_scopes
-
-        return bool(check_scopes({scope}, set(caller.scopes)))
+        """Whether the caller's token holds ``scope`` (or a scope that includes it)."""
+        return _holds(frozenset({scope}), caller.scopes)
 
     # ---- the OAuth login of a browser
 
@@ -255,6 +273,18 @@ class HubIdentity:
             ("set-cookie", _set_cookie(name, "", path=self.hub_auth.cookie_path, max_age=0)),
         ]
         return next_url, cookies
+
+
+_MAX_CACHED_TOKENS = 10_000
+
+
+@lru_cache(maxsize=1024)
+def _holds(wanted: frozenset[str], scopes: frozenset[str]) -> bool:
+    """JupyterHub's scope check, remembered per (wanted, held) pair: a token's scopes do not
+    change while its answer is cached, and the check parses every scope each time."""
+    from jupyterhub.services.auth import check_scopes
+
+    return bool(check_scopes(set(wanted), set(scopes)))
 
 
 def _cookies(headers: Mapping[str, str]) -> dict[str, str]:
@@ -323,7 +353,7 @@ class ApiAuth:
             return caller
         if not self.hub.has_access(caller):
             raise PermissionDenied(f"{caller.name}'s token has no access to this service "
-                                   f"({', '.join(sorted(self.hub.hub_auth.access_scopes))})")
+                                   f"({', '.join(sorted(self.hub.access_scopes))})")
         if not self.hub.has_scope(caller, need.scope):
             raise PermissionDenied(f"{need.action} needs the scope {need.scope}, which {caller.name} does not hold")
         return caller

@@ -35,9 +35,10 @@ class Runtime:
         """The file bucket."""
         return open_bucket(self.settings)
 
-    @property
+    @cached_property
     def registry(self) -> NotebookRegistry:
-        """The notebook registry (shared per folder; re-reads a notebook only when it changes)."""
+        """The notebook registry (shared per folder; re-reads a notebook only when it changes),
+        looked up once: finding it resolves the folder's path, a few system calls per request."""
         return open_registry(self.settings.notebook_folder)
 
     def close(self) -> None:

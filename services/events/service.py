@@ -65,7 +65,10 @@ DEAD_LETTER_PREFIX = "deadletters/"
 FOLLOW_PREFIX = "events/follow/"
 RECENT = 200
 JOB_PAGE = 500
-SINGLE_JOB_LOOKUPS = 50  # followed jobs older than the job page, asked for one by one per round
+# Pages of the newest jobs read per round while some followed job is not found yet: a page
+# answers 500 jobs for the price of about 20 single lookups.
+JOB_PAGES = 4
+SINGLE_JOB_LOOKUPS = 50  # followed jobs older than those pages, asked for one by one per round
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ class EventService:
         self._inbox: queue.Queue[Delivery] = queue.Queue()
         self._lock = threading.Lock()
         self._follows: dict[str, Follow] = {}
+        self._lookup_turn = 0  # where the single job lookups of the next round start
         self._threads: list[threading.Thread] = []
         self._fingerprints = Fingerprints()
         self._swept_dead: set[str] = set()
@@ -550,8 +554,19 @@ class EventService:
 
     def poll_jobs(self, follows: list[Follow]) -> None:
         """One round: the status of every followed job; publish changes; finish finished ones."""
-        documents = {str(entry.get("jobID")): entry for entry in self.api.jobs(JOB_PAGE)}
-        missing = [follow for follow in follows if follow.job_id not in documents][:SINGLE_JOB_LOOKUPS]
+        wanted = {follow.job_id for follow in follows}
+        documents: dict[str, dict[str, Any]] = {}
+        for page in range(JOB_PAGES):
+            entries = self.api.jobs(JOB_PAGE, page * JOB_PAGE)
+            documents.update((str(entry.get("jobID")), entry) for entry in entries)
+            if len(entries) < JOB_PAGE or wanted <= documents.keys():
+                break
+        missing = [follow for follow in follows if follow.job_id not in documents]
+        if len(missing) > SINGLE_JOB_LOOKUPS:
+            # Each round asks for other ones, so that no old job waits behind others for ever.
+            start = self._lookup_turn % len(missing)
+            missing = (missing[start:] + missing[:start])[:SINGLE_JOB_LOOKUPS]
+            self._lookup_turn += SINGLE_JOB_LOOKUPS
         for follow in missing:
             try:
                 documents[follow.job_id] = self.api.job(follow.job_id)

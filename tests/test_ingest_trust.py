@@ -493,8 +493,14 @@ def test_ctrl_c_stops_the_ingest_command_without_a_traceback(tmp_path: Path, dat
                    capture_output=True)
     big = tmp_path / "big.csv"
     _big_file(big, 45_000)
-    process = subprocess.Popen([*command, "ingest", str(big)], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
+    # As from a terminal: a handled signal is reset to its default in the child, an ignored one
+    # stays ignored (and is, when the tests run as a background job of a non-interactive shell).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen([*command, "ingest", str(big)], env=env, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     engine = sa.create_engine(database_url)
     try:
         stop = time.monotonic() + 60

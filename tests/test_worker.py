@@ -80,36 +80,32 @@ pytestmark = pytest.mark.postgres
 # --------------------------------------------------------------------------- helpers
 
 
-def write_tally(folder: Path) -> None:
-    """A trivial notebook that appends its job id to <OPENCDMS_HOME>/tally.txt."""
+def _notebook(title: str, description: str, *cells: object) -> nbformat.NotebookNode:
     notebook = nbformat.v4.new_notebook(metadata={
         "kernelspec": {"display_name": "OpenCDMS (Python 3)", "language": "python", "name": "opencdms"},
         "language_info": {"name": "python"},
     })
-    notebook.cells = [
-        nbformat.v4.new_markdown_cell("# Tally\n\nAppends the job id to a file, to count runs."),
+    notebook.cells = [nbformat.v4.new_markdown_cell(f"# {title}\n\n{description}"), *cells]
+    return notebook
+
+
+def write_tally(folder: Path) -> None:
+    """A trivial notebook that appends its job id to <OPENCDMS_HOME>/tally.txt."""
+    notebook = _notebook(
+        "Tally", "Appends the job id to a file, to count runs.",
         nbformat.v4.new_code_cell(
             "import os\n"
             "with open(os.path.join(os.environ['OPENCDMS_HOME'], 'tally.txt'), 'a') as tally:\n"
             "    tally.write(os.environ['OPENCDMS_JOB_ID'] + '\\n')"
         ),
-    ]
+    )
     nbformat.write(notebook, folder / "tally.ipynb")
-
-
-def _notebook(title: str, *cells: object) -> nbformat.NotebookNode:
-    notebook = nbformat.v4.new_notebook(metadata={
-        "kernelspec": {"display_name": "OpenCDMS (Python 3)", "language": "python", "name": "opencdms"},
-        "language_info": {"name": "python"},
-    })
-    notebook.cells = [nbformat.v4.new_markdown_cell(f"# {title}\n\n{title}, for the worker tests."), *cells]
-    return notebook
 
 
 def write_waits(folder: Path) -> None:
     """``sleeps``, whose first cell writes its kernel's process id to <OPENCDMS_HOME>/kernels/<job id>."""
     notebook = _notebook(
-        "Waits",
+        "Waits", "Waits, for the worker tests.",
         nbformat.v4.new_code_cell("seconds: float = 30.0  # how long to wait", metadata={"tags": ["parameters"]}),
         nbformat.v4.new_code_cell(
             "import os, time\n"
@@ -128,7 +124,7 @@ def write_whoami(folder: Path) -> None:
     process id, the job id and user it sees, and whether the module it imports was imported
     before its first cell (by a kernel started ahead)."""
     notebook = _notebook(
-        "Who am I",
+        "Who am I", "Who am I, for the worker tests.",
         nbformat.v4.new_code_cell("import json, os, sys\nahead = 'opencdms_kernel.settings' in sys.modules"),
         nbformat.v4.new_code_cell("from opencdms_kernel.notebooks import current_job_id\n"
                                   "from opencdms_kernel.settings import Settings"),

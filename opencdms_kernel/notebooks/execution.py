@@ -362,10 +362,15 @@ def _register_engine() -> None:
 # --------------------------------------------------------------------------- kernels started ahead
 
 
+def shared_environment(environment: Mapping[str, str]) -> dict[str, str]:
+    """``environment`` without :data:`PER_JOB_VARIABLES`: what every run of a pool's kernels shares."""
+    return {k: v for k, v in environment.items() if k not in PER_JOB_VARIABLES}
+
+
 def pool_key(environment: Mapping[str, str], cwd: str | Path) -> tuple[frozenset[tuple[str, str]], str]:
     """What a pooled kernel shares with the run it serves: its environment apart from
     :data:`PER_JOB_VARIABLES`, and its working folder."""
-    return frozenset((k, v) for k, v in environment.items() if k not in PER_JOB_VARIABLES), str(cwd)
+    return frozenset(shared_environment(environment).items()), str(cwd)
 
 
 def ahead_code(modules: Sequence[str]) -> str:
@@ -413,11 +418,11 @@ class KernelPool:
         if size < 1:
             raise ValueError(f"a kernel pool keeps at least one kernel, not {size}")
         self.size = size
-        self.environment = {k: v for k, v in environment.items() if k not in PER_JOB_VARIABLES}
+        self.environment = shared_environment(environment)
         self.cwd = str(cwd)
         self.modules = tuple(modules)
         self.start_timeout = start_timeout
-        self._key = pool_key(environment, cwd)
+        self._key = pool_key(self.environment, self.cwd)
         self._state = threading.Condition()
         self._ready: deque[PooledKernel] = deque()
         self._live: set[PooledKernel] = set()  # started, not shut down yet: ready, serving, retiring

@@ -165,13 +165,13 @@ def run_claimed_job(
         return _finish(datastore, job, JobStatus.FAILED, "refused", str(exc), {})
     execution = Execution()
     job_id = str(job.id)
-    # The kernel process's own stdout/stderr (ipykernel's log, start-up failures) go to a file
-    # kept with the run, not to the caller's terminal; cell output is in the notebook.
     environment = run_environment(settings, datastore, job)
     # Taken inside tracked_run: a stop asked for while the pool hands the kernel over kills it.
     with tracked_run(job_id), ExitStack() as closing:
         pooled = kernels.take(environment, info.path.parent) if kernels is not None else None
-        # A pooled kernel's output went to its own file since it started: that is the run's log.
+        # The kernel process's own stdout/stderr (ipykernel's log, start-up failures) go to a file
+        # kept with the run, not to the caller's terminal; cell output is in the notebook.  A
+        # pooled kernel's output went to its own file since it started: that is the run's log.
         kernel_log = closing.enter_context(pooled.log if pooled is not None else tempfile.TemporaryFile())
         try:
             ensure_kernel_spec(settings.home)

@@ -18,6 +18,7 @@ both servers below, without processes).
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -546,6 +547,33 @@ def test_a_stopped_worker_leaves_no_kernel_behind(
     worker.wait(timeout=30)
     # SIGTERM and SIGINT: the worker stops them; SIGKILL: each kernel sees its parent gone.
     wait_until(lambda: not kernels(), 15, "no kernel of the stopped worker left")
+
+
+@EMBEDDED_ONLY
+def test_a_kernel_killed_while_it_waits_in_the_pool_costs_no_job(
+    worker_settings: Settings, datastore: Datastore, registry: NotebookRegistry
+) -> None:
+    with RunningWorker(worker_settings, datastore, registry, concurrency=1) as worker:
+        # The pool's ready kernel (started, its modules imported), read from the pool itself:
+        # from outside, a kernel still importing looks the same.
+        ready = wait_until(lambda: worker.kernels is not None and list(worker.kernels._ready), 60,
+                           "a kernel ready in the pool")
+        killed = [kernel.manager.provisioner.process.pid for kernel in ready]  # type: ignore[union-attr]
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: not any(alive(pid) for pid in killed), 10, "the waiting kernel gone")
+
+        # The dead kernel is not handed out: the first job starts its own kernel, and the pool a
+        # replacement, which the next job gets.
+        jobs = []
+        for user in ("ana", "ben"):
+            job = submit_job(datastore, registry, "whoami", {}, trigger="test", user=user)
+            jobs.append(wait_for_job(datastore, job.id, timeout=120))
+    assert [job.status for job in jobs] == [JobStatus.SUCCESSFUL] * 2, [job.error for job in jobs]
+    assert [job.attempts for job in jobs] == [1, 1]  # not a retry after a dead kernel's failure
+    seen = [json.loads(line) for line in (worker_settings.home / "whoami.jsonl").read_text().splitlines()]
+    assert [(line["user"], line["ahead"]) for line in seen] == [("ana", False), ("ben", True)]
+    assert not {line["pid"] for line in seen} & set(killed)
 
 
 def test_a_pool_serves_only_runs_with_its_environment_and_folder(tmp_path: Path) -> None:
